@@ -1,0 +1,176 @@
+"""The `sendqueue` command: run services, queue resources, check a config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from shared import logs
+from shared.config import Config, load_config, mask_url
+from shared.errors import ConfigError, SendQueueError
+
+log = logging.getLogger("sendqueue")
+
+Service = Callable[[Config, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+def _services() -> dict[str, Service]:
+    # Imported here so `sendqueue check` does not pay for pynetdicom's import.
+    from services.ingest.app import run_ingest
+    from services.retry.app import run_retry
+    from services.sender.app import run_sender
+
+    return {"ingest": run_ingest, "sender": run_sender, "retry": run_retry}
+
+
+async def _run(config: Config, names: Sequence[str]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    services = _services()
+    tasks = [asyncio.create_task(services[name](config, stop), name=name) for name in names]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    stop.set()  # one service failed or all stopped: stop the others too
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result
+    log.info("stopped: %s", ", ".join(names))
+
+
+async def _send(config: Config, destination: str, ids: Sequence[str]) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from services.ingest.metrics import IngestMetrics
+    from services.ingest.resolver import Resolver
+    from services.ingest.submit import queue_resources
+    from shared.amqp import Publisher, connect
+    from shared.orthanc import OrthancClient
+    from shared.topology import Names, declare_topology
+
+    if config.destination(destination) is None:
+        raise ConfigError(f"unknown destination {destination!r}")
+    names = Names(config.amqp.prefix)
+    conn = await connect(config.amqp.url, "sendqueue-cli-send")
+    orthanc = OrthancClient(config.orthanc)
+    try:
+        async with conn.channel() as channel:
+            await declare_topology(
+                channel,
+                names,
+                [d.name for d in config.destinations],
+                config.all_delays(),
+                config.retry.jitter,
+            )
+        publisher = Publisher(conn)
+        await publisher.open()
+        return await queue_resources(
+            resolver=Resolver(orthanc),
+            publisher=publisher,
+            names=names,
+            metrics=IngestMetrics(CollectorRegistry()),
+            destination=destination,
+            resource_ids=ids,
+        )
+    finally:
+        await orthanc.close()
+        await conn.close()
+
+
+async def _check(config: Config) -> bool:
+    from services.sender.dicom import DicomDestination
+    from shared.amqp import connect
+    from shared.orthanc import OrthancClient
+
+    results: list[tuple[str, bool, str]] = []
+    orthanc = OrthancClient(config.orthanc)
+    try:
+        system = await orthanc.get_json("/system")
+        results.append(("orthanc " + config.orthanc.url, True, f"version {system.get('Version')}"))
+    except Exception as exc:
+        results.append(("orthanc " + config.orthanc.url, False, str(exc)))
+    finally:
+        await orthanc.close()
+    try:
+        conn = await asyncio.wait_for(connect(config.amqp.url, "sendqueue-check"), 15)
+        await conn.close()
+        results.append(("rabbitmq " + mask_url(config.amqp.url), True, "connected"))
+    except Exception as exc:
+        results.append(("rabbitmq " + mask_url(config.amqp.url), False, repr(exc)))
+    for dest in config.destinations:
+        target = DicomDestination(dest)
+        label = f"destination {dest.name} ({dest.called_aet}@{dest.host}:{dest.port})"
+        try:
+            await asyncio.to_thread(target.echo_blocking)
+            results.append((label, True, "C-ECHO ok"))
+        except SendQueueError as exc:
+            results.append((label, False, str(exc)))
+        finally:
+            target.close()
+    for label, ok, detail in results:
+        print(f"{'ok  ' if ok else 'FAIL'}  {label}: {detail}")
+    return all(ok for _, ok, _ in results)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sendqueue", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("ingest", "follow Orthanc's changes and queue send jobs"),
+        ("sender", "send queued instances to their destinations"),
+        ("retry", "retry failed sends, park the hopeless, serve the admin API"),
+        ("run", "run ingest, sender and retry in one process"),
+        ("check", "validate the config and check Orthanc, RabbitMQ and each destination"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("--config", required=True, help="path of the TOML config file")
+    send = sub.add_parser("send", help="queue Orthanc resources for a destination")
+    send.add_argument("--config", required=True)
+    send.add_argument("--to", required=True, metavar="DEST", help="destination name")
+    send.add_argument(
+        "ids",
+        nargs="+",
+        metavar="ORTHANC_ID",
+        help="Orthanc instance, series, study or patient IDs",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure()
+    try:
+        config = load_config(args.config)
+        if args.command == "check":
+            return 0 if asyncio.run(_check(config)) else 1
+        if args.command == "send":
+            count = asyncio.run(_send(config, args.to, args.ids))
+            print(f"queued {count} instance(s) for {args.to}")
+            return 0
+        names = ["ingest", "sender", "retry"] if args.command == "run" else [args.command]
+        asyncio.run(_run(config, names))
+        return 0
+    except ConfigError as exc:
+        print(f"sendqueue: {exc}", file=sys.stderr)
+        return 2
+    except SendQueueError as exc:
+        print(f"sendqueue: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,51 @@
+"""POST /api/send: queue Orthanc resources for a destination, like `sendqueue send`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from services.ingest.submit import UnknownResources, queue_resources
+from shared.amqp import PUBLISH_ERRORS
+from shared.config import Config
+from shared.orthanc import SourceUnavailable
+
+_MAX_RESOURCES = 10_000
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def make_send_handler(config: Config, **deps: Any) -> Any:
+    async def send(request: web.Request) -> web.Response:
+        try:
+            body = msgspec.json.decode(await request.read())
+        except msgspec.DecodeError as exc:
+            return _error(f"body is not valid JSON: {exc}", 400)
+        if not isinstance(body, dict):
+            return _error("body must be a JSON object", 400)
+        destination = body.get("destination", body.get("to"))
+        resources = body.get("resources", body.get("ids"))
+        if not isinstance(destination, str) or config.destination(destination) is None:
+            return _error(f"unknown destination {destination!r}", 400)
+        if (
+            not isinstance(resources, list)
+            or not resources
+            or len(resources) > _MAX_RESOURCES
+            or not all(isinstance(r, str) and 0 < len(r) < 100 for r in resources)
+        ):
+            return _error("'resources' must be a non-empty list of Orthanc IDs", 400)
+        try:
+            queued = await queue_resources(destination=destination, resource_ids=resources, **deps)
+        except UnknownResources as exc:
+            return web.json_response({"error": str(exc), "unknown": exc.ids}, status=404)
+        except SourceUnavailable as exc:
+            return _error(f"Orthanc unavailable: {exc}", 503)
+        except PUBLISH_ERRORS as exc:
+            return _error(f"RabbitMQ did not confirm the jobs: {exc!r}", 503)
+        return web.json_response({"queued": queued, "destination": destination})
+
+    return send

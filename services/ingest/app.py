@@ -1,0 +1,70 @@
+"""Ingest wiring: Orthanc client, the changes feed, the submit API, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from prometheus_client import CollectorRegistry
+
+from services.ingest.api import make_send_handler
+from services.ingest.feed import ChangesFeed
+from services.ingest.metrics import IngestMetrics
+from services.ingest.resolver import Resolver
+from services.ingest.routing import Router
+from shared.amqp import Publisher, connect
+from shared.config import Config
+from shared.http import make_app, start_server
+from shared.orthanc import OrthancClient
+from shared.topology import Names, declare_topology
+
+log = logging.getLogger(__name__)
+
+
+async def run_ingest(
+    config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
+) -> None:
+    registry = registry or CollectorRegistry()
+    metrics = IngestMetrics(registry)
+    names = Names(config.amqp.prefix)
+    conn = await connect(config.amqp.url, "sendqueue-ingest")
+    orthanc = OrthancClient(config.orthanc)
+    runner = None
+    try:
+        async with conn.channel() as channel:
+            await declare_topology(
+                channel,
+                names,
+                [d.name for d in config.destinations],
+                config.all_delays(),
+                config.retry.jitter,
+            )
+        publisher = Publisher(conn)
+        await publisher.open()
+        resolver = Resolver(orthanc)
+        feed = ChangesFeed(
+            config=config.ingest,
+            orthanc=orthanc,
+            resolver=resolver,
+            router=Router(config.routes),
+            publisher=publisher,
+            names=names,
+            metrics=metrics,
+        )
+        app = make_app(registry, lambda: {"amqp": not conn.is_closed, "orthanc": feed.healthy})
+        app.router.add_post(
+            "/api/send",
+            make_send_handler(
+                config, resolver=resolver, publisher=publisher, names=names, metrics=metrics
+            ),
+        )
+        runner = await start_server(app, config.ingest.listen)
+        log.info("ingest running: %d route(s)", len(config.routes))
+        await feed.run(stop)
+    finally:
+        if runner:
+            await runner.cleanup()
+        await orthanc.close()
+        with contextlib.suppress(Exception):
+            await conn.close()

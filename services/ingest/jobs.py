@@ -1,0 +1,66 @@
+"""Turning instances into send jobs and publishing them (confirmed, pipelined)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from services.ingest.metrics import IngestMetrics
+from services.ingest.resolver import InstanceInfo
+from shared.amqp import Publisher
+from shared.logs import job_event
+from shared.schemas import SendJob, encode, job_headers, new_job_id
+from shared.topology import Names
+
+log = logging.getLogger(__name__)
+
+#: Publishes awaiting their confirm at once: one at a time costs ~1.5 ms each.
+_WINDOW = 64
+
+
+def make_job(info: InstanceInfo, destination: str, stored_at: float | None = None) -> SendJob:
+    return SendJob(
+        id=new_job_id(),
+        destination=destination,
+        orthanc_id=info.orthanc_id,
+        sop_instance_uid=info.tag("SOPInstanceUID"),
+        series_instance_uid=info.tag("SeriesInstanceUID"),
+        study_instance_uid=info.tag("StudyInstanceUID"),
+        patient_id=info.tag("PatientID"),
+        modality=info.tag("Modality"),
+        queued_at=time.time(),
+        stored_at=stored_at,
+    )
+
+
+async def publish_jobs(
+    publisher: Publisher,
+    names: Names,
+    jobs: Sequence[SendJob],
+    metrics: IngestMetrics,
+    source: str,
+) -> None:
+    """Returns when every job is confirmed by the broker; raises if any is not."""
+    window = asyncio.Semaphore(_WINDOW)
+
+    async def one(job: SendJob) -> None:
+        async with window:
+            await publisher.publish(
+                names.work_exchange, job.destination, encode(job), headers=job_headers(job)
+            )
+        metrics.queued.labels(job.destination, source).inc()
+        job_event(
+            log,
+            "queued",
+            destination=job.destination,
+            orthanc_id=job.orthanc_id,
+            sop_instance_uid=job.sop_instance_uid,
+            outcome="queued",
+        )
+
+    results = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise errors[0]

@@ -1,0 +1,89 @@
+"""Orthanc resources -> instances with the tags that jobs and routing rules need."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import InstanceNotFound
+from shared.orthanc import OrthancClient
+
+_CACHE_SIZE = 2048
+_LEVELS = ("instances", "series", "studies", "patients")
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    orthanc_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def tag(self, keyword: str) -> str:
+        return self.tags.get(keyword, "")
+
+
+def _strings(tags: Any) -> dict[str, str]:
+    return {k: v for k, v in (tags or {}).items() if isinstance(v, str)}
+
+
+class Resolver:
+    def __init__(self, orthanc: OrthancClient) -> None:
+        self._orthanc = orthanc
+        self._parents: OrderedDict[str, dict[str, str]] = OrderedDict()
+
+    async def instance(self, orthanc_id: str) -> InstanceInfo:
+        """Main tags of the instance and its series, study and patient (2-3 cached GETs)."""
+        data = await self._orthanc.get_json(f"/instances/{orthanc_id}")
+        parent = await self._series_tags(str(data["ParentSeries"]))
+        return InstanceInfo(orthanc_id, {**parent, **_strings(data.get("MainDicomTags"))})
+
+    async def instances_of(self, level: str, orthanc_id: str) -> list[InstanceInfo]:
+        """Every instance of a series or study, with main tags."""
+        plural = {"series": "series", "study": "studies", "patient": "patients"}[level]
+        listed = await self._orthanc.get_json(f"/{plural}/{orthanc_id}/instances")
+        infos = []
+        for entry in listed:
+            parent = await self._series_tags(str(entry["ParentSeries"]))
+            infos.append(
+                InstanceInfo(str(entry["ID"]), {**parent, **_strings(entry.get("MainDicomTags"))})
+            )
+        return infos
+
+    async def with_all_tags(self, info: InstanceInfo) -> InstanceInfo:
+        """Adds every tag of the file, for routing rules on tags Orthanc does not index."""
+        tags = await self._orthanc.get_json(f"/instances/{info.orthanc_id}/simplified-tags")
+        return InstanceInfo(info.orthanc_id, {**_strings(tags), **info.tags})
+
+    async def expand(self, orthanc_id: str) -> list[InstanceInfo]:
+        """An instance, series, study or patient ID -> its instances."""
+        for plural in _LEVELS:
+            try:
+                if plural == "instances":
+                    return [await self.instance(orthanc_id)]
+                level = {"series": "series", "studies": "study", "patients": "patient"}[plural]
+                return await self.instances_of(level, orthanc_id)
+            except InstanceNotFound:
+                continue
+        raise InstanceNotFound(f"no Orthanc instance, series, study or patient {orthanc_id!r}")
+
+    async def _series_tags(self, series_id: str) -> dict[str, str]:
+        cached = self._parents.get(series_id)
+        if cached is not None:
+            self._parents.move_to_end(series_id)
+            return cached
+        series = await self._orthanc.get_json(f"/series/{series_id}")
+        study = await self._orthanc.get_json(f"/studies/{series['ParentStudy']}")
+        tags = {
+            **_strings(study.get("PatientMainDicomTags")),
+            **_strings(study.get("MainDicomTags")),
+            **_strings(series.get("MainDicomTags")),
+        }
+        self._parents[series_id] = tags
+        while len(self._parents) > _CACHE_SIZE:
+            self._parents.popitem(last=False)
+        return tags
+
+
+def missing_tags(infos: Iterable[InstanceInfo], needed: set[str]) -> bool:
+    return any(not needed <= info.tags.keys() for info in infos)

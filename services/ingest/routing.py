@@ -1,0 +1,46 @@
+"""Routing rules: which destinations a resource goes to. Pure logic, no I/O."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from shared.config import Level, RouteConfig
+
+#: The Orthanc change that makes a resource of each level ready to send.
+CHANGE_FOR_LEVEL: dict[str, Level] = {
+    "NewInstance": "instance",
+    "StableSeries": "series",
+    "StableStudy": "study",
+}
+
+
+@dataclass(frozen=True)
+class Router:
+    routes: Sequence[RouteConfig]
+
+    def levels(self) -> set[str]:
+        return {route.level for route in self.routes}
+
+    def routes_for(self, level: str) -> list[RouteConfig]:
+        return [route for route in self.routes if route.level == level]
+
+    def tags_needed(self, level: str) -> set[str]:
+        return {key for route in self.routes_for(level) for key in route.match}
+
+    def destinations(self, level: str, tags: Mapping[str, str]) -> list[str]:
+        """Every destination of every matching route at this level, once, in order."""
+        found: dict[str, None] = {}
+        for route in self.routes_for(level):
+            if matches(route.match, tags):
+                found.update(dict.fromkeys(route.destinations))
+        return list(found)
+
+
+def matches(patterns: Mapping[str, str], tags: Mapping[str, str]) -> bool:
+    """All patterns must match (shell globs, case-insensitive; a missing tag is "")."""
+    return all(
+        fnmatch.fnmatchcase(str(tags.get(keyword, "")).upper(), pattern.upper())
+        for keyword, pattern in patterns.items()
+    )

@@ -1,0 +1,43 @@
+"""Queue explicit Orthanc resources for a destination (POST /api/send, `sendqueue send`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.ingest.jobs import make_job, publish_jobs
+from services.ingest.metrics import IngestMetrics
+from services.ingest.resolver import InstanceInfo, Resolver
+from shared.amqp import Publisher
+from shared.errors import InstanceNotFound, PermanentError
+from shared.topology import Names
+
+
+class UnknownResources(PermanentError):
+    def __init__(self, ids: Sequence[str]) -> None:
+        super().__init__(f"unknown Orthanc resource(s): {', '.join(ids)}")
+        self.ids = list(ids)
+
+
+async def queue_resources(
+    *,
+    resolver: Resolver,
+    publisher: Publisher,
+    names: Names,
+    metrics: IngestMetrics,
+    destination: str,
+    resource_ids: Sequence[str],
+) -> int:
+    """All-or-nothing on lookup: any unknown ID queues nothing. Returns jobs queued."""
+    instances: dict[str, InstanceInfo] = {}
+    unknown: list[str] = []
+    for resource_id in dict.fromkeys(resource_ids):
+        try:
+            for info in await resolver.expand(resource_id):
+                instances[info.orthanc_id] = info
+        except InstanceNotFound:
+            unknown.append(resource_id)
+    if unknown:
+        raise UnknownResources(unknown)
+    jobs = [make_job(info, destination) for info in instances.values()]
+    await publish_jobs(publisher, names, jobs, metrics, source="api")
+    return len(jobs)

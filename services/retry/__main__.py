@@ -1,0 +1,7 @@
+"""`python -m services.retry --config FILE` runs the retry service alone."""
+
+import sys
+
+from services.cli import main
+
+sys.exit(main(["retry", *sys.argv[1:]]))

@@ -1,0 +1,116 @@
+"""Retry service wiring: the failure router, the parking queue and its index, the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from services.retry.admin import AdminApi
+from services.retry.index import ParkedIndex
+from services.retry.metrics import RetryMetrics
+from services.retry.parking import Parking
+from services.retry.router import FailureRouter
+from shared.amqp import Publisher, connect
+from shared.config import Config, is_loopback, parse_listen
+from shared.errors import ConfigError
+from shared.http import make_app, start_server
+from shared.topology import Names, declare_topology
+
+log = logging.getLogger(__name__)
+
+#: How often the parked gauge is refreshed and the index compared with the queue.
+_CHECK_INTERVAL = 15.0
+
+
+def check_admin_exposure(config: Config) -> None:
+    host, _ = parse_listen(config.retry.listen)
+    if not config.retry.admin_token and not is_loopback(host):
+        raise ConfigError(
+            f"retry.listen is {config.retry.listen!r}, not a loopback address, and no "
+            "admin_token is set: refusing to expose the admin API without authentication "
+            "(set retry.admin_token or SENDQUEUE_ADMIN_TOKEN)"
+        )
+
+
+async def run_retry(
+    config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
+) -> None:
+    check_admin_exposure(config)
+    registry = registry or CollectorRegistry()
+    metrics = RetryMetrics(registry)
+    names = Names(config.amqp.prefix)
+    consume_conn = await connect(config.amqp.url, "sendqueue-retry-consume")
+    publish_conn = await connect(config.amqp.url, "sendqueue-retry-publish")
+    index = ParkedIndex(Path(config.retry.state_dir) / "parked.sqlite3")
+    runner = None
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        async with publish_conn.channel() as channel:
+            await declare_topology(
+                channel,
+                names,
+                [d.name for d in config.destinations],
+                config.all_delays(),
+                config.retry.jitter,
+            )
+        publisher = Publisher(publish_conn)
+        await publisher.open()
+        parking = Parking(
+            names=names,
+            consume_conn=consume_conn,
+            publisher=publisher,
+            index=index,
+            metrics=metrics,
+        )
+        router = FailureRouter(
+            config=config, names=names, publisher=publisher, parking=parking, metrics=metrics
+        )
+        channel = await consume_conn.channel()
+        await channel.set_qos(prefetch_count=32)
+        failed = await channel.declare_queue(names.failed_queue, passive=True)
+        tag = await failed.consume(router.on_message)
+        tasks.append(asyncio.create_task(_watch_index(parking, metrics)))
+
+        app = make_app(registry, lambda: {"amqp": not consume_conn.is_closed})
+        AdminApi(config, parking).register(app)
+        runner = await start_server(app, config.retry.listen)
+        log.info("retry running; admin API on http://%s/api/parked", config.retry.listen)
+        await stop.wait()
+        with contextlib.suppress(Exception):
+            await failed.cancel(tag)
+    finally:
+        for task in tasks:
+            task.cancel()
+        if runner:
+            await runner.cleanup()
+        for conn in (consume_conn, publish_conn):
+            with contextlib.suppress(Exception):
+                await conn.close()
+        index.close()
+
+
+async def _watch_index(parking: Parking, metrics: RetryMetrics) -> None:
+    """Keep the gauge fresh; rebuild the index when it disagrees with the queue twice."""
+    mismatches = 0
+    while True:
+        try:
+            depth = await parking.queue_depth()
+            if not parking.lock.locked():
+                mismatches = mismatches + 1 if depth != parking.index.count() else 0
+            if mismatches >= 2 or (mismatches == 1 and depth and not parking.index.count()):
+                log.info("parked index differs from the queue (%d messages): rebuilding", depth)
+                await parking.run_pass(lambda _item: "keep")
+                mismatches = 0
+            counts = parking.index.counts_by_destination()
+            metrics.parked_items.clear()
+            for destination, count in counts.items():
+                metrics.parked_items.labels(destination).set(count)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("parked index check failed: %r", exc)
+        await asyncio.sleep(_CHECK_INTERVAL if mismatches == 0 else 2.0)

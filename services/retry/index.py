@@ -1,0 +1,145 @@
+"""The parked-items index: SQLite beside the parking queue, for fast listing and filters.
+
+The parking queue is the truth (the management UI can purge or move its messages); this
+index mirrors it and is rebuilt from the queue whenever the two disagree.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+
+class ParkedItem(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    destination: str
+    orthanc_id: str = ""
+    sop_instance_uid: str = ""
+    series_instance_uid: str = ""
+    study_instance_uid: str = ""
+    patient_id: str = ""
+    modality: str = ""
+    attempts: int = 0
+    first_failed_at: float | None = None
+    last_failed_at: float | None = None
+    parked_at: float = 0.0
+    reason: str = ""
+    reason_class: str = ""
+
+
+_COLUMNS = list(ParkedItem.__struct_fields__)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Selection of parked items; every given field must match."""
+
+    destination: str | None = None
+    reason_class: str | None = None
+    study: str | None = None
+    patient: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def matches(self, item: ParkedItem) -> bool:
+        return (
+            (self.destination is None or item.destination == self.destination)
+            and (self.reason_class is None or item.reason_class == self.reason_class)
+            and (self.study is None or item.study_instance_uid == self.study)
+            and (self.patient is None or item.patient_id == self.patient)
+            and (self.since is None or item.parked_at >= self.since)
+            and (self.until is None or item.parked_at < self.until)
+        )
+
+    def where(self) -> tuple[str, list[object]]:
+        clauses: list[str] = []
+        values: list[object] = []
+        for column, value in (
+            ("destination", self.destination),
+            ("reason_class", self.reason_class),
+            ("study_instance_uid", self.study),
+            ("patient_id", self.patient),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                values.append(value)
+        if self.since is not None:
+            clauses.append("parked_at >= ?")
+            values.append(self.since)
+        if self.until is not None:
+            clauses.append("parked_at < ?")
+            values.append(self.until)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", values
+
+
+class ParkedIndex:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        columns = ", ".join(f"{c} TEXT PRIMARY KEY" if c == "id" else c for c in _COLUMNS)
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS parked ({columns})")
+        for column in ("destination", "reason_class", "study_instance_uid", "patient_id"):
+            self._db.execute(f"CREATE INDEX IF NOT EXISTS by_{column} ON parked ({column})")
+        self._db.execute("CREATE INDEX IF NOT EXISTS by_time ON parked (parked_at, id)")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add(self, items: Iterable[ParkedItem]) -> None:
+        marks = ", ".join("?" for _ in _COLUMNS)
+        rows = [tuple(getattr(i, c) for c in _COLUMNS) for i in items]
+        with self._db:
+            self._db.executemany(f"INSERT OR REPLACE INTO parked VALUES ({marks})", rows)
+
+    def remove(self, ids: Iterable[str]) -> None:
+        with self._db:
+            self._db.executemany("DELETE FROM parked WHERE id = ?", [(i,) for i in ids])
+
+    def replace_all(self, items: Iterable[ParkedItem]) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM parked")
+            marks = ", ".join("?" for _ in _COLUMNS)
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO parked VALUES ({marks})",
+                (tuple(getattr(i, c) for c in _COLUMNS) for i in items),
+            )
+
+    def count(self, filters: Filters | None = None) -> int:
+        where, values = (filters or Filters()).where()
+        return int(self._db.execute(f"SELECT COUNT(*) FROM parked{where}", values).fetchone()[0])
+
+    def page(
+        self, filters: Filters, limit: int, after: tuple[float, str] | None = None
+    ) -> list[ParkedItem]:
+        """Oldest first; `after` is the (parked_at, id) of the previous page's last item."""
+        where, values = filters.where()
+        if after is not None:
+            where += (" AND " if where else " WHERE ") + "(parked_at, id) > (?, ?)"
+            values = [*values, *after]
+        rows = self._db.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM parked{where} ORDER BY parked_at, id LIMIT ?",
+            [*values, limit],
+        ).fetchall()
+        return [ParkedItem(**dict(zip(_COLUMNS, row, strict=True))) for row in rows]
+
+    def known(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ", ".join("?" for _ in chunk)
+            query = f"SELECT id FROM parked WHERE id IN ({marks})"
+            found.update(row[0] for row in self._db.execute(query, chunk))
+        return found
+
+    def counts_by_destination(self) -> dict[str, int]:
+        query = "SELECT destination, COUNT(*) FROM parked GROUP BY destination"
+        return {row[0]: int(row[1]) for row in self._db.execute(query)}
+
+    def destinations(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT DISTINCT destination FROM parked")}

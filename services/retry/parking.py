@@ -1,0 +1,324 @@
+"""The parking queue: park a job, and requeue or delete parked jobs by selection.
+
+AMQP cannot take one message out of the middle of a queue, so requeue and delete make
+one pass over the whole queue: each message is either acted on (published to the work
+exchange, or dropped) or published again to the parking queue, and only then acked.
+A crash mid-pass loses nothing: unacked messages return to the parking queue, and an
+item may at worst be both requeued and still parked (delivered twice, never lost).
+Each complete pass also rebuilds the index from what the queue really holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from services.retry.index import ParkedIndex, ParkedItem
+from services.retry.metrics import RetryMetrics
+from shared.amqp import Publisher
+from shared.logs import job_event
+from shared.schemas import SendJob, decode_job, encode, fresh, job_headers
+from shared.topology import Names
+
+log = logging.getLogger(__name__)
+
+Action = Literal["keep", "requeue", "delete"]
+Selector = Callable[[ParkedItem], Action]
+
+#: Messages handled per batch during a pass (publishes of a batch are pipelined).
+_BATCH = 200
+#: A pass ends early when the queue stays silent this long (someone else drained it).
+_IDLE_END = 3.0
+
+
+@dataclass
+class PassResult:
+    requeued: int = 0
+    deleted: int = 0
+    kept: int = 0
+    failed: int = 0
+    complete: bool = True
+    by_destination: dict[str, int] = field(default_factory=dict)
+
+
+class Parking:
+    def __init__(
+        self,
+        *,
+        names: Names,
+        consume_conn: AbstractRobustConnection,
+        publisher: Publisher,
+        index: ParkedIndex,
+        metrics: RetryMetrics,
+    ) -> None:
+        self._names = names
+        self._conn = consume_conn
+        self._publisher = publisher
+        self._index = index
+        self._metrics = metrics
+        #: One mutation of the parking queue at a time (parks wait during a pass).
+        self.lock = asyncio.Lock()
+
+    @property
+    def index(self) -> ParkedIndex:
+        return self._index
+
+    async def park(
+        self,
+        job: SendJob | None,
+        *,
+        raw: bytes | None,
+        destination: str,
+        reason: str,
+        reason_class: str,
+    ) -> ParkedItem:
+        """Publish to the parking queue (confirmed), then index it. Raises PUBLISH_ERRORS."""
+        now = time.time()
+        item_id = uuid.uuid4().hex
+        if job is not None:
+            job = msgspec.structs.replace(
+                job, parked_at=now, last_error=reason, reason_class=reason_class
+            )
+            body = encode(job)
+            item = _item_from_job(item_id, job)
+        else:
+            body = raw or b""
+            item = ParkedItem(
+                id=item_id,
+                destination=destination,
+                parked_at=now,
+                reason=reason,
+                reason_class=reason_class,
+            )
+        headers = {
+            **(job_headers(job) if job else {"destination": destination}),
+            "reason": reason[:500],
+            "reason_class": reason_class,
+            "parked_at": now,
+        }
+        async with self.lock:
+            await self._publisher.publish(
+                self._names.parked_exchange,
+                destination,
+                body,
+                headers=headers,
+                message_id=item_id,
+            )
+            self._index.add([item])
+        self._metrics.parked.labels(destination, reason_class).inc()
+        job_event(
+            log,
+            "parked",
+            logging.WARNING,
+            destination=destination,
+            orthanc_id=item.orthanc_id,
+            sop_instance_uid=item.sop_instance_uid,
+            attempt=item.attempts,
+            outcome="parked",
+            reason=reason,
+            reason_class=reason_class,
+        )
+        return item
+
+    async def queue_depth(self) -> int:
+        async with self._conn.channel() as channel:
+            queue = await channel.declare_queue(self._names.parked_queue, passive=True)
+            return int(queue.declaration_result.message_count or 0)
+
+    async def run_pass(
+        self,
+        select: Selector,
+        *,
+        to: str | None = None,
+        progress: Callable[[PassResult], None] | None = None,
+    ) -> PassResult:
+        """One pass over the parking queue, applying `select` to every message."""
+        async with self.lock:
+            return await self._pass(select, to, progress)
+
+    async def _pass(
+        self, select: Selector, to: str | None, progress: Callable[[PassResult], None] | None
+    ) -> PassResult:
+        result = PassResult()
+        seen: list[ParkedItem] = []
+        channel = await self._conn.channel()
+        try:
+            await channel.set_qos(prefetch_count=_BATCH)
+            queue = await channel.declare_queue(self._names.parked_queue, passive=True)
+            remaining = int(queue.declaration_result.message_count or 0)
+            async with queue.iterator() as messages:
+                while remaining > 0:
+                    batch = await _take(messages, min(_BATCH, remaining))
+                    if not batch:
+                        result.complete = False
+                        break
+                    remaining -= len(batch)
+                    seen.extend(await self._apply(batch, select, to, result))
+                    if progress:
+                        progress(result)
+        finally:
+            await channel.close()
+        if result.complete:
+            self._index.replace_all(seen)
+        else:
+            self._index.add(seen)
+        return result
+
+    async def _apply(
+        self,
+        batch: list[AbstractIncomingMessage],
+        select: Selector,
+        to: str | None,
+        result: PassResult,
+    ) -> list[ParkedItem]:
+        items = [_item_from_message(m) for m in batch]
+        actions = [select(item) for item in items]
+        outcomes = await asyncio.gather(
+            *(self._act(m, i, a, to) for m, i, a in zip(batch, items, actions, strict=True)),
+            return_exceptions=True,
+        )
+        kept: list[ParkedItem] = []
+        removed: list[str] = []
+        for message, item, action, outcome in zip(batch, items, actions, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                # Not confirmed: leave it unacked; closing the channel returns it.
+                log.warning("parked item %s: %s failed: %r", item.id, action, outcome)
+                result.failed += 1
+                kept.append(item)
+                continue
+            await message.ack()
+            if action == "keep":
+                result.kept += 1
+                kept.append(item)
+                continue
+            removed.append(item.id)
+            self._count(result, action, item, to)
+        self._index.remove(removed)
+        return kept
+
+    def _count(self, result: PassResult, action: Action, item: ParkedItem, to: str | None) -> None:
+        destination = to or item.destination
+        if action == "requeue":
+            result.requeued += 1
+            result.by_destination[destination] = result.by_destination.get(destination, 0) + 1
+            self._metrics.requeued.labels(destination).inc()
+        else:
+            result.deleted += 1
+            self._metrics.deleted.labels(item.destination).inc()
+        job_event(
+            log,
+            "requeued" if action == "requeue" else "deleted",
+            destination=destination,
+            orthanc_id=item.orthanc_id,
+            sop_instance_uid=item.sop_instance_uid,
+            outcome=action,
+        )
+
+    async def _act(
+        self, message: AbstractIncomingMessage, item: ParkedItem, action: Action, to: str | None
+    ) -> None:
+        if action == "delete":
+            return
+        if action == "keep":
+            await self._publisher.publish(
+                self._names.parked_exchange,
+                item.destination,
+                message.body,
+                headers=_plain_headers(message.headers),
+                message_id=item.id,
+            )
+            return
+        destination = to or item.destination
+        body, headers = _requeue_body(message.body, destination)
+        await self._publisher.publish(self._names.work_exchange, destination, body, headers=headers)
+
+
+async def _take(messages: Any, count: int) -> list[AbstractIncomingMessage]:
+    batch: list[AbstractIncomingMessage] = []
+    while len(batch) < count:
+        try:
+            batch.append(await asyncio.wait_for(messages.__anext__(), _IDLE_END))
+        except (TimeoutError, StopAsyncIteration):
+            break
+    return batch
+
+
+def _requeue_body(body: bytes, destination: str) -> tuple[bytes, dict[str, Any]]:
+    try:
+        job = decode_job(body)
+    except msgspec.DecodeError:
+        return body, {"destination": destination}  # raw: let the sender judge it again
+    job = msgspec.structs.replace(fresh(job), destination=destination)
+    return encode(job), job_headers(job)
+
+
+def _plain_headers(headers: Any) -> dict[str, Any]:
+    # x- headers belong to the broker; copying them into a new publish confuses it.
+    return {k: v for k, v in (headers or {}).items() if not str(k).startswith("x-")}
+
+
+def _item_from_job(item_id: str, job: SendJob) -> ParkedItem:
+    return ParkedItem(
+        id=item_id,
+        destination=job.destination,
+        orthanc_id=job.orthanc_id,
+        sop_instance_uid=job.sop_instance_uid,
+        series_instance_uid=job.series_instance_uid,
+        study_instance_uid=job.study_instance_uid,
+        patient_id=job.patient_id,
+        modality=job.modality,
+        attempts=job.attempts,
+        first_failed_at=job.first_failed_at,
+        last_failed_at=job.last_failed_at,
+        parked_at=job.parked_at or 0.0,
+        reason=job.last_error,
+        reason_class=job.reason_class,
+    )
+
+
+def _item_from_message(message: AbstractIncomingMessage) -> ParkedItem:
+    headers = message.headers or {}
+    item_id = message.message_id or uuid.uuid4().hex
+    try:
+        job = decode_job(message.body)
+    except msgspec.DecodeError:
+        job = None
+    if job is not None and job.parked_at is not None:
+        return _item_from_job(item_id, job)
+    reason, reason_class = _reason_from_headers(headers, job is None)
+    destination = str(
+        headers.get("destination") or (job.destination if job else "") or message.routing_key or ""
+    )
+    parked_at = headers.get("parked_at")
+    base = _item_from_job(item_id, job) if job else ParkedItem(id=item_id, destination="")
+    return msgspec.structs.replace(
+        base,
+        destination=destination,
+        reason=reason,
+        reason_class=reason_class,
+        parked_at=float(parked_at) if isinstance(parked_at, int | float) else time.time(),
+    )
+
+
+def _reason_from_headers(headers: Any, undecodable: bool) -> tuple[str, str]:
+    if headers.get("reason"):
+        return str(headers["reason"]), str(headers.get("reason_class") or "unknown")
+    deaths = headers.get("x-death") or []
+    if deaths:
+        death = deaths[0]
+        why = death.get("reason", "dead-lettered")
+        return (
+            f"dead-lettered by RabbitMQ ({why}) from {death.get('queue', '?')}",
+            "delivery-limit" if why == "delivery_limit" else "dead-lettered",
+        )
+    if undecodable:
+        return "message could not be decoded", "decode-error"
+    return "parked without a recorded reason", "unknown"

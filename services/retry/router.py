@@ -1,0 +1,155 @@
+"""Consumes reported failures: the ONLY place the retry service decides retry or park.
+
+    decodable failure, attempts left   -> publish to the delay tier, ack
+    permanent, or attempts exhausted   -> park (with the reason), ack
+    dead-lettered job (delivery limit) -> park: it crashed its consumer repeatedly
+    undecodable message                -> park verbatim
+Publish first, ack after: a crash in between only duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage
+
+from services.retry.metrics import RetryMetrics
+from services.retry.parking import Parking
+from services.retry.policy import Park, decide
+from shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack, safe_nack_requeue
+from shared.config import Config
+from shared.logs import job_event
+from shared.schemas import Failure, SendJob, decode_bus_message, encode, job_headers
+from shared.topology import Names
+
+log = logging.getLogger(__name__)
+
+
+class FailureRouter:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        names: Names,
+        publisher: Publisher,
+        parking: Parking,
+        metrics: RetryMetrics,
+    ) -> None:
+        self._config = config
+        self._names = names
+        self._publisher = publisher
+        self._parking = parking
+        self._metrics = metrics
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await self._route(message)
+        except PUBLISH_ERRORS as exc:
+            log.error("cannot forward a failure (%r); it stays queued", exc)
+            await asyncio.sleep(1)
+            await safe_nack_requeue(message)
+            return
+        await safe_ack(message)
+
+    async def _route(self, message: AbstractIncomingMessage) -> None:
+        destination = str((message.headers or {}).get("destination") or message.routing_key)
+        try:
+            decoded = decode_bus_message(message.body)
+        except msgspec.DecodeError as exc:
+            await self._parking.park(
+                None,
+                raw=message.body,
+                destination=destination,
+                reason=f"undecodable message on the failed queue: {exc}",
+                reason_class="decode-error",
+            )
+            return
+        if isinstance(decoded, SendJob):
+            await self._park_dead_lettered(decoded, message)
+        elif decoded.job is None:
+            await self._parking.park(
+                None,
+                raw=decoded.raw,
+                destination=decoded.destination,
+                reason=decoded.reason,
+                reason_class=decoded.reason_class,
+            )
+        else:
+            await self._retry_or_park(decoded, decoded.job)
+
+    async def _park_dead_lettered(self, job: SendJob, message: AbstractIncomingMessage) -> None:
+        deaths: Any = (message.headers or {}).get("x-death") or [{}]
+        why = str(deaths[0].get("reason", "dead-lettered")) if isinstance(deaths, list) else "?"
+        reason = (
+            f"dead-lettered by RabbitMQ ({why}): delivered repeatedly without an "
+            "outcome (the sender crashed or was stopped while sending it)"
+        )
+        now = time.time()
+        job = msgspec.structs.replace(
+            job, last_failed_at=now, first_failed_at=job.first_failed_at or now
+        )
+        await self._parking.park(
+            job, raw=None, destination=job.destination, reason=reason, reason_class="delivery-limit"
+        )
+
+    async def _retry_or_park(self, failure: Failure, job: SendJob) -> None:
+        if self._config.destination(job.destination) is None:
+            # A delay tier would dead-letter it to a work queue nobody has declared.
+            await self._parking.park(
+                job,
+                raw=None,
+                destination=job.destination,
+                reason=f"unknown destination {job.destination!r}",
+                reason_class="unknown-destination",
+            )
+            return
+        attempts = job.attempts + 1
+        job = msgspec.structs.replace(
+            job,
+            attempts=attempts,
+            first_failed_at=job.first_failed_at or failure.failed_at,
+            last_failed_at=failure.failed_at,
+            last_error=failure.reason,
+            reason_class=failure.reason_class,
+        )
+        decision = decide(
+            attempts=attempts,
+            permanent=failure.permanent,
+            reason=failure.reason,
+            max_attempts=self._config.max_attempts_for(job.destination),
+            delays=self._config.delays_for(job.destination),
+            jitter=self._config.retry.jitter,
+            retry_after=failure.retry_after,
+        )
+        if isinstance(decision, Park):
+            await self._parking.park(
+                job,
+                raw=None,
+                destination=job.destination,
+                reason=decision.reason,
+                reason_class=failure.reason_class,
+            )
+            return
+        await self._publisher.publish(
+            self._names.delay(decision.ttl),
+            job.destination,
+            encode(job),
+            headers=job_headers(job),
+        )
+        self._metrics.retried.labels(job.destination, decision.tier).inc()
+        job_event(
+            log,
+            "retry scheduled",
+            destination=job.destination,
+            orthanc_id=job.orthanc_id,
+            sop_instance_uid=job.sop_instance_uid,
+            attempt=attempts,
+            outcome="retry",
+            delay=decision.tier,
+            reason=failure.reason,
+            reason_class=failure.reason_class,
+        )

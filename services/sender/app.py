@@ -1,0 +1,103 @@
+"""Sender wiring: connections, one consumer per destination, HTTP, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from services.sender.consumer import DestinationConsumer
+from services.sender.dicom import DicomDestination
+from services.sender.metrics import SenderMetrics
+from shared.amqp import Publisher, connect
+from shared.config import Config
+from shared.http import make_app, start_server
+from shared.orthanc import OrthancClient
+from shared.topology import Names, declare_topology
+
+log = logging.getLogger(__name__)
+
+
+def prepare_spool(configured: str) -> Path:
+    """A spool dir of our own; leftovers of dead sender processes are removed."""
+    root = Path(configured or tempfile.gettempdir()) / "sendqueue-spool"
+    root.mkdir(parents=True, exist_ok=True)
+    for child in root.iterdir():
+        if child.name.isdigit() and not _pid_alive(int(child.name)):
+            shutil.rmtree(child, ignore_errors=True)
+    own = root / str(os.getpid())
+    own.mkdir(exist_ok=True)
+    return own
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def run_sender(
+    config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
+) -> None:
+    registry = registry or CollectorRegistry()
+    metrics = SenderMetrics(registry)
+    names = Names(config.amqp.prefix)
+    consume_conn = await connect(config.amqp.url, "sendqueue-sender-consume")
+    publish_conn = await connect(config.amqp.url, "sendqueue-sender-publish")
+    orthanc = OrthancClient(config.orthanc)
+    spool = prepare_spool(config.sender.spool_dir)
+    consumers: list[DestinationConsumer] = []
+    runner = None
+    try:
+        async with publish_conn.channel() as channel:
+            await declare_topology(
+                channel,
+                names,
+                [d.name for d in config.destinations],
+                config.all_delays(),
+                config.retry.jitter,
+            )
+        publisher = Publisher(publish_conn)
+        await publisher.open()
+        for dest_config in config.destinations:
+            consumer = DestinationConsumer(
+                DicomDestination(dest_config),
+                names=names,
+                publisher=publisher,
+                orthanc=orthanc,
+                config=config.sender,
+                spool_dir=spool,
+                metrics=metrics,
+            )
+            await consumer.start(await consume_conn.channel())
+            consumers.append(consumer)
+
+        def health() -> dict[str, bool]:
+            return {"amqp": not consume_conn.is_closed and not publish_conn.is_closed}
+
+        runner = await start_server(make_app(registry, health), config.sender.listen)
+        log.info("sender running: %d destination(s)", len(consumers))
+        await stop.wait()
+        log.info("sender stopping: finishing in-flight sends")
+        grace = config.sender.shutdown_grace
+        await asyncio.gather(*(c.stop(grace) for c in consumers))
+    finally:
+        for consumer in consumers:
+            consumer.destination.close()
+        if runner:
+            await runner.cleanup()
+        await orthanc.close()
+        for conn in (consume_conn, publish_conn):
+            with contextlib.suppress(Exception):
+                await conn.close()
+        shutil.rmtree(spool, ignore_errors=True)

@@ -1,0 +1,281 @@
+"""One destination's consumer: the ONLY place the sender acks, reports or returns a job.
+
+    delivered                      -> ack
+    PermanentError                 -> report to retry (permanent: parked), ack
+    TransientError / I/O error     -> report to retry (retried after a delay), ack
+    destination or Orthanc down    -> put the job back untouched, ack, pause and probe
+    CancelledError (shutdown)      -> leave unacked: the broker redelivers it
+
+Reports and returns are published (confirmed) before the ack, so a crash at any point
+loses nothing: at worst the job is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, ExchangeType
+
+from services.sender.dicom import DicomDestination
+from services.sender.metrics import SenderMetrics
+from shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack, safe_nack_requeue
+from shared.config import SenderConfig
+from shared.errors import (
+    TRANSIENT_IO_ERRORS,
+    DestinationUnavailable,
+    PermanentError,
+    SendQueueError,
+)
+from shared.logs import job_event
+from shared.orthanc import OrthancClient, SourceUnavailable
+from shared.schemas import Failure, SendJob, decode_job, encode, fresh, job_headers
+from shared.topology import Names, declare_work_queue
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[], Awaitable[None]]
+
+
+class DestinationConsumer:
+    def __init__(
+        self,
+        destination: DicomDestination,
+        *,
+        names: Names,
+        publisher: Publisher,
+        orthanc: OrthancClient,
+        config: SenderConfig,
+        spool_dir: Path,
+        metrics: SenderMetrics,
+    ) -> None:
+        self.destination = destination
+        self.name = destination.name
+        self._names = names
+        self._publisher = publisher
+        self._orthanc = orthanc
+        self._config = config
+        self._spool = spool_dir
+        self._metrics = metrics
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._paused = False
+        self._stopping = False
+        self._probe_task: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        metrics.up.labels(self.name).set(1)
+        metrics.associations.labels(self.name).set_function(destination.open_associations)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    async def start(self, channel: AbstractChannel) -> None:
+        await channel.set_qos(prefetch_count=self.destination.config.concurrency)
+        work = await channel.declare_exchange(
+            self._names.work_exchange, ExchangeType.DIRECT, durable=True
+        )
+        self._queue = await declare_work_queue(channel, self._names, self.name, work)
+        await self._consume()
+
+    async def _consume(self) -> None:
+        assert self._queue is not None
+        self._tag = await self._queue.consume(self._on_message)
+
+    async def _cancel(self) -> None:
+        tag, self._tag = self._tag, None
+        if tag and self._queue:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(tag)
+
+    async def stop(self, grace: float) -> None:
+        """Stop pulling, let in-flight sends finish for up to `grace` seconds."""
+        self._stopping = True
+        if self._probe_task:
+            self._probe_task.cancel()
+        await self._cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+
+    # -- one message ------------------------------------------------------------------
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+        self._metrics.in_flight.labels(self.name).inc()
+        try:
+            await self._handle(message)
+        finally:
+            self._in_flight -= 1
+            self._metrics.in_flight.labels(self.name).dec()
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            job = decode_job(message.body)
+        except msgspec.DecodeError as exc:
+            failure = Failure(
+                destination=self.name,
+                raw=message.body,
+                permanent=True,
+                reason=f"message could not be decoded: {exc}",
+                reason_class="decode-error",
+            )
+            await self._report(message, failure, None)
+            return
+        if job.parked_at is not None:
+            job = fresh(job)  # moved back from parking by hand: a new start
+        if job.destination != self.name:
+            job = msgspec.structs.replace(job, destination=self.name)
+        await self._attempt(message, job)
+
+    async def _attempt(self, message: AbstractIncomingMessage, job: SendJob) -> None:
+        path = self._spool / f"{job.id}-{uuid.uuid4().hex[:8]}.dcm"
+        try:
+            size = await self._orthanc.download_instance(job.orthanc_id, path)
+            started = time.monotonic()
+            loop = asyncio.get_running_loop()
+            detail = await loop.run_in_executor(
+                self.destination.executor, self.destination.send_blocking, path
+            )
+        except (DestinationUnavailable, SourceUnavailable) as exc:
+            await self._return_and_pause(message, job, exc)
+        except SendQueueError as exc:
+            permanent = isinstance(exc, PermanentError)
+            await self._report(message, _failure(job, str(exc), exc.reason_class, permanent), job)
+        except TRANSIENT_IO_ERRORS as exc:
+            await self._report(message, _failure(job, f"I/O error: {exc!r}", "io-error"), job)
+        except Exception as exc:
+            log.exception("%s: unexpected error sending %s", self.name, job.orthanc_id)
+            await self._report(message, _failure(job, f"internal error: {exc!r}", "internal"), job)
+        else:
+            await self._delivered(message, job, size, time.monotonic() - started, detail)
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _delivered(
+        self, message: AbstractIncomingMessage, job: SendJob, size: int, took: float, detail: str
+    ) -> None:
+        await safe_ack(message)
+        protocol = self.destination.protocol
+        self._metrics.sent.labels(self.name, protocol).inc()
+        self._metrics.duration.labels(self.name, protocol).observe(took)
+        self._metrics.bytes.labels(self.name).inc(size)
+        origin = job.stored_at or job.queued_at
+        if origin:
+            self._metrics.latency.labels(self.name).observe(max(0.0, time.time() - origin))
+        job_event(
+            log,
+            "sent",
+            destination=self.name,
+            orthanc_id=job.orthanc_id,
+            sop_instance_uid=job.sop_instance_uid,
+            attempt=job.attempts + 1,
+            outcome="delivered",
+            reason=detail if detail != "Success" else "",
+        )
+
+    async def _report(
+        self, message: AbstractIncomingMessage, failure: Failure, job: SendJob | None
+    ) -> None:
+        """Hand the failure to the retry service, then ack."""
+        self._metrics.failed.labels(
+            self.name, self.destination.protocol, failure.reason_class
+        ).inc()
+        headers = job_headers(job) if job else {"destination": self.name}
+        headers["reason"] = failure.reason[:500]
+        try:
+            await self._publisher.publish(
+                self._names.failed_exchange, self.name, encode(failure), headers=headers
+            )
+        except PUBLISH_ERRORS as exc:
+            log.error("%s: cannot report a failure (%r); job stays queued", self.name, exc)
+            await asyncio.sleep(1)
+            await safe_nack_requeue(message)
+            return
+        await safe_ack(message)
+        job_event(
+            log,
+            "failed",
+            logging.WARNING,
+            destination=self.name,
+            orthanc_id=job.orthanc_id if job else "",
+            sop_instance_uid=job.sop_instance_uid if job else "",
+            attempt=(job.attempts + 1) if job else None,
+            outcome="permanent" if failure.permanent else "transient",
+            reason=failure.reason,
+            reason_class=failure.reason_class,
+        )
+
+    async def _return_and_pause(
+        self, message: AbstractIncomingMessage, job: SendJob, exc: SendQueueError
+    ) -> None:
+        """Unreachable: the job was not attempted, so it goes back as it was."""
+        try:
+            await self._publisher.publish(
+                self._names.work_exchange, self.name, encode(job), headers=job_headers(job)
+            )
+        except PUBLISH_ERRORS as publish_error:
+            log.error("%s: cannot return a job (%r)", self.name, publish_error)
+            await safe_nack_requeue(message)
+        else:
+            await safe_ack(message)
+            self._metrics.returned.labels(self.name).inc()
+        probe = (
+            self._probe_destination
+            if isinstance(exc, DestinationUnavailable)
+            else (self._probe_orthanc)
+        )
+        await self._pause(str(exc), probe)
+
+    # -- pausing and probing ------------------------------------------------------------
+    async def _pause(self, why: str, probe: Probe) -> None:
+        if self._paused or self._stopping:
+            return
+        self._paused = True
+        self._metrics.up.labels(self.name).set(0 if probe == self._probe_destination else 1)
+        log.warning("%s: paused, probing until it answers: %s", self.name, why)
+        await self._cancel()
+        self._probe_task = asyncio.create_task(self._probe_until_up(probe))
+
+    async def _probe_until_up(self, probe: Probe) -> None:
+        delay: float = self._config.probe_min
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            try:
+                await probe()
+            except Exception as exc:
+                log.info("%s: still unavailable: %s", self.name, exc)
+                delay = min(delay * 2, self._config.probe_max)
+                continue
+            break
+        if self._stopping:
+            return
+        self._paused = False
+        self._metrics.up.labels(self.name).set(1)
+        log.warning("%s: available again, resuming", self.name)
+        await self._consume()
+
+    async def _probe_destination(self) -> None:
+        await asyncio.to_thread(self.destination.echo_blocking)
+
+    async def _probe_orthanc(self) -> None:
+        await self._orthanc.get_json("/system")
+
+
+def _failure(job: SendJob, reason: str, reason_class: str, permanent: bool = False) -> Failure:
+    return Failure(
+        destination=job.destination,
+        job=job,
+        permanent=permanent,
+        reason=reason,
+        reason_class=reason_class,
+    )

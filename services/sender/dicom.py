@@ -1,0 +1,272 @@
+"""C-STORE to a DICOM destination with pynetdicom: the only module that touches it.
+
+pynetdicom blocks, so every call runs in this destination's own thread pool; each worker
+thread owns one association and reuses it across many instances (re-associating after
+an abort, an idle period, or when an instance needs a presentation context the current
+association lacks). Files are sent in chunks straight from the spool file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
+
+from services.sender.status import raise_for_status
+from shared.config import DestinationConfig
+from shared.errors import DestinationUnavailable, PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+# Send the dataset from the file in PDU-sized chunks instead of loading it whole.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+#: Presentation contexts an association may carry (DICOM allows 128 ids).
+_MAX_CONTEXTS = 100
+#: P-DATA PDUs allowed to wait in pynetdicom's send queue: without a bound it queues a
+#: whole file in memory when the peer reads slower than we read the disk.
+_MAX_QUEUED_PDUS = 8
+#: A failure this soon on a reused association is probably an idle close by the peer.
+_STALE_FAILURE_SECONDS = 2.0
+
+#: The Verification SOP class (C-ECHO).
+VERIFICATION = "1.2.840.10008.1.1"
+
+Context = tuple[str, str]  # (SOP class UID, transfer syntax UID)
+
+
+@dataclass(frozen=True)
+class InstanceMeta:
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+def read_meta(path: Path) -> InstanceMeta:
+    """The file meta of a Part-10 file; PermanentError when it is not one."""
+    try:
+        meta = read_file_meta_info(path)
+        return InstanceMeta(
+            str(meta.MediaStorageSOPClassUID),
+            str(meta.MediaStorageSOPInstanceUID),
+            str(meta.TransferSyntaxUID),
+        )
+    except Exception as exc:
+        raise PermanentError(
+            f"the instance file is not valid DICOM Part-10: {exc}", reason_class="invalid-dicom"
+        ) from None
+
+
+@dataclass
+class _Link:
+    """The association one worker thread owns."""
+
+    assoc: Association | None = None
+    accepted: set[Context] = field(default_factory=set)
+    refused: set[Context] = field(default_factory=set)
+    last_used: float = 0.0
+
+
+class DicomDestination:
+    protocol = "dicom"
+
+    def __init__(self, config: DestinationConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.concurrency, thread_name_prefix=f"sq-dicom-{config.name}"
+        )
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._links: list[_Link] = []
+        self._known: OrderedDict[Context, None] = OrderedDict()
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return self._pool
+
+    def open_associations(self) -> int:
+        with self._lock:
+            return sum(1 for link in self._links if link.assoc and link.assoc.is_established)
+
+    # -- sending (worker threads) -------------------------------------------------
+    def send_blocking(self, path: Path) -> str:
+        """C-STORE one file; returns the status description or raises SendQueueError."""
+        meta = read_meta(path)
+        link = self._link()
+        for _ in range(2):
+            reused = self._ensure_association(link, meta)
+            started = time.monotonic()
+            assert link.assoc is not None
+            try:
+                response = link.assoc.send_c_store(path)
+            except (OSError, RuntimeError) as exc:
+                self._drop(link)
+                raise TransientError(
+                    f"C-STORE of {meta.sop_instance_uid} interrupted: {exc!r}",
+                    reason_class="connection-lost",
+                ) from None
+            link.last_used = time.monotonic()
+            if "Status" in response:
+                return raise_for_status(int(response.Status), meta.sop_instance_uid)
+            self._drop(link)
+            if not (reused and link.last_used - started < _STALE_FAILURE_SECONDS):
+                break
+            log.info("%s: reused association failed at once; retrying on a new one", self.name)
+        raise TransientError(
+            f"no C-STORE response for {meta.sop_instance_uid} (timeout, abort or invalid reply)",
+            reason_class="no-response",
+        )
+
+    def _link(self) -> _Link:
+        link: _Link | None = getattr(self._local, "link", None)
+        if link is None:
+            link = _Link()
+            self._local.link = link
+            with self._lock:
+                self._links.append(link)
+        return link
+
+    def _ensure_association(self, link: _Link, meta: InstanceMeta) -> bool:
+        """Make link hold an association accepting meta's context; True if reused."""
+        wanted = (meta.sop_class_uid, meta.transfer_syntax_uid)
+        idle = time.monotonic() - link.last_used
+        if link.assoc and (not link.assoc.is_established or idle > self.config.idle_timeout):
+            self._drop(link)
+        if link.assoc and wanted in link.accepted:
+            return True
+        if link.assoc and wanted in link.refused:
+            raise self._refused_error(meta)
+        self._drop(link)
+        link.assoc = self._associate(self._remember(wanted))
+        accepted = link.assoc.accepted_contexts
+        link.accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in accepted}
+        link.refused = set()
+        link.last_used = time.monotonic()
+        if wanted not in link.accepted:
+            link.refused.add(wanted)
+            raise self._refused_error(meta)
+        return False
+
+    def _refused_error(self, meta: InstanceMeta) -> PermanentError:
+        return PermanentError(
+            f"{self.name} does not accept SOP class {meta.sop_class_uid} in transfer syntax "
+            f"{meta.transfer_syntax_uid} (no presentation context accepted)",
+            reason_class="no-presentation-context",
+        )
+
+    def _remember(self, wanted: Context) -> list[Context]:
+        """Contexts to propose: this one first, then recently seen ones."""
+        with self._lock:
+            self._known[wanted] = None
+            self._known.move_to_end(wanted, last=False)
+            while len(self._known) > _MAX_CONTEXTS:
+                self._known.popitem()
+            return list(self._known)
+
+    def _associate(self, contexts: list[Context]) -> Association:
+        ae = self._new_ae()
+        for sop_class, transfer_syntax in contexts:
+            ae.add_requested_context(sop_class, transfer_syntax)
+        return self._open(ae)
+
+    def _new_ae(self) -> AE:
+        cfg = self.config
+        ae = AE(ae_title=cfg.calling_aet)
+        ae.connection_timeout = cfg.connect_timeout
+        ae.acse_timeout = cfg.acse_timeout
+        ae.dimse_timeout = cfg.dimse_timeout
+        # We release idle associations ourselves; this only catches a silent peer.
+        ae.network_timeout = max(cfg.idle_timeout, cfg.dimse_timeout) + 30
+        return ae
+
+    def _open(self, ae: AE) -> Association:
+        cfg = self.config
+        assoc = ae.associate(cfg.host, cfg.port, ae_title=cfg.called_aet)
+        if assoc.is_established:
+            _tune(assoc)
+            return assoc
+        where = f"{cfg.called_aet}@{cfg.host}:{cfg.port}"
+        if assoc.is_rejected:
+            raise DestinationUnavailable(
+                f"association to {where} rejected ({_rejection(assoc)})",
+                reason_class="association-rejected",
+            )
+        raise DestinationUnavailable(
+            f"cannot open an association to {where} (connection refused, timed out or aborted)",
+            reason_class="unreachable",
+        )
+
+    def _drop(self, link: _Link) -> None:
+        assoc, link.assoc = link.assoc, None
+        link.accepted = set()
+        link.refused = set()
+        if assoc is None:
+            return
+        try:
+            if assoc.is_established:
+                assoc.release()
+            else:
+                assoc.abort()
+        except Exception as exc:
+            log.debug("%s: closing association: %r", self.name, exc)
+
+    # -- probing and closing ------------------------------------------------------
+    def echo_blocking(self) -> None:
+        """C-ECHO on a fresh association; DestinationUnavailable if it fails."""
+        ae = self._new_ae()
+        ae.add_requested_context(VERIFICATION)
+        assoc = self._open(ae)
+        try:
+            response = assoc.send_c_echo()
+        except ValueError:
+            return  # Verification not offered, but the peer accepted an association
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if "Status" not in response or int(response.Status) != 0:
+            raise DestinationUnavailable(f"{self.name} answered C-ECHO with failure")
+
+    def close(self) -> None:
+        with self._lock:
+            links = list(self._links)
+        for link in links:
+            self._drop(link)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _tune(assoc: Association) -> None:
+    """TCP_NODELAY (pynetdicom leaves Nagle on: ~3x slower) and a bounded send queue."""
+    sock = getattr(assoc.dul.socket, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    dul = assoc.dul
+    send_pdu = dul.send_pdu
+
+    def bounded_send_pdu(primitive: Any) -> None:
+        while dul.to_provider_queue.qsize() >= _MAX_QUEUED_PDUS and assoc.is_established:
+            time.sleep(0.0005)
+        send_pdu(primitive)
+
+    dul.send_pdu = bounded_send_pdu  # type: ignore[method-assign]
+
+
+def _rejection(assoc: Association) -> str:
+    primitive = getattr(assoc.acceptor, "primitive", None)
+    if primitive is None:
+        return "no details"
+    kind = "permanent" if getattr(primitive, "result", None) == 1 else "transient"
+    reason = getattr(primitive, "reason_str", "")
+    return f"rejected-{kind}: {reason}".strip(": ")

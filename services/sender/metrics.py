@@ -1,0 +1,62 @@
+"""The sender's metrics; the registry is injected so every test gets a fresh one."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: Seconds; from a small instance on loopback to a large one over a slow WAN.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LATENCY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600, 86400)
+
+
+class SenderMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        dest = ["destination"]
+        proto = ["destination", "protocol"]
+        self.sent = Counter(
+            "sendqueue_jobs_sent", "Jobs delivered to their destination.", proto, registry=registry
+        )
+        self.failed = Counter(
+            "sendqueue_jobs_failed",
+            "Send attempts that failed, by failure class (the retry service decides what next).",
+            [*proto, "class"],
+            registry=registry,
+        )
+        self.returned = Counter(
+            "sendqueue_jobs_returned",
+            "Jobs put back unattempted because the destination or Orthanc was unavailable.",
+            dest,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "sendqueue_send_duration_seconds",
+            "Time to send one instance (download from Orthanc excluded).",
+            proto,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "sendqueue_end_to_end_latency_seconds",
+            "From stored in Orthanc (or queued, when unknown) to delivered.",
+            dest,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.bytes = Counter(
+            "sendqueue_bytes_sent", "Bytes of instances delivered.", dest, registry=registry
+        )
+        self.in_flight = Gauge(
+            "sendqueue_sends_in_flight", "Jobs being sent right now.", dest, registry=registry
+        )
+        self.up = Gauge(
+            "sendqueue_destination_up",
+            "1 when the destination answers, 0 while it is paused and probed.",
+            dest,
+            registry=registry,
+        )
+        self.associations = Gauge(
+            "sendqueue_associations_open",
+            "Open DICOM associations.",
+            dest,
+            registry=registry,
+        )

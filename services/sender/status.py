@@ -1,0 +1,66 @@
+"""What a C-STORE response status means for the job: one table, one function.
+
+The mapping of codes to deliver / retry / park is sendqueue's policy (PS3.4 B.2.3 and
+PS3.7 C.4.2 name the codes; they do not say what a forwarder should do about them).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from shared.errors import PermanentError, TransientError
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+#: Exact codes first; ranges below. Warnings mean the peer stored the instance.
+_EXACT: dict[int, tuple[Outcome, str]] = {
+    0x0000: (Outcome.DELIVERED, "Success"),
+    0xB000: (Outcome.DELIVERED, "Warning: coercion of data elements"),
+    0xB006: (Outcome.DELIVERED, "Warning: elements discarded"),
+    0xB007: (Outcome.DELIVERED, "Warning: data set does not match SOP class"),
+    # The peer already has this SOP instance: what we wanted.
+    0x0111: (Outcome.DELIVERED, "Duplicate SOP instance (already stored)"),
+    0x0110: (Outcome.TRANSIENT, "Processing failure"),
+    0x0213: (Outcome.TRANSIENT, "Resource limitation"),
+    0x0117: (Outcome.PERMANENT, "Invalid SOP instance"),
+    0x0122: (Outcome.PERMANENT, "SOP class not supported"),
+    0x0124: (Outcome.PERMANENT, "Not authorized"),
+    0x0210: (Outcome.PERMANENT, "Duplicate invocation"),
+    0x0211: (Outcome.PERMANENT, "Unrecognized operation"),
+    0x0212: (Outcome.PERMANENT, "Mistyped argument"),
+}
+
+_RANGES: tuple[tuple[int, int, Outcome, str, str], ...] = (
+    (0xA700, 0xA7FF, Outcome.TRANSIENT, "Refused: out of resources", "a7xx"),
+    (0xA900, 0xA9FF, Outcome.PERMANENT, "Error: data set does not match SOP class", "a9xx"),
+    (0xC000, 0xCFFF, Outcome.PERMANENT, "Error: cannot understand", "cxxx"),
+    (0xB000, 0xBFFF, Outcome.DELIVERED, "Warning", "bxxx"),
+)
+
+
+def classify(status: int) -> tuple[Outcome, str, str]:
+    """(outcome, description, reason class) for a C-STORE status code."""
+    if status in _EXACT:
+        outcome, text = _EXACT[status]
+        return outcome, text, f"dimse-{status:04x}"
+    for low, high, outcome, text, group in _RANGES:
+        if low <= status <= high:
+            return outcome, text, f"dimse-{group}"
+    # Unknown failure codes: retrying an unknown refusal forever helps nobody.
+    return Outcome.PERMANENT, "Unknown status", "dimse-other"
+
+
+def raise_for_status(status: int, sop_instance_uid: str) -> str:
+    """Returns the description when delivered; raises Transient/PermanentError otherwise."""
+    outcome, text, reason_class = classify(status)
+    if outcome is Outcome.DELIVERED:
+        return text
+    message = f"C-STORE of {sop_instance_uid} failed: DIMSE status 0x{status:04X} ({text})"
+    if outcome is Outcome.TRANSIENT:
+        raise TransientError(message, reason_class=reason_class)
+    raise PermanentError(message, reason_class=reason_class)

@@ -1,0 +1,89 @@
+"""The one error hierarchy of sendqueue.
+
+The split that matters is *transient* (try again later) versus *permanent* (park now,
+retrying cannot help). A third family, ``DestinationUnavailable``, is a transient error
+about the destination as a whole rather than about one message: the sender then pauses
+that destination instead of spending the message's attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+
+class SendQueueError(Exception):
+    """Base of every error sendqueue raises on purpose."""
+
+    #: A short, stable, low-cardinality label (metrics, filters): e.g. "dimse-a700".
+    reason_class: str = "error"
+
+    def __init__(self, message: str, *, reason_class: str | None = None) -> None:
+        super().__init__(message)
+        if reason_class is not None:
+            self.reason_class = reason_class
+
+
+class ConfigError(SendQueueError):
+    """The configuration file is missing, malformed or inconsistent."""
+
+    reason_class = "config"
+
+
+class TransientError(SendQueueError):
+    """Retrying later may succeed (timeouts, out of resources, network trouble)."""
+
+    reason_class = "transient"
+
+    def __init__(
+        self, message: str, *, reason_class: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, reason_class=reason_class)
+        #: A delay the peer asked for (HTTP Retry-After), in seconds.
+        self.retry_after = retry_after
+
+
+class DestinationUnavailable(TransientError):
+    """The destination cannot be reached at all: pause it, do not burn attempts.
+
+    Raised only when nothing of the message reached the peer (connection refused,
+    association rejected, connect timeout), so retrying the same message later is safe
+    and says nothing about the message itself.
+    """
+
+    reason_class = "destination-down"
+
+
+class PermanentError(SendQueueError):
+    """Retrying cannot help: the message is parked at once with this reason."""
+
+    reason_class = "permanent"
+
+
+class InstanceNotFound(PermanentError):
+    """The Orthanc resource no longer exists (deleted after it was queued)."""
+
+    reason_class = "not-found"
+
+
+class UndecodableMessage(PermanentError):
+    """A message body that is not a valid sendqueue message."""
+
+    reason_class = "decode-error"
+
+
+class UnknownDestination(PermanentError):
+    """A job names a destination that is not configured."""
+
+    reason_class = "unknown-destination"
+
+
+#: I/O failures that say nothing about the message: worth another try.
+TRANSIENT_IO_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+    asyncio.TimeoutError,
+    TimeoutError,
+    ConnectionError,
+)

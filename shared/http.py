@@ -1,0 +1,36 @@
+"""The small HTTP server every service runs: /metrics, /healthz, plus its own routes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from shared.config import parse_listen
+
+HealthCheck = Callable[[], dict[str, bool]]
+
+
+def make_app(registry: CollectorRegistry, health: HealthCheck) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        checks = health()
+        ok = all(checks.values())
+        return web.json_response(
+            {"status": "ok" if ok else "degraded", "checks": checks}, status=200 if ok else 503
+        )
+
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def start_server(app: web.Application, listen: str) -> web.AppRunner:
+    host, port = parse_listen(listen)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, shutdown_timeout=2).start()
+    return runner

@@ -1,0 +1,130 @@
+"""Exchange and queue names, and their idempotent declaration.
+
+    ingest --(work exchange, key=destination)--> work.<dest> --> sender
+    sender --(failed exchange)--> failed --> retry
+    retry  --(delay.<ttl> exchange, key=destination)--> delay.<ttl>
+                 --(TTL expires, dead-lettered with its key)--> work exchange
+    retry  --(parked exchange, key=destination)--> parked
+
+Every queue is a durable quorum queue and every message persistent. A delay queue has
+one fixed TTL for all its messages: RabbitMQ expires messages only at the queue head,
+so mixed per-message TTLs would block short delays behind long ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, ExchangeType
+
+from shared.durations import format_duration
+
+#: A message redelivered this many times without an outcome (the consumer crashed or
+#: was killed with it each time) is dead-lettered to the failed queue, then parked.
+DELIVERY_LIMIT = 20
+#: Delays are spread over this many TTL steps between d and d * (1 + jitter).
+JITTER_STEPS = 4
+
+
+class Names:
+    """All names under one prefix, shared by the services and the tests."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.work_exchange = f"{prefix}.work"
+        self.failed_exchange = f"{prefix}.failed"
+        self.failed_queue = f"{prefix}.failed"
+        self.parked_exchange = f"{prefix}.parked"
+        self.parked_queue = f"{prefix}.parked"
+
+    def work_queue(self, destination: str) -> str:
+        return f"{self.prefix}.work.{destination}"
+
+    def delay(self, seconds: float) -> str:
+        """Exchange and queue name of the delay tier with this TTL."""
+        return f"{self.prefix}.delay.{format_duration(seconds)}"
+
+
+def jittered_ttls(delay: float, jitter: float) -> list[float]:
+    """The TTL steps that serve a configured delay (rounded to whole milliseconds)."""
+    if jitter <= 0:
+        return [round(delay, 3)]
+    steps = {round(delay * (1 + jitter * k / (JITTER_STEPS - 1)), 3) for k in range(JITTER_STEPS)}
+    return sorted(steps)
+
+
+def _quorum(**extra: Any) -> dict[str, Any]:
+    return {"x-queue-type": "quorum", **extra}
+
+
+def _dead_letter_to(exchange: str) -> dict[str, Any]:
+    # at-least-once dead-lettering needs reject-publish overflow; the default
+    # (drop-head) silently degrades it to at-most-once.
+    return {
+        "x-dead-letter-exchange": exchange,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+async def declare_topology(
+    channel: AbstractChannel,
+    names: Names,
+    destinations: Iterable[str],
+    delays: Iterable[float],
+    jitter: float,
+) -> None:
+    """Declare everything; safe to run from every service at every start."""
+    work = await channel.declare_exchange(names.work_exchange, ExchangeType.DIRECT, durable=True)
+    fanout = ExchangeType.FANOUT
+    failed_x = await channel.declare_exchange(names.failed_exchange, fanout, durable=True)
+    parked_x = await channel.declare_exchange(names.parked_exchange, fanout, durable=True)
+    failed = await channel.declare_queue(
+        names.failed_queue,
+        arguments=_quorum(
+            **_dead_letter_to(names.parked_exchange), **{"x-delivery-limit": DELIVERY_LIMIT}
+        ),
+        durable=True,
+    )
+    await failed.bind(failed_x)
+    parked = await channel.declare_queue(names.parked_queue, arguments=_quorum(), durable=True)
+    await parked.bind(parked_x)
+    for destination in destinations:
+        await declare_work_queue(channel, names, destination, work)
+    for delay in delays:
+        for ttl in jittered_ttls(delay, jitter):
+            await _declare_delay_tier(channel, names, ttl)
+
+
+async def declare_work_queue(
+    channel: AbstractChannel,
+    names: Names,
+    destination: str,
+    work_exchange: aio_pika.abc.AbstractExchange,
+) -> aio_pika.abc.AbstractQueue:
+    queue = await channel.declare_queue(
+        names.work_queue(destination),
+        durable=True,
+        arguments=_quorum(
+            **_dead_letter_to(names.failed_exchange), **{"x-delivery-limit": DELIVERY_LIMIT}
+        ),
+    )
+    await queue.bind(work_exchange, routing_key=destination)
+    return queue
+
+
+async def _declare_delay_tier(channel: AbstractChannel, names: Names, ttl: float) -> None:
+    name = names.delay(ttl)
+    exchange = await channel.declare_exchange(name, ExchangeType.FANOUT, durable=True)
+    # No x-dead-letter-routing-key: expired messages keep their own routing key (the
+    # destination), so one tier serves every destination.
+    queue = await channel.declare_queue(
+        name,
+        durable=True,
+        arguments=_quorum(
+            **_dead_letter_to(names.work_exchange), **{"x-message-ttl": round(ttl * 1000)}
+        ),
+    )
+    await queue.bind(exchange)
