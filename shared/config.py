@@ -63,6 +63,11 @@ class AmqpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     url: str = "amqp://guest:guest@127.0.0.1:5672/"
     #: Namespaces every exchange and queue name, so several installs share a broker.
     prefix: str = "sendqueue"
+    #: RabbitMQ management API (for unacked counts in metrics); "" = use AMQP only.
+    #: Example: "http://guest:guest@127.0.0.1:15672". The vhost comes from `url`.
+    management_url: str = ""
+    #: How often queue depths are refreshed for the metrics.
+    depth_interval: Duration = Duration(10)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.prefix):
