@@ -85,7 +85,7 @@ async def _send(config: Config, destination: str, ids: Sequence[str]) -> int:
 
 
 async def _check(config: Config) -> bool:
-    from services.sender.dicom import DicomDestination
+    from services.sender.destinations import create_destination
     from shared.amqp import connect
     from shared.orthanc import OrthancClient
 
@@ -105,15 +105,15 @@ async def _check(config: Config) -> bool:
     except Exception as exc:
         results.append(("rabbitmq " + mask_url(config.amqp.url), False, repr(exc)))
     for dest in config.destinations:
-        target = DicomDestination(dest)
-        label = f"destination {dest.name} ({dest.called_aet}@{dest.host}:{dest.port})"
+        target = create_destination(dest)
+        label = f"destination {dest.name} ({dest.kind})"
         try:
-            await asyncio.to_thread(target.echo_blocking)
-            results.append((label, True, "C-ECHO ok"))
+            await target.probe()
+            results.append((label, True, "answers"))
         except SendQueueError as exc:
             results.append((label, False, str(exc)))
         finally:
-            target.close()
+            await target.close()
     for label, ok, detail in results:
         print(f"{'ok  ' if ok else 'FAIL'}  {label}: {detail}")
     return all(ok for _, ok, _ in results)

@@ -13,7 +13,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from services.sender.consumer import DestinationConsumer
-from services.sender.dicom import DicomDestination
+from services.sender.destinations import create_destination
 from services.sender.metrics import SenderMetrics
 from shared.amqp import Publisher, connect
 from shared.config import Config
@@ -71,7 +71,7 @@ async def run_sender(
         await publisher.open()
         for dest_config in config.destinations:
             consumer = DestinationConsumer(
-                DicomDestination(dest_config),
+                create_destination(dest_config),
                 names=names,
                 publisher=publisher,
                 orthanc=orthanc,
@@ -93,7 +93,7 @@ async def run_sender(
         await asyncio.gather(*(c.stop(grace) for c in consumers))
     finally:
         for consumer in consumers:
-            consumer.destination.close()
+            await consumer.destination.close()
         if runner:
             await runner.cleanup()
         await orthanc.close()

@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, ExchangeType
 
-from services.sender.dicom import DicomDestination
+from services.sender.destinations import Destination
 from services.sender.metrics import SenderMetrics
 from shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack, safe_nack_requeue
 from shared.config import SenderConfig
@@ -46,7 +46,7 @@ Probe = Callable[[], Awaitable[None]]
 class DestinationConsumer:
     def __init__(
         self,
-        destination: DicomDestination,
+        destination: Destination,
         *,
         names: Names,
         publisher: Publisher,
@@ -72,7 +72,7 @@ class DestinationConsumer:
         self._idle = asyncio.Event()
         self._idle.set()
         metrics.up.labels(self.name).set(1)
-        metrics.associations.labels(self.name).set_function(destination.open_associations)
+        metrics.associations.labels(self.name).set_function(destination.connections_open)
 
     @property
     def paused(self) -> bool:
@@ -142,10 +142,7 @@ class DestinationConsumer:
         try:
             size = await self._orthanc.download_instance(job.orthanc_id, path)
             started = time.monotonic()
-            loop = asyncio.get_running_loop()
-            detail = await loop.run_in_executor(
-                self.destination.executor, self.destination.send_blocking, path
-            )
+            detail = await self.destination.send(path)
         except (DestinationUnavailable, SourceUnavailable) as exc:
             await self._return_and_pause(message, job, exc)
         except SendQueueError as exc:
@@ -265,7 +262,7 @@ class DestinationConsumer:
         await self._consume()
 
     async def _probe_destination(self) -> None:
-        await asyncio.to_thread(self.destination.echo_blocking)
+        await self.destination.probe()
 
     async def _probe_orthanc(self) -> None:
         await self._orthanc.get_json("/system")

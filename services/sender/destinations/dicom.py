@@ -8,6 +8,7 @@ association lacks). Files are sent in chunks straight from the spool file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -23,7 +24,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
-from services.sender.status import raise_for_status
+from services.sender.destinations.dimse_status import raise_for_status
 from shared.config import DestinationConfig
 from shared.errors import DestinationUnavailable, PermanentError, TransientError
 
@@ -92,11 +93,14 @@ class DicomDestination:
         self._links: list[_Link] = []
         self._known: OrderedDict[Context, None] = OrderedDict()
 
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        return self._pool
+    async def send(self, path: Path) -> str:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.send_blocking, path)
 
-    def open_associations(self) -> int:
+    async def probe(self) -> None:
+        await asyncio.to_thread(self.echo_blocking)
+
+    def connections_open(self) -> int:
         with self._lock:
             return sum(1 for link in self._links if link.assoc and link.assoc.is_established)
 
@@ -238,7 +242,10 @@ class DicomDestination:
         if "Status" not in response or int(response.Status) != 0:
             raise DestinationUnavailable(f"{self.name} answered C-ECHO with failure")
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close_all)
+
+    def _close_all(self) -> None:
         with self._lock:
             links = list(self._links)
         for link in links:
