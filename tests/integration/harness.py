@@ -1,0 +1,269 @@
+"""Runs sendqueue against real components: in-process services or `sendqueue` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.config import Config, parse_config
+from tests.support.orthanc import OrthancProcess
+from tests.support.ports import free_port
+
+PREFIX = "sq"
+ADMIN_TOKEN = "test-admin-token"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Enough TOML for a sendqueue config: tables, arrays of tables, inline values."""
+    lines: list[str] = []
+    for key, section in data.items():
+        if isinstance(section, list):
+            for entry in section:
+                lines.append(f"[[{key}]]")
+                lines.extend(f"{k} = {toml_value(v)}" for k, v in entry.items())
+        else:
+            lines.append(f"[{key}]")
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in section.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def dicom_destination(name: str, port: int, aet: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": "dicom",
+        "host": "127.0.0.1",
+        "port": port,
+        "called_aet": aet,
+        "concurrency": 2,
+        **extra,
+    }
+
+
+class Pipeline:
+    """One sendqueue deployment under test: its config, services, admin and metrics."""
+
+    def __init__(
+        self,
+        *,
+        amqp_url: str,
+        orthanc: OrthancProcess,
+        tmp: Path,
+        destinations: list[dict[str, Any]],
+        routes: list[dict[str, Any]] | None = None,
+        retry: dict[str, Any] | None = None,
+        ingest: dict[str, Any] | None = None,
+    ) -> None:
+        self.tmp = tmp
+        self.data: dict[str, Any] = {
+            "orthanc": {
+                "url": orthanc.url,
+                "username": orthanc.username,
+                "password": orthanc.password,
+            },
+            "amqp": {"url": amqp_url, "prefix": PREFIX, "depth_interval": "1s"},
+            "ingest": {
+                "listen": f"127.0.0.1:{free_port()}",
+                "poll_interval": "200ms",
+                "state_dir": str(tmp / "ingest-state"),
+                "start_from": "beginning",
+                **(ingest or {}),
+            },
+            "sender": {
+                "listen": f"127.0.0.1:{free_port()}",
+                "spool_dir": str(tmp / "spool"),
+                "probe_min": "200ms",
+                "probe_max": "1s",
+                "shutdown_grace": "5s",
+            },
+            "retry": {
+                "listen": f"127.0.0.1:{free_port()}",
+                "delays": ["300ms", "600ms"],
+                "max_attempts": 4,
+                "admin_token": ADMIN_TOKEN,
+                "state_dir": str(tmp / "retry-state"),
+                **(retry or {}),
+            },
+            "destinations": destinations,
+            "routes": routes
+            if routes is not None
+            else [{"destinations": [d["name"] for d in destinations]}],
+        }
+        self.config: Config = parse_config(self.data, environ={})
+        self.config_path = tmp / "sendqueue.toml"
+        self.config_path.write_text(to_toml(self.data))
+        self.registries: dict[str, CollectorRegistry] = {}
+        self._stop = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- in-process services ---------------------------------------------------------------
+    async def start(self, *names: str) -> None:
+        from services.cli import _services
+
+        services = _services()
+        for name in names or ("ingest", "sender", "retry"):
+            registry = CollectorRegistry()
+            self.registries[name] = registry
+            self._tasks[name] = asyncio.create_task(
+                services[name](self.config, self._stop, registry)
+            )
+        await self.wait_healthy(*(names or ("ingest", "sender", "retry")))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        results = await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+        self._stop = asyncio.Event()
+        for proc in list(self._procs.values()):
+            self._terminate(proc)
+        self._procs.clear()
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    def check_running(self) -> None:
+        for name, task in self._tasks.items():
+            if task.done():
+                raise AssertionError(f"service {name} stopped: {task.exception()!r}")
+
+    # -- services as processes -------------------------------------------------------------
+    def spawn(self, name: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        env = {**os.environ, "SENDQUEUE_LOG_LEVEL": "INFO"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", name, "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).parents[2],
+        )
+        self._procs[name] = proc
+        return proc
+
+    def kill(self, name: str) -> None:
+        proc = self._procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def terminate(self, name: str) -> int:
+        return self._terminate(self._procs.pop(name))
+
+    @staticmethod
+    def _terminate(proc: subprocess.Popen[bytes]) -> int:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        return proc.returncode
+
+    # -- HTTP helpers --------------------------------------------------------------------------
+    def url(self, service: str, path: str) -> str:
+        return f"http://{self.data[service]['listen']}{path}"
+
+    async def wait_healthy(self, *services: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            for service in services:
+                while True:
+                    self.check_running()
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(self.url(service, "/healthz")) as response:
+                            if response.status == 200:
+                                break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{service} not healthy after {timeout}s")
+                    await asyncio.sleep(0.1)
+
+    async def admin(
+        self, method: str, path: str, body: Any = None, token: str | None = ADMIN_TOKEN
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                method, self.url("retry", path), json=body, headers=headers
+            ) as response,
+        ):
+            return response.status, await response.json(content_type=None)
+
+    async def parked(self, **query: str) -> dict[str, Any]:
+        suffix = "&".join(f"{k}={v}" for k, v in query.items())
+        status, body = await self.admin("GET", "/api/parked" + (f"?{suffix}" if suffix else ""))
+        assert status == 200, body
+        return body
+
+    async def wait_parked(self, count: int, timeout: float = 30.0) -> dict[str, Any]:
+        body = await wait_for(lambda: self.parked(), lambda b: b["total"] >= count, timeout)
+        return body
+
+    async def metrics(self, service: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(self.url(service, "/metrics")) as response,
+        ):
+            text = await response.text()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
+
+    async def metric_sum(self, service: str, name: str, **labels: str) -> float:
+        samples = await self.metrics(service)
+        return sum(
+            value
+            for (sample, sample_labels), value in samples.items()
+            if sample == name and set(labels.items()) <= set(sample_labels)
+        )
+
+
+async def wait_for(
+    fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float, interval: float = 0.2
+) -> Any:
+    """Poll an async fetch until done(result); TimeoutError with the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await fetch()
+        if done(result):
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met after {timeout}s; last: {result!r}"[:2000])
+        await asyncio.sleep(interval)
+
+
+async def wait_received(scp: Any, count: int, timeout: float = 60.0) -> set[str]:
+    async def fetch() -> set[str]:
+        return set(scp.stored_uids())
+
+    return await wait_for(fetch, lambda uids: len(uids) >= count, timeout)

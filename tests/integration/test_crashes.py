@@ -1,0 +1,48 @@
+"""kill -9 and SIGTERM: nothing is lost across crashes and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.integration.harness import dicom_destination, wait_received
+from tests.support.dicom_factory import make_study, sop_instance_uid
+
+
+async def test_kill_9_of_the_sender_mid_transfer_loses_nothing(make_pipeline, orthanc, scp):
+    # Given a slow SCP, so that sends are in flight when the sender dies
+    scp.store_delay = 0.05
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
+    await pipeline.start("ingest", "retry")
+    pipeline.spawn("sender")
+    study = make_study(40)
+    for data in study:
+        orthanc.upload(data)
+    await wait_received(scp, 5, timeout=60)
+    # When the sender is killed mid-transfer and started again
+    pipeline.kill("sender")
+    assert len(scp.stored_uids()) < 40
+    pipeline.spawn("sender")
+    # Then every instance is delivered (duplicates allowed), nothing parked
+    assert await wait_received(scp, 40, timeout=90) == {sop_instance_uid(d) for d in study}
+    assert (await pipeline.parked())["total"] == 0
+    # And a SIGTERM stops it cleanly
+    assert pipeline.terminate("sender") == 0
+
+
+async def test_kill_9_of_ingest_then_more_instances_all_delivered(make_pipeline, orthanc, scp):
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
+    await pipeline.start("sender", "retry")
+    pipeline.spawn("ingest")
+    first, second = make_study(20), make_study(20)
+    for data in first:
+        orthanc.upload(data)
+    await wait_received(scp, 1, timeout=60)
+    pipeline.kill("ingest")
+    for data in second:
+        orthanc.upload(data)
+    await asyncio.sleep(0.5)
+    pipeline.spawn("ingest")
+    expected = {sop_instance_uid(d) for d in first + second}
+    assert await wait_received(scp, 40, timeout=90) == expected
+    assert (await pipeline.parked())["total"] == 0
+    assert pipeline.terminate("ingest") == 0

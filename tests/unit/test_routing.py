@@ -1,0 +1,28 @@
+"""Routing rules: levels, globs, several destinations."""
+
+from services.ingest.routing import Router, matches
+from shared.config import RouteConfig
+
+
+def test_globs_match_case_insensitively_and_missing_tags_are_empty():
+    tags = {"Modality": "CT", "StudyDescription": "Chest CT"}
+    assert matches({"Modality": "ct"}, tags)
+    assert matches({"StudyDescription": "*chest*"}, tags)
+    assert not matches({"Modality": "MR"}, tags)
+    assert matches({"BodyPartExamined": "*"}, tags)
+    assert not matches({"BodyPartExamined": "?*"}, tags)
+
+
+def test_destinations_of_every_matching_route_once_in_order():
+    router = Router(
+        [
+            RouteConfig(destinations=["a", "b"], match={"Modality": "CT"}),
+            RouteConfig(destinations=["b", "c"]),
+            RouteConfig(destinations=["d"], level="study"),
+        ]
+    )
+    assert router.destinations("instance", {"Modality": "CT"}) == ["a", "b", "c"]
+    assert router.destinations("instance", {"Modality": "MR"}) == ["b", "c"]
+    assert router.destinations("study", {}) == ["d"]
+    assert router.levels() == {"instance", "study"}
+    assert router.tags_needed("instance") == {"Modality"}
