@@ -1,0 +1,1 @@
+"""Helpers for integration tests: real RabbitMQ vhosts, Orthanc processes, DICOM peers, data."""
