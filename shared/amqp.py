@@ -10,6 +10,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -65,12 +66,20 @@ class Publisher:
         *,
         headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
+        persistent: bool = True,
+        mandatory: bool = True,
     ) -> None:
         """Returns once the broker confirmed; raises one of PUBLISH_ERRORS otherwise."""
         message = aio_pika.Message(
             body,
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=(
+                aio_pika.DeliveryMode.PERSISTENT
+                if persistent
+                else aio_pika.DeliveryMode.NOT_PERSISTENT
+            ),
+            # When it entered its queue: the age of a waiting job is measured from here.
+            timestamp=datetime.now(UTC),
             # Unique per publish: aiormq matches returned messages by message_id.
             message_id=message_id or uuid.uuid4().hex,
             headers=dict(headers or {}),
@@ -79,7 +88,7 @@ class Publisher:
         # The whole call is bounded: a robust channel waits without limit while it
         # reconnects, and publish(timeout=) does not cover that wait.
         async with asyncio.timeout(self._timeout):
-            await target.publish(message, routing_key=routing_key, mandatory=True)
+            await target.publish(message, routing_key=routing_key, mandatory=mandatory)
 
 
 async def safe_ack(message: aio_pika.abc.AbstractIncomingMessage) -> None:

@@ -55,6 +55,25 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True, tag="failure"):
     retry_after: float | None = None
 
 
+class ControlState(msgspec.Struct, frozen=True, kw_only=True, tag="control"):
+    """The operator's decisions, broadcast whole on every change."""
+
+    paused: list[str] = msgspec.field(default_factory=list)
+    updated_at: float = msgspec.field(default_factory=time.time)
+
+
+class DestinationStatus(msgspec.Struct, frozen=True, kw_only=True, tag="status"):
+    """A sender's view of one destination, sent on changes and periodically."""
+
+    destination: str
+    #: "up", "down" (unreachable, probing) or "paused" (by an operator).
+    state: str
+    reason: str = ""
+    oldest_waiting_seconds: float = 0.0
+    in_flight: int = 0
+    reported_at: float = msgspec.field(default_factory=time.time)
+
+
 BusMessage = SendJob | Failure
 
 _encoder = msgspec.json.Encoder()
@@ -66,7 +85,19 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def encode(message: BusMessage) -> bytes:
+_control_decoder = msgspec.json.Decoder(ControlState)
+_status_decoder = msgspec.json.Decoder(DestinationStatus)
+
+
+def decode_control(body: bytes) -> ControlState:
+    return _control_decoder.decode(body)
+
+
+def decode_status(body: bytes) -> DestinationStatus:
+    return _status_decoder.decode(body)
+
+
+def encode(message: BusMessage | ControlState | DestinationStatus) -> bytes:
     return _encoder.encode(message)
 
 

@@ -38,6 +38,12 @@ class Names:
         self.failed_queue = f"{prefix}.failed"
         self.parked_exchange = f"{prefix}.parked"
         self.parked_queue = f"{prefix}.parked"
+        #: Operator decisions (pause/resume) broadcast to every sender.
+        self.control_exchange = f"{prefix}.control"
+        #: Holds only the latest control state, so a starting sender can read it.
+        self.control_state_queue = f"{prefix}.control.state"
+        #: Senders report destination health here (transient, not mandatory).
+        self.status_exchange = f"{prefix}.status"
 
     def work_queue(self, destination: str) -> str:
         return f"{self.prefix}.work.{destination}"
@@ -91,6 +97,7 @@ async def declare_topology(
     await failed.bind(failed_x)
     parked = await channel.declare_queue(names.parked_queue, arguments=_quorum(), durable=True)
     await parked.bind(parked_x)
+    await _declare_control(channel, names)
     for destination in destinations:
         await declare_work_queue(channel, names, destination, work)
     for delay in delays:
@@ -113,6 +120,17 @@ async def declare_work_queue(
     )
     await queue.bind(work_exchange, routing_key=destination)
     return queue
+
+
+async def _declare_control(channel: AbstractChannel, names: Names) -> None:
+    fanout = ExchangeType.FANOUT
+    control = await channel.declare_exchange(names.control_exchange, fanout, durable=True)
+    await channel.declare_exchange(names.status_exchange, fanout, durable=True)
+    # A classic queue keeping the newest message only (max-length 1 drops the head).
+    state = await channel.declare_queue(
+        names.control_state_queue, durable=True, arguments={"x-max-length": 1}
+    )
+    await state.bind(control)
 
 
 async def _declare_delay_tier(channel: AbstractChannel, names: Names, ttl: float) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -13,12 +14,14 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from services.sender.consumer import DestinationConsumer
+from services.sender.control import StatusReporter, follow_control, read_control_state
 from services.sender.destinations import create_destination
 from services.sender.metrics import SenderMetrics
 from shared.amqp import Publisher, connect
 from shared.config import Config
 from shared.http import make_app, start_server
 from shared.orthanc import OrthancClient
+from shared.schemas import ControlState
 from shared.topology import Names, declare_topology
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ async def run_sender(
     orthanc = OrthancClient(config.orthanc)
     spool = prepare_spool(config.sender.spool_dir)
     consumers: list[DestinationConsumer] = []
+    tasks: list[asyncio.Task[None]] = []
     runner = None
     try:
         async with publish_conn.channel() as channel:
@@ -69,6 +73,7 @@ async def run_sender(
             )
         publisher = Publisher(publish_conn)
         await publisher.open()
+        control = await read_control_state(consume_conn, names)
         for dest_config in config.destinations:
             consumer = DestinationConsumer(
                 create_destination(dest_config),
@@ -79,8 +84,33 @@ async def run_sender(
                 spool_dir=spool,
                 metrics=metrics,
             )
-            await consumer.start(await consume_conn.channel())
+            await consumer.start(
+                await consume_conn.channel(), paused=dest_config.name in control.paused
+            )
             consumers.append(consumer)
+        reporter = StatusReporter(
+            connection=consume_conn,
+            names=names,
+            publisher=publisher,
+            consumers=consumers,
+            metrics=metrics,
+            interval=config.amqp.depth_interval,
+        )
+        for consumer in consumers:
+            consumer.on_change = functools.partial(reporter.report, consumer)
+
+        async def apply(state: ControlState) -> None:
+            for consumer in consumers:
+                if (consumer.name in state.paused) != (consumer.state == "paused"):
+                    log.warning(
+                        "%s: %s by an operator",
+                        consumer.name,
+                        "paused" if consumer.name in state.paused else "resumed",
+                    )
+                    await consumer.set_paused(consumer.name in state.paused)
+
+        await follow_control(consume_conn, names, apply)
+        tasks.append(asyncio.create_task(reporter.run()))
 
         def health() -> dict[str, bool]:
             return {"amqp": not consume_conn.is_closed and not publish_conn.is_closed}
@@ -92,6 +122,8 @@ async def run_sender(
         grace = config.sender.shutdown_grace
         await asyncio.gather(*(c.stop(grace) for c in consumers))
     finally:
+        for task in tasks:
+            task.cancel()
         for consumer in consumers:
             await consumer.destination.close()
         if runner:

@@ -65,7 +65,16 @@ class DestinationConsumer:
         self._metrics = metrics
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
-        self._paused = False
+        #: Unreachable (or Orthanc is): probing until it answers.
+        self._down = False
+        self._down_reason = ""
+        #: Paused by an operator (admin API); survives restarts via the control state.
+        self._operator_paused = False
+        #: Called after every state change (the status reporter publishes it).
+        self.on_change: Callable[[], Awaitable[None]] | None = None
+        #: When the newest job we took entered the queue: the head of a FIFO queue is
+        #: at least that old, so it is the age of the oldest waiting job while any wait.
+        self._head_since = time.time()
         self._stopping = False
         self._probe_task: asyncio.Task[None] | None = None
         self._in_flight = 0
@@ -75,20 +84,50 @@ class DestinationConsumer:
         metrics.associations.labels(self.name).set_function(destination.connections_open)
 
     @property
-    def paused(self) -> bool:
-        return self._paused
+    def state(self) -> str:
+        if self._operator_paused:
+            return "paused"
+        return "down" if self._down else "up"
 
-    async def start(self, channel: AbstractChannel) -> None:
+    @property
+    def state_reason(self) -> str:
+        return self._down_reason if self._down else ""
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def oldest_waiting(self, ready: int) -> float:
+        """Age of the oldest waiting job, given the queue's ready count."""
+        return max(0.0, time.time() - self._head_since) if ready > 0 else 0.0
+
+    async def start(self, channel: AbstractChannel, *, paused: bool = False) -> None:
         await channel.set_qos(prefetch_count=self.destination.config.concurrency)
         work = await channel.declare_exchange(
             self._names.work_exchange, ExchangeType.DIRECT, durable=True
         )
         self._queue = await declare_work_queue(channel, self._names, self.name, work)
-        await self._consume()
+        await self.set_paused(paused)
+
+    async def set_paused(self, paused: bool) -> None:
+        """Operator pause: stop taking jobs; they wait in the queue until resumed."""
+        self._operator_paused = paused
+        self._metrics.paused.labels(self.name).set(1 if paused else 0)
+        if paused:
+            await self._cancel()
+        elif not self._down and not self._stopping:
+            await self._consume()
+        await self._changed()
+
+    async def _changed(self) -> None:
+        if self.on_change is not None:
+            with contextlib.suppress(Exception):
+                await self.on_change()
 
     async def _consume(self) -> None:
         assert self._queue is not None
-        self._tag = await self._queue.consume(self._on_message)
+        if self._tag is None:
+            self._tag = await self._queue.consume(self._on_message)
 
     async def _cancel(self) -> None:
         tag, self._tag = self._tag, None
@@ -109,6 +148,8 @@ class DestinationConsumer:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._in_flight += 1
         self._idle.clear()
+        if message.timestamp is not None:
+            self._head_since = message.timestamp.timestamp()
         self._metrics.in_flight.labels(self.name).inc()
         try:
             await self._handle(message)
@@ -235,13 +276,15 @@ class DestinationConsumer:
 
     # -- pausing and probing ------------------------------------------------------------
     async def _pause(self, why: str, probe: Probe) -> None:
-        if self._paused or self._stopping:
+        if self._down or self._stopping:
             return
-        self._paused = True
+        self._down = True
+        self._down_reason = why
         self._metrics.up.labels(self.name).set(0 if probe == self._probe_destination else 1)
-        log.warning("%s: paused, probing until it answers: %s", self.name, why)
+        log.warning("%s: unavailable, probing until it answers: %s", self.name, why)
         await self._cancel()
         self._probe_task = asyncio.create_task(self._probe_until_up(probe))
+        await self._changed()
 
     async def _probe_until_up(self, probe: Probe) -> None:
         delay: float = self._config.probe_min
@@ -256,10 +299,12 @@ class DestinationConsumer:
             break
         if self._stopping:
             return
-        self._paused = False
+        self._down = False
         self._metrics.up.labels(self.name).set(1)
         log.warning("%s: available again, resuming", self.name)
-        await self._consume()
+        if not self._operator_paused:
+            await self._consume()
+        await self._changed()
 
     async def _probe_destination(self) -> None:
         await self.destination.probe()

@@ -54,6 +54,24 @@ class SenderMetrics:
             dest,
             registry=registry,
         )
+        self.paused = Gauge(
+            "sendqueue_destination_paused",
+            "1 while an operator has paused the destination (jobs wait in its queue).",
+            dest,
+            registry=registry,
+        )
+        self.oldest_waiting = Gauge(
+            "sendqueue_oldest_waiting_seconds",
+            "Age of the oldest job waiting in the destination's work queue.",
+            dest,
+            registry=registry,
+        )
+        self.queue_ready = Gauge(
+            "sendqueue_work_queue_ready",
+            "Jobs ready in the destination's work queue (as last seen by the sender).",
+            dest,
+            registry=registry,
+        )
         self.associations = Gauge(
             "sendqueue_associations_open",
             "Open DICOM associations.",

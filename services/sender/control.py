@@ -1,0 +1,122 @@
+"""The sender's link to the operator: pause state in, destination health out.
+
+Both travel over RabbitMQ (services never call each other): the retry service publishes
+the whole control state to a fanout exchange whose state queue keeps only the newest
+message, and each sender reports its destinations' health to the status exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from services.sender.consumer import DestinationConsumer
+from services.sender.metrics import SenderMetrics
+from shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack
+from shared.schemas import ControlState, DestinationStatus, decode_control, encode
+from shared.topology import Names
+
+log = logging.getLogger(__name__)
+
+OnState = Callable[[ControlState], Awaitable[None]]
+
+
+async def read_control_state(connection: AbstractRobustConnection, names: Names) -> ControlState:
+    """The newest control state, read without removing it (get, then requeue)."""
+    async with connection.channel() as channel:
+        queue = await channel.declare_queue(names.control_state_queue, passive=True)
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            return ControlState()
+        await message.nack(requeue=True)
+    try:
+        return decode_control(message.body)
+    except msgspec.DecodeError:
+        log.error("unreadable control state ignored: %r", message.body[:200])
+        return ControlState()
+
+
+async def follow_control(
+    connection: AbstractRobustConnection, names: Names, on_state: OnState
+) -> None:
+    """Apply every control state broadcast from now on (own exclusive queue)."""
+    channel = await connection.channel()
+    queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+    await queue.bind(names.control_exchange)
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        try:
+            state = decode_control(message.body)
+        except msgspec.DecodeError:
+            log.error("unreadable control message ignored")
+        else:
+            await on_state(state)
+        await safe_ack(message)
+
+    await queue.consume(on_message)
+
+
+class StatusReporter:
+    """Publishes each destination's state and queue age; refreshes the sender's gauges."""
+
+    def __init__(
+        self,
+        *,
+        connection: AbstractRobustConnection,
+        names: Names,
+        publisher: Publisher,
+        consumers: Sequence[DestinationConsumer],
+        metrics: SenderMetrics,
+        interval: float,
+    ) -> None:
+        self._connection = connection
+        self._names = names
+        self._publisher = publisher
+        self._consumers = consumers
+        self._metrics = metrics
+        self._interval = interval
+        self._ready: dict[str, int] = {}
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self._refresh_ready()
+            for consumer in self._consumers:
+                await self.report(consumer)
+            await asyncio.sleep(self._interval)
+
+    async def _refresh_ready(self) -> None:
+        async with self._connection.channel() as channel:
+            for consumer in self._consumers:
+                queue = await channel.declare_queue(
+                    self._names.work_queue(consumer.name), passive=True
+                )
+                ready = int(queue.declaration_result.message_count or 0)
+                self._ready[consumer.name] = ready
+                self._metrics.queue_ready.labels(consumer.name).set(ready)
+
+    async def report(self, consumer: DestinationConsumer) -> None:
+        oldest = consumer.oldest_waiting(self._ready.get(consumer.name, 0))
+        self._metrics.oldest_waiting.labels(consumer.name).set(oldest)
+        status = DestinationStatus(
+            destination=consumer.name,
+            state=consumer.state,
+            reason=consumer.state_reason,
+            oldest_waiting_seconds=oldest,
+            in_flight=consumer.in_flight,
+        )
+        try:
+            await self._publisher.publish(
+                self._names.status_exchange,
+                consumer.name,
+                encode(status),
+                persistent=False,
+                mandatory=False,
+            )
+        except PUBLISH_ERRORS as exc:
+            log.debug("status report not sent: %r", exc)
