@@ -46,13 +46,11 @@ async def _run(config: Config, names: Sequence[str]) -> None:
 
 
 async def _send(config: Config, destination: str, ids: Sequence[str]) -> int:
-    from prometheus_client import CollectorRegistry
 
-    from services.ingest.metrics import IngestMetrics
-    from services.ingest.resolver import Resolver
-    from services.ingest.submit import queue_resources
     from shared.amqp import Publisher, connect
     from shared.orthanc import OrthancClient
+    from shared.resolver import Resolver
+    from shared.submit import queue_resources
     from shared.topology import Names, declare_topology
 
     if config.destination(destination) is None:
@@ -75,7 +73,7 @@ async def _send(config: Config, destination: str, ids: Sequence[str]) -> int:
             resolver=Resolver(orthanc),
             publisher=publisher,
             names=names,
-            metrics=IngestMetrics(CollectorRegistry()),
+            on_queued=lambda _job: None,
             destination=destination,
             resource_ids=ids,
         )

@@ -116,6 +116,8 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_attempts: int = 10
     #: Bearer token for the admin API's mutating calls; also SENDQUEUE_ADMIN_TOKEN.
     admin_token: str = ""
+    #: Several operators: name -> token; the name is written to the audit log.
+    admin_tokens: dict[str, str] = msgspec.field(default_factory=dict)
     #: Where the parked-items index is kept.
     state_dir: str = "./state/retry"
     #: Each delay is spread over this fraction (0.2 = up to +20 %) to avoid retry storms.
@@ -131,11 +133,41 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             raise ValueError("max_attempts must be at least 1")
         if not 0 <= self.jitter <= 1:
             raise ValueError("jitter must be between 0 and 1")
+        if any(len(token) < 8 for token in self.admin_tokens.values()):
+            raise ValueError("every admin_tokens entry must be at least 8 characters")
+
+    def tokens(self) -> dict[str, str]:
+        """token -> operator name, for authorisation and the audit log."""
+        named = {token: name for name, token in self.admin_tokens.items()}
+        if self.admin_token:
+            named.setdefault(self.admin_token, "admin")
+        return named
+
+
+class TlsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """[destinations.tls]: DICOM TLS for kind "dicom"; the HTTPS trust for HTTP kinds."""
+
+    #: PEM bundle of the CAs trusted for the peer's certificate; "" = the system's CAs.
+    ca_file: str = ""
+    #: Our client certificate and its private key (PEM), for peers requiring mutual TLS.
+    cert_file: str = ""
+    key_file: str = ""
+    #: Check the peer's certificate and host name. Only a test set-up turns this off.
+    verify: bool = True
+    #: The name the peer's certificate must carry (also sent as SNI); "" = host or URL host.
+    server_name: str = ""
+
+
+_HTTP_KINDS = ("orthanc", "dicomweb")
+#: Keys that only make sense for one family of kinds: named in the start-up error.
+_HTTP_ONLY_KEYS = ("url", "username", "password", "token", "headers")
+_MIB = 1024 * 1024
 
 
 class DestinationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
-    kind: Literal["dicom"] = "dicom"
+    #: "dicom" (C-STORE), "orthanc" (POST /instances of a peer Orthanc), "dicomweb" (STOW-RS).
+    kind: Literal["dicom", "orthanc", "dicomweb"] = "dicom"
     host: str = ""
     port: int = 104
     called_aet: str = "ANY-SCP"
@@ -151,23 +183,112 @@ class DestinationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     dimse_timeout: Duration = Duration(120)
     #: An association idle this long is released (and re-opened on demand).
     idle_timeout: Duration = Duration(30)
+    #: HTTP kinds: the Orthanc base URL, or the DICOMweb root ("/studies" is appended).
+    url: str = ""
+    #: HTTP basic auth; the password may also come from SENDQUEUE_DEST_<NAME>_PASSWORD.
+    username: str = ""
+    password: str = ""
+    #: HTTP bearer token (instead of username); also SENDQUEUE_DEST_<NAME>_TOKEN.
+    token: str = ""
+    #: Extra HTTP headers sent with every request.
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    #: TLS: for kind "dicom" its presence turns DICOM TLS on; HTTP kinds use https:// URLs.
+    tls: TlsConfig | None = None
+    #: HTTP kinds: the longest wait for the peer (its answer, or its reading of our body).
+    http_timeout: Duration = Duration(120)
+    #: kind "dicom": send an uncompressed copy when the peer refuses the stored transfer
+    #: syntax; false parks such instances instead.
+    transcode: bool = True
+    #: kind "dicomweb": instances of one study sent together in one STOW-RS request.
+    batch_max_instances: int = 1
+    #: kind "dicomweb": a batch stops growing at this many bytes (a bigger instance goes alone).
+    batch_max_bytes: int = 64 * _MIB
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(f"destination name must match {_NAME.pattern}, got {self.name!r}")
-        if not self.host:
-            raise ValueError(f"destination {self.name!r}: host is required")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"destination {self.name!r}: port out of range")
-        for key in ("called_aet", "calling_aet"):
-            if not _AET.match(getattr(self, key)):
-                raise ValueError(f"destination {self.name!r}: {key} must be 1-16 ASCII chars")
+        if self.kind == "dicom":
+            self._check_dicom()
+        else:
+            self._check_http()
         if not 1 <= self.concurrency <= 64:
             raise ValueError(f"destination {self.name!r}: concurrency must be 1..64")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError(f"destination {self.name!r}: max_attempts must be at least 1")
         if self.delays is not None and not self.delays:
             raise ValueError(f"destination {self.name!r}: delays must not be empty")
+        for key in ("connect_timeout", "acse_timeout", "dimse_timeout", "http_timeout"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"destination {self.name!r}: {key} must be more than 0")
+        if self.tls is not None:
+            self._check_tls(self.tls)
+
+    def _error(self, message: str) -> ValueError:
+        return ValueError(f"destination {self.name!r} (kind {self.kind!r}): {message}")
+
+    def _check_dicom(self) -> None:
+        if not self.host:
+            raise self._error("host is required")
+        if not 0 < self.port < 65536:
+            raise self._error("port out of range")
+        for key in ("called_aet", "calling_aet"):
+            if not _AET.match(getattr(self, key)):
+                raise self._error(f"{key} must be 1-16 ASCII chars")
+        for key in _HTTP_ONLY_KEYS:
+            if getattr(self, key):
+                raise self._error(f"{key} is for kinds {' and '.join(_HTTP_KINDS)} only")
+        self._check_batching(allowed=False)
+
+    def _check_http(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise self._error(f"url must start with http:// or https://, got {self.url!r}")
+        if self.host:
+            raise self._error("host is for kind 'dicom'; HTTP kinds take url")
+        if self.token and self.username:
+            raise self._error("set either username (basic auth) or token (bearer), not both")
+        if self.password and not self.username:
+            raise self._error("password needs username")
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise self._error("tls needs an https:// url")
+        for header in self.headers:
+            if header.lower() in ("content-type", "content-length", "transfer-encoding"):
+                raise self._error(f"headers must not set {header} (the sender does)")
+        self._check_batching(allowed=self.kind == "dicomweb")
+
+    def _check_batching(self, *, allowed: bool) -> None:
+        if not allowed and (self.batch_max_instances != 1 or self.batch_max_bytes != 64 * _MIB):
+            raise self._error("batch_max_instances and batch_max_bytes are for kind 'dicomweb'")
+        if not 1 <= self.batch_max_instances <= 1000:
+            raise self._error("batch_max_instances must be 1..1000")
+        if self.batch_max_bytes < _MIB:
+            raise self._error("batch_max_bytes must be at least 1048576 (1 MiB)")
+
+    def _check_tls(self, tls: TlsConfig) -> None:
+        if bool(tls.cert_file) != bool(tls.key_file):
+            raise self._error("tls.cert_file and tls.key_file go together")
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, key)
+            if path and not os.access(path, os.R_OK):
+                raise self._error(f"tls.{key}: cannot read {path!r}")
+
+    def with_environment(self, environ: Mapping[str, str]) -> DestinationConfig:
+        """Secrets from SENDQUEUE_DEST_<NAME>_PASSWORD / _TOKEN (NAME upper-cased, [.-] -> _)."""
+        prefix = "SENDQUEUE_DEST_" + re.sub(r"[^A-Z0-9]", "_", self.name.upper()) + "_"
+        changes = {
+            key: environ[prefix + key.upper()]
+            for key in ("password", "token")
+            if environ.get(prefix + key.upper())
+        }
+        if not changes:
+            return self
+        if self.kind == "dicom":
+            raise ConfigError(f"destination {self.name!r}: {prefix}* is for HTTP kinds only")
+        try:
+            updated = msgspec.structs.replace(self, **changes)
+            updated.__post_init__()  # recent msgspec runs it in replace(), older ones do not
+        except ValueError as exc:
+            raise ConfigError(f"invalid config: {exc}") from None
+        return updated
 
 
 Level = Literal["instance", "series", "study"]
@@ -252,6 +373,9 @@ def _apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
         config = msgspec.structs.replace(
             config, retry=msgspec.structs.replace(config.retry, admin_token=token)
         )
+    destinations = [d.with_environment(environ) for d in config.destinations]
+    if destinations != config.destinations:
+        config = msgspec.structs.replace(config, destinations=destinations)
     return config
 
 

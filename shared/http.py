@@ -13,8 +13,10 @@ from shared.config import parse_listen
 HealthCheck = Callable[[], dict[str, bool]]
 
 
-def make_app(registry: CollectorRegistry, health: HealthCheck) -> web.Application:
-    app = web.Application(client_max_size=1024 * 1024)
+def make_app(
+    registry: CollectorRegistry, health: HealthCheck, max_body: int = 1024 * 1024
+) -> web.Application:
+    app = web.Application(client_max_size=max_body)
 
     async def healthz(_request: web.Request) -> web.Response:
         checks = health()

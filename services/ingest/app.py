@@ -8,15 +8,15 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
-from services.ingest.api import make_send_handler
 from services.ingest.feed import ChangesFeed
 from services.ingest.metrics import IngestMetrics
-from services.ingest.resolver import Resolver
 from services.ingest.routing import Router
 from shared.amqp import Publisher, connect
 from shared.config import Config
 from shared.http import make_app, start_server
 from shared.orthanc import OrthancClient
+from shared.resolver import Resolver
+from shared.send_api import make_send_handler
 from shared.topology import Names, declare_topology
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,11 @@ async def run_ingest(
         app.router.add_post(
             "/api/send",
             make_send_handler(
-                config, resolver=resolver, publisher=publisher, names=names, metrics=metrics
+                config,
+                resolver=resolver,
+                publisher=publisher,
+                names=names,
+                on_queued=lambda job: metrics.queued.labels(job.destination, "api").inc(),
             ),
         )
         runner = await start_server(app, config.ingest.listen)

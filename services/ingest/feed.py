@@ -12,14 +12,14 @@ import logging
 from typing import Any
 
 from services.ingest.cursor import CursorFile
-from services.ingest.jobs import make_job, publish_jobs
 from services.ingest.metrics import IngestMetrics
-from services.ingest.resolver import InstanceInfo, Resolver
 from services.ingest.routing import CHANGE_FOR_LEVEL, Router
 from shared.amqp import PUBLISH_ERRORS, Publisher
 from shared.config import IngestConfig
 from shared.errors import InstanceNotFound
+from shared.jobs import make_job, publish_jobs
 from shared.orthanc import OrthancClient, SourceUnavailable
+from shared.resolver import InstanceInfo, Resolver
 from shared.schemas import SendJob
 from shared.topology import Names
 
@@ -74,6 +74,9 @@ class ChangesFeed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
 
+    def _on_queued(self, job: SendJob) -> None:
+        self._metrics.queued.labels(job.destination, "changes").inc()
+
     async def _initial_cursor(self) -> int:
         saved = self._cursor_file.load()
         if saved is not None:
@@ -94,7 +97,7 @@ class ChangesFeed:
         for change in page.get("Changes", []):
             self._metrics.changes.labels(str(change.get("ChangeType"))).inc()
             jobs.extend(await self._jobs_for(change))
-        await publish_jobs(self._publisher, self._names, jobs, self._metrics, source="changes")
+        await publish_jobs(self._publisher, self._names, jobs, self._on_queued)
         last = int(page.get("Last", cursor))
         if last != cursor:
             self._cursor_file.save(last)

@@ -1,4 +1,4 @@
-"""Retry service wiring: the failure router, the parking queue and its index, the admin API."""
+"""Retry service wiring: failure router, parking queue and index, admin API, operator state."""
 
 from __future__ import annotations
 
@@ -7,17 +7,25 @@ import contextlib
 import logging
 from pathlib import Path
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from services.retry.admin import AdminApi
+from services.retry.admin import MAX_BODY, AdminApi
+from services.retry.audit import AuditLog
+from services.retry.control import PauseStore, StatusBoard
+from services.retry.depth import QueueDepthMonitor, source_for
 from services.retry.index import ParkedIndex
 from services.retry.metrics import RetryMetrics
 from services.retry.parking import Parking
+from services.retry.queues import QueueOverview
 from services.retry.router import FailureRouter
 from shared.amqp import Publisher, connect
 from shared.config import Config, is_loopback, parse_listen
 from shared.errors import ConfigError
 from shared.http import make_app, start_server
+from shared.orthanc import OrthancClient
+from shared.resolver import Resolver
+from shared.send_api import make_send_handler
 from shared.topology import Names, declare_topology
 
 log = logging.getLogger(__name__)
@@ -28,11 +36,11 @@ _CHECK_INTERVAL = 15.0
 
 def check_admin_exposure(config: Config) -> None:
     host, _ = parse_listen(config.retry.listen)
-    if not config.retry.admin_token and not is_loopback(host):
+    if not config.retry.tokens() and not is_loopback(host):
         raise ConfigError(
             f"retry.listen is {config.retry.listen!r}, not a loopback address, and no "
-            "admin_token is set: refusing to expose the admin API without authentication "
-            "(set retry.admin_token or SENDQUEUE_ADMIN_TOKEN)"
+            "admin token is set: refusing to expose the admin API without authentication "
+            "(set retry.admin_token, retry.admin_tokens or SENDQUEUE_ADMIN_TOKEN)"
         )
 
 
@@ -43,9 +51,12 @@ async def run_retry(
     registry = registry or CollectorRegistry()
     metrics = RetryMetrics(registry)
     names = Names(config.amqp.prefix)
+    state_dir = Path(config.retry.state_dir)
     consume_conn = await connect(config.amqp.url, "sendqueue-retry-consume")
     publish_conn = await connect(config.amqp.url, "sendqueue-retry-publish")
-    index = ParkedIndex(Path(config.retry.state_dir) / "parked.sqlite3")
+    index = ParkedIndex(state_dir / "parked.sqlite3")
+    audit = AuditLog(state_dir / "audit.sqlite3")
+    orthanc = OrthancClient(config.orthanc)
     runner = None
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -59,6 +70,10 @@ async def run_retry(
             )
         publisher = Publisher(publish_conn)
         await publisher.open()
+        pauses = PauseStore(config.retry.state_dir, names, publisher)
+        await pauses.load(consume_conn)
+        board = StatusBoard(config.amqp.depth_interval)
+        await board.follow(consume_conn, names)
         parking = Parking(
             names=names,
             consume_conn=consume_conn,
@@ -74,11 +89,35 @@ async def run_retry(
         failed = await channel.declare_queue(names.failed_queue, passive=True)
         tag = await failed.consume(router.on_message)
         tasks.append(asyncio.create_task(_watch_index(parking, metrics)))
+        depth = QueueDepthMonitor(config, consume_conn, registry)
+        tasks.append(asyncio.create_task(depth.run(stop)))
 
-        app = make_app(registry, lambda: {"amqp": not consume_conn.is_closed})
-        AdminApi(config, parking).register(app)
+        def audit_send(request: web.Request, destination: str, count: int) -> None:
+            audit.record(request["who"], "send", {"destination": destination}, count)
+
+        send = make_send_handler(
+            config,
+            on_done=audit_send,
+            resolver=Resolver(orthanc),
+            publisher=publisher,
+            names=names,
+            on_queued=lambda _job: None,
+        )
+        overview = QueueOverview(
+            config=config,
+            names=names,
+            source=source_for(config, consume_conn),
+            index=index,
+            pauses=pauses,
+            board=board,
+            ledger=router.ledger,
+        )
+        app = make_app(registry, lambda: {"amqp": not consume_conn.is_closed}, max_body=MAX_BODY)
+        AdminApi(
+            config=config, parking=parking, audit=audit, pauses=pauses, overview=overview, send=send
+        ).register(app)
         runner = await start_server(app, config.retry.listen)
-        log.info("retry running; admin API on http://%s/api/parked", config.retry.listen)
+        log.info("retry running; admin API on http://%s/", config.retry.listen)
         await stop.wait()
         with contextlib.suppress(Exception):
             await failed.cancel(tag)
@@ -87,10 +126,12 @@ async def run_retry(
             task.cancel()
         if runner:
             await runner.cleanup()
+        await orthanc.close()
         for conn in (consume_conn, publish_conn):
             with contextlib.suppress(Exception):
                 await conn.close()
         index.close()
+        audit.close()
 
 
 async def _watch_index(parking: Parking, metrics: RetryMetrics) -> None:
@@ -103,7 +144,7 @@ async def _watch_index(parking: Parking, metrics: RetryMetrics) -> None:
                 mismatches = mismatches + 1 if depth != parking.index.count() else 0
             if mismatches >= 2 or (mismatches == 1 and depth and not parking.index.count()):
                 log.info("parked index differs from the queue (%d messages): rebuilding", depth)
-                await parking.run_pass(lambda _item: "keep")
+                await parking.run_pass(lambda _item: "keep", action="rebuild")
                 mismatches = 0
             counts = parking.index.counts_by_destination()
             metrics.parked_items.clear()

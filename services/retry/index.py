@@ -83,7 +83,11 @@ class ParkedIndex:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         columns = ", ".join(f"{c} TEXT PRIMARY KEY" if c == "id" else c for c in _COLUMNS)
-        self._db.execute(f"CREATE TABLE IF NOT EXISTS parked ({columns})")
+        # pass_seq: the last pass over the queue that saw the item (stale rows are the
+        # ones a complete pass did not see).
+        self._db.execute(
+            f"CREATE TABLE IF NOT EXISTS parked ({columns}, pass_seq INTEGER NOT NULL DEFAULT 0)"
+        )
         for column in ("destination", "reason_class", "study_instance_uid", "patient_id"):
             self._db.execute(f"CREATE INDEX IF NOT EXISTS by_{column} ON parked ({column})")
         self._db.execute("CREATE INDEX IF NOT EXISTS by_time ON parked (parked_at, id)")
@@ -91,24 +95,25 @@ class ParkedIndex:
     def close(self) -> None:
         self._db.close()
 
-    def add(self, items: Iterable[ParkedItem]) -> None:
+    def add(self, items: Iterable[ParkedItem], pass_seq: int = 0) -> None:
         marks = ", ".join("?" for _ in _COLUMNS)
-        rows = [tuple(getattr(i, c) for c in _COLUMNS) for i in items]
+        rows = [(*(getattr(i, c) for c in _COLUMNS), pass_seq) for i in items]
         with self._db:
-            self._db.executemany(f"INSERT OR REPLACE INTO parked VALUES ({marks})", rows)
+            self._db.executemany(f"INSERT OR REPLACE INTO parked VALUES ({marks}, ?)", rows)
+
+    def next_pass(self) -> int:
+        return int(
+            self._db.execute("SELECT COALESCE(MAX(pass_seq), 0) + 1 FROM parked").fetchone()[0]
+        )
+
+    def finish_pass(self, pass_seq: int) -> None:
+        """A complete pass saw every parked message: forget rows it did not see."""
+        with self._db:
+            self._db.execute("DELETE FROM parked WHERE pass_seq != ?", (pass_seq,))
 
     def remove(self, ids: Iterable[str]) -> None:
         with self._db:
             self._db.executemany("DELETE FROM parked WHERE id = ?", [(i,) for i in ids])
-
-    def replace_all(self, items: Iterable[ParkedItem]) -> None:
-        with self._db:
-            self._db.execute("DELETE FROM parked")
-            marks = ", ".join("?" for _ in _COLUMNS)
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO parked VALUES ({marks})",
-                (tuple(getattr(i, c) for c in _COLUMNS) for i in items),
-            )
 
     def count(self, filters: Filters | None = None) -> int:
         where, values = (filters or Filters()).where()

@@ -41,6 +41,10 @@ _IDLE_END = 3.0
 
 @dataclass
 class PassResult:
+    action: str = "keep"
+    #: Messages in the parking queue when the pass began.
+    total: int = 0
+    done: int = 0
     requeued: int = 0
     deleted: int = 0
     kept: int = 0
@@ -66,6 +70,8 @@ class Parking:
         self._metrics = metrics
         #: One mutation of the parking queue at a time (parks wait during a pass).
         self.lock = asyncio.Lock()
+        #: The pass under way, for progress reports.
+        self.current: PassResult | None = None
 
     @property
     def index(self) -> ParkedIndex:
@@ -133,27 +139,26 @@ class Parking:
             queue = await channel.declare_queue(self._names.parked_queue, passive=True)
             return int(queue.declaration_result.message_count or 0)
 
-    async def run_pass(
-        self,
-        select: Selector,
-        *,
-        to: str | None = None,
-        progress: Callable[[PassResult], None] | None = None,
-    ) -> PassResult:
-        """One pass over the parking queue, applying `select` to every message."""
-        async with self.lock:
-            return await self._pass(select, to, progress)
+    async def run_pass(self, select: Selector, *, action: str, to: str | None = None) -> PassResult:
+        """One pass over the parking queue, applying `select` to every message.
 
-    async def _pass(
-        self, select: Selector, to: str | None, progress: Callable[[PassResult], None] | None
-    ) -> PassResult:
-        result = PassResult()
-        seen: list[ParkedItem] = []
+        Memory stays flat whatever the queue holds: a batch at a time, straight into the
+        index (a 100k-item pass keeps ~200 messages in hand).
+        """
+        async with self.lock:
+            self.current = PassResult(action=action)
+            try:
+                return await self._pass(select, to, self.current)
+            finally:
+                self.current = None
+
+    async def _pass(self, select: Selector, to: str | None, result: PassResult) -> PassResult:
+        seq = self._index.next_pass()
         channel = await self._conn.channel()
         try:
             await channel.set_qos(prefetch_count=_BATCH)
             queue = await channel.declare_queue(self._names.parked_queue, passive=True)
-            remaining = int(queue.declaration_result.message_count or 0)
+            result.total = remaining = int(queue.declaration_result.message_count or 0)
             async with queue.iterator() as messages:
                 while remaining > 0:
                     batch = await _take(messages, min(_BATCH, remaining))
@@ -161,15 +166,13 @@ class Parking:
                         result.complete = False
                         break
                     remaining -= len(batch)
-                    seen.extend(await self._apply(batch, select, to, result))
-                    if progress:
-                        progress(result)
+                    kept = await self._apply(batch, select, to, result)
+                    self._index.add(kept, pass_seq=seq)
+                    result.done += len(batch)
         finally:
             await channel.close()
-        if result.complete:
-            self._index.replace_all(seen)
-        else:
-            self._index.add(seen)
+        if result.complete and result.failed == 0:
+            self._index.finish_pass(seq)
         return result
 
     async def _apply(

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
+from services.retry.ledger import DelayLedger
 from services.retry.metrics import RetryMetrics
 from services.retry.parking import Parking
 from services.retry.policy import Park, decide
@@ -44,6 +45,7 @@ class FailureRouter:
         self._publisher = publisher
         self._parking = parking
         self._metrics = metrics
+        self.ledger = DelayLedger()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -141,6 +143,7 @@ class FailureRouter:
             headers=job_headers(job),
         )
         self._metrics.retried.labels(job.destination, decision.tier).inc()
+        self.ledger.add(job.destination, decision.tier, decision.ttl)
         job_event(
             log,
             "retry scheduled",

@@ -98,7 +98,9 @@ async def test_rejected_instances_are_parked_with_the_status_then_requeued_or_de
     status, body = await pipeline.admin("POST", "/api/parked/delete", {"ids": ids[2:]})
     assert (status, body["deleted"]) == (200, 2)
     assert (await pipeline.parked())["total"] == 0
-    counts = rabbit.wait_queue_counts(pipeline_vhost(pipeline), f"{PREFIX}.parked", ready=0)
+    counts = rabbit.wait_queue_counts(
+        pipeline_vhost(pipeline), f"{PREFIX}.parked", ready=0, exact=True
+    )
     assert counts.unacked == 0
     assert await pipeline.metric_sum("retry", "sendqueue_jobs_requeued_total") == 2
     assert await pipeline.metric_sum("retry", "sendqueue_jobs_deleted_total") == 2
@@ -155,7 +157,7 @@ async def test_two_destinations_one_dead_the_live_one_gets_everything(make_pipel
     upload(orthanc, study)
     assert await wait_received(scp, 12) == {sop_instance_uid(d) for d in study}
     counts = rabbit.wait_queue_counts(
-        pipeline_vhost(pipeline), f"{PREFIX}.work.dead", ready=12, timeout=20
+        pipeline_vhost(pipeline), f"{PREFIX}.work.dead", ready=12, timeout=20, exact=True
     )
     assert counts.unacked == 0
     assert (await pipeline.parked())["total"] == 0

@@ -1,16 +1,20 @@
-"""POST /api/send: queue Orthanc resources for a destination, like `sendqueue send`."""
+"""POST /api/send: queue Orthanc resources for a destination, like `sendqueue send`.
+
+Served by ingest, and by the retry service on the admin listen.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from services.ingest.submit import UnknownResources, queue_resources
 from shared.amqp import PUBLISH_ERRORS
 from shared.config import Config
 from shared.orthanc import SourceUnavailable
+from shared.submit import UnknownResources, queue_resources
 
 _MAX_RESOURCES = 10_000
 
@@ -19,7 +23,11 @@ def _error(message: str, status: int) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def make_send_handler(config: Config, **deps: Any) -> Any:
+def make_send_handler(
+    config: Config, *, on_done: Callable[[web.Request, str, int], None] | None = None, **deps: Any
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """deps: resolver, publisher, names, on_queued (see shared.submit.queue_resources)."""
+
     async def send(request: web.Request) -> web.Response:
         try:
             body = msgspec.json.decode(await request.read())
@@ -46,6 +54,8 @@ def make_send_handler(config: Config, **deps: Any) -> Any:
             return _error(f"Orthanc unavailable: {exc}", 503)
         except PUBLISH_ERRORS as exc:
             return _error(f"RabbitMQ did not confirm the jobs: {exc!r}", 503)
+        if on_done is not None:
+            on_done(request, destination, queued)
         return web.json_response({"queued": queued, "destination": destination})
 
     return send

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from services.ingest.metrics import IngestMetrics
-from services.ingest.resolver import InstanceInfo
 from shared.amqp import Publisher
 from shared.logs import job_event
+from shared.resolver import InstanceInfo
 from shared.schemas import SendJob, encode, job_headers, new_job_id
 from shared.topology import Names
 
@@ -39,8 +38,7 @@ async def publish_jobs(
     publisher: Publisher,
     names: Names,
     jobs: Sequence[SendJob],
-    metrics: IngestMetrics,
-    source: str,
+    on_queued: Callable[[SendJob], None],
 ) -> None:
     """Returns when every job is confirmed by the broker; raises if any is not."""
     window = asyncio.Semaphore(_WINDOW)
@@ -50,7 +48,7 @@ async def publish_jobs(
             await publisher.publish(
                 names.work_exchange, job.destination, encode(job), headers=job_headers(job)
             )
-        metrics.queued.labels(job.destination, source).inc()
+        on_queued(job)
         job_event(
             log,
             "queued",

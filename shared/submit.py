@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from services.ingest.jobs import make_job, publish_jobs
-from services.ingest.metrics import IngestMetrics
-from services.ingest.resolver import InstanceInfo, Resolver
 from shared.amqp import Publisher
 from shared.errors import InstanceNotFound, PermanentError
+from shared.jobs import make_job, publish_jobs
+from shared.resolver import InstanceInfo, Resolver
+from shared.schemas import SendJob
 from shared.topology import Names
 
 
@@ -23,7 +23,7 @@ async def queue_resources(
     resolver: Resolver,
     publisher: Publisher,
     names: Names,
-    metrics: IngestMetrics,
+    on_queued: Callable[[SendJob], None],
     destination: str,
     resource_ids: Sequence[str],
 ) -> int:
@@ -39,5 +39,5 @@ async def queue_resources(
     if unknown:
         raise UnknownResources(unknown)
     jobs = [make_job(info, destination) for info in instances.values()]
-    await publish_jobs(publisher, names, jobs, metrics, source="api")
+    await publish_jobs(publisher, names, jobs, on_queued)
     return len(jobs)

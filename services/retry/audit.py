@@ -1,0 +1,54 @@
+"""The audit log: who did what to the queues, when, and to how many items (SQLite)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+
+class AuditLog:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "time REAL, who TEXT, action TEXT, details TEXT, count INTEGER)"
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def record(self, who: str, action: str, details: dict[str, Any], count: int | None) -> int:
+        """Written before the answer goes out; durable once this returns (WAL, fsync'd)."""
+        cursor = self._db.execute(
+            "INSERT INTO audit (time, who, action, details, count) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), who, action, json.dumps(details, sort_keys=True), count),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def update_count(self, entry: int, count: int) -> None:
+        self._db.execute("UPDATE audit SET count = ? WHERE id = ?", (count, entry))
+
+    def page(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
+        """Newest first; `before` is the id of the previous page's last entry."""
+        where, values = ("WHERE id < ?", [before]) if before else ("", [])
+        rows = self._db.execute(
+            f"SELECT id, time, who, action, details, count FROM audit {where} "
+            "ORDER BY id DESC LIMIT ?",
+            [*values, limit],
+        ).fetchall()
+        return [
+            {
+                "id": r[0],
+                "time": r[1],
+                "who": r[2],
+                "action": r[3],
+                "details": json.loads(r[4]),
+                "count": r[5],
+            }
+            for r in rows
+        ]

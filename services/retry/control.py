@@ -1,0 +1,107 @@
+"""Operator pause state (kept here, broadcast to senders) and the senders' health reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from shared.amqp import Publisher, safe_ack
+from shared.schemas import ControlState, DestinationStatus, decode_control, decode_status, encode
+from shared.topology import Names
+
+log = logging.getLogger(__name__)
+
+#: A status older than this many report intervals means the sender is not reporting.
+_STALE_INTERVALS = 3
+
+
+class PauseStore:
+    """Which destinations an operator paused; a JSON file, then broadcast whole."""
+
+    def __init__(self, state_dir: str, names: Names, publisher: Publisher) -> None:
+        self._path = Path(state_dir) / "paused.json"
+        self._names = names
+        self._publisher = publisher
+        self._paused: set[str] = set()
+
+    @property
+    def paused(self) -> set[str]:
+        return set(self._paused)
+
+    async def load(self, connection: AbstractRobustConnection) -> None:
+        """From our file; on a first start, adopt what the broker last saw."""
+        if self._path.exists():
+            self._paused = set(json.loads(self._path.read_text())["paused"])
+        else:
+            self._paused = set((await _read_state(connection, self._names)).paused)
+        await self._broadcast()
+
+    async def set(self, destination: str, paused: bool) -> bool:
+        """Returns whether anything changed."""
+        before = set(self._paused)
+        (self._paused.add if paused else self._paused.discard)(destination)
+        if before == self._paused:
+            return False
+        self._save()
+        await self._broadcast()
+        return True
+
+    def _save(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"paused": sorted(self._paused), "updated_at": time.time()}))
+        os.replace(tmp, self._path)
+
+    async def _broadcast(self) -> None:
+        state = ControlState(paused=sorted(self._paused))
+        await self._publisher.publish(self._names.control_exchange, "", encode(state))
+
+
+async def _read_state(connection: AbstractRobustConnection, names: Names) -> ControlState:
+    async with connection.channel() as channel:
+        queue = await channel.declare_queue(names.control_state_queue, passive=True)
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            return ControlState()
+        await message.nack(requeue=True)
+    try:
+        return decode_control(message.body)
+    except msgspec.DecodeError:
+        return ControlState()
+
+
+class StatusBoard:
+    """The newest health report of each destination, from the senders."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._latest: dict[str, DestinationStatus] = {}
+
+    async def follow(self, connection: AbstractRobustConnection, names: Names) -> None:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        await queue.bind(names.status_exchange)
+        await queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            status = decode_status(message.body)
+        except msgspec.DecodeError:
+            log.debug("unreadable status report ignored")
+        else:
+            self._latest[status.destination] = status
+        await safe_ack(message)
+
+    def get(self, destination: str) -> DestinationStatus | None:
+        status = self._latest.get(destination)
+        if status is None:
+            return None
+        if time.time() - status.reported_at > _STALE_INTERVALS * max(self._interval, 1.0):
+            return None
+        return status
