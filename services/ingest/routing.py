@@ -39,8 +39,13 @@ class Router:
 
 
 def matches(patterns: Mapping[str, str], tags: Mapping[str, str]) -> bool:
-    """All patterns must match (shell globs, case-insensitive; a missing tag is "")."""
+    """All patterns must match: shell globs, case-insensitive, "A|B" for alternatives;
+    a tag the resource lacks counts as ""."""
     return all(
-        fnmatch.fnmatchcase(str(tags.get(keyword, "")).upper(), pattern.upper())
-        for keyword, pattern in patterns.items()
+        _matches_one(pattern, str(tags.get(keyword, ""))) for keyword, pattern in patterns.items()
     )
+
+
+def _matches_one(pattern: str, value: str) -> bool:
+    value = value.upper()
+    return any(fnmatch.fnmatchcase(value, choice) for choice in pattern.upper().split("|"))

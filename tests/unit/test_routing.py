@@ -13,6 +13,11 @@ def test_globs_match_case_insensitively_and_missing_tags_are_empty():
     assert not matches({"BodyPartExamined": "?*"}, tags)
 
 
+def test_alternatives_are_separated_by_a_bar():
+    assert matches({"Modality": "MR|CT"}, {"Modality": "CT"})
+    assert not matches({"Modality": "MR|US"}, {"Modality": "CT"})
+
+
 def test_destinations_of_every_matching_route_once_in_order():
     router = Router(
         [
