@@ -32,7 +32,7 @@ def make_app(
 
 async def start_server(app: web.Application, listen: str) -> web.AppRunner:
     host, port = parse_listen(listen)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
     await runner.setup()
-    await web.TCPSite(runner, host, port, shutdown_timeout=2).start()
+    await web.TCPSite(runner, host, port).start()
     return runner

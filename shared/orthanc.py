@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,11 +28,13 @@ class OrthancClient:
     def __init__(self, config: OrthancConfig) -> None:
         self._config = config
         self._base = config.url.rstrip("/")
-        auth = aiohttp.BasicAuth(config.username, config.password) if config.username else None
+        # Debian's Orthanc gzips responses when asked: ~60x slower for DICOM files.
+        headers = {"Accept-Encoding": "identity"}
+        if config.username:
+            token = base64.b64encode(f"{config.username}:{config.password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
         self._session = aiohttp.ClientSession(
-            auth=auth,
-            # Debian's Orthanc gzips responses when asked: ~60x slower for DICOM files.
-            headers={"Accept-Encoding": "identity"},
+            headers=headers,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=config.timeout),
         )
 

@@ -76,7 +76,7 @@ async def run_sender(
         control = await read_control_state(consume_conn, names)
         for dest_config in config.destinations:
             consumer = DestinationConsumer(
-                create_destination(dest_config),
+                create_destination(dest_config, source=config.orthanc),
                 names=names,
                 publisher=publisher,
                 orthanc=orthanc,

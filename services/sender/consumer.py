@@ -188,7 +188,9 @@ class DestinationConsumer:
             await self._return_and_pause(message, job, exc)
         except SendQueueError as exc:
             permanent = isinstance(exc, PermanentError)
-            await self._report(message, _failure(job, str(exc), exc.reason_class, permanent), job)
+            retry_after = getattr(exc, "retry_after", None)  # HTTP Retry-After
+            failure = _failure(job, str(exc), exc.reason_class, permanent, retry_after)
+            await self._report(message, failure, job)
         except TRANSIENT_IO_ERRORS as exc:
             await self._report(message, _failure(job, f"I/O error: {exc!r}", "io-error"), job)
         except Exception as exc:
@@ -313,11 +315,18 @@ class DestinationConsumer:
         await self._orthanc.get_json("/system")
 
 
-def _failure(job: SendJob, reason: str, reason_class: str, permanent: bool = False) -> Failure:
+def _failure(
+    job: SendJob,
+    reason: str,
+    reason_class: str,
+    permanent: bool = False,
+    retry_after: float | None = None,
+) -> Failure:
     return Failure(
         destination=job.destination,
         job=job,
         permanent=permanent,
         reason=reason,
         reason_class=reason_class,
+        retry_after=retry_after,
     )

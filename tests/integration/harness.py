@@ -267,3 +267,15 @@ async def wait_received(scp: Any, count: int, timeout: float = 60.0) -> set[str]
         return set(scp.stored_uids())
 
     return await wait_for(fetch, lambda uids: len(uids) >= count, timeout)
+
+
+async def wait_queue(pipeline: Pipeline, queue: str, **expected: Any) -> Any:
+    """rabbit.wait_queue_counts (exact counts) off the event loop the services run on."""
+    from urllib.parse import unquote, urlsplit
+
+    from tests.support import rabbit
+
+    vhost = unquote(urlsplit(pipeline.config.amqp.url).path[1:])
+    return await asyncio.to_thread(
+        rabbit.wait_queue_counts, vhost, f"{PREFIX}.{queue}", exact=True, **expected
+    )

@@ -6,8 +6,7 @@ import asyncio
 
 import aio_pika
 
-from tests.integration.harness import PREFIX, dicom_destination, wait_for, wait_received
-from tests.support import rabbit
+from tests.integration.harness import PREFIX, dicom_destination, wait_for, wait_queue, wait_received
 from tests.support.dicom_factory import make_study, sop_instance_uid
 from tests.support.ports import free_port
 from tests.support.scp import always, fail_first, fail_for
@@ -98,9 +97,7 @@ async def test_rejected_instances_are_parked_with_the_status_then_requeued_or_de
     status, body = await pipeline.admin("POST", "/api/parked/delete", {"ids": ids[2:]})
     assert (status, body["deleted"]) == (200, 2)
     assert (await pipeline.parked())["total"] == 0
-    counts = rabbit.wait_queue_counts(
-        pipeline_vhost(pipeline), f"{PREFIX}.parked", ready=0, exact=True
-    )
+    counts = await wait_queue(pipeline, "parked", ready=0)
     assert counts.unacked == 0
     assert await pipeline.metric_sum("retry", "sendqueue_jobs_requeued_total") == 2
     assert await pipeline.metric_sum("retry", "sendqueue_jobs_deleted_total") == 2
@@ -156,9 +153,7 @@ async def test_two_destinations_one_dead_the_live_one_gets_everything(make_pipel
     study = make_study(12)
     upload(orthanc, study)
     assert await wait_received(scp, 12) == {sop_instance_uid(d) for d in study}
-    counts = rabbit.wait_queue_counts(
-        pipeline_vhost(pipeline), f"{PREFIX}.work.dead", ready=12, timeout=20, exact=True
-    )
+    counts = await wait_queue(pipeline, "work.dead", ready=12, timeout=20)
     assert counts.unacked == 0
     assert (await pipeline.parked())["total"] == 0
     up = await pipeline.metric_sum("sender", "sendqueue_destination_up", destination="dead")

@@ -174,7 +174,11 @@ class OrthancProcess:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> OrthancProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # __exit__ will not run: remove the temp dir here
+            raise
 
     def __exit__(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from shared.config import DestinationConfig
+from shared.config import DestinationConfig, OrthancConfig
 
 
 class Destination(Protocol):
@@ -31,7 +31,21 @@ class Destination(Protocol):
     async def close(self) -> None: ...
 
 
-def create_destination(config: DestinationConfig) -> Destination:
-    from services.sender.destinations.dicom import DicomDestination
+def create_destination(
+    config: DestinationConfig, *, source: OrthancConfig | None = None
+) -> Destination:
+    """The destination of config.kind. source: the Orthanc that transcodes for "dicom"
+    peers refusing compressed syntaxes (without it, pydicom decodes locally)."""
+    # Imported here so a sender without DICOM destinations never loads pynetdicom.
+    if config.kind == "orthanc":
+        from services.sender.destinations.orthanc_peer import OrthancPeerDestination
 
-    return DicomDestination(config)
+        return OrthancPeerDestination(config)
+    if config.kind == "dicomweb":
+        from services.sender.destinations.dicomweb import DicomWebDestination
+
+        return DicomWebDestination(config)
+    from services.sender.destinations.dicom import DicomDestination
+    from services.sender.destinations.transcode import Transcoder
+
+    return DicomDestination(config, Transcoder(source))

@@ -4,6 +4,11 @@ pynetdicom blocks, so every call runs in this destination's own thread pool; eac
 thread owns one association and reuses it across many instances (re-associating after
 an abort, an idle period, or when an instance needs a presentation context the current
 association lacks). Files are sent in chunks straight from the spool file.
+
+Every SOP class is proposed twice: in the file's own transfer syntax, and uncompressed.
+A peer that accepts only the uncompressed context gets an uncompressed copy made by
+transcode.py (unless the destination says transcode = false: then the job is parked
+with that reason). With a [tls] table the association runs over DICOM TLS.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -20,21 +26,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
 from services.sender.destinations.dimse_status import raise_for_status
+from services.sender.destinations.instance import InstanceMeta, read_meta
+from services.sender.destinations.tls import client_context, handshake_error
+from services.sender.destinations.transcode import UNCOMPRESSED, Transcoder
 from shared.config import DestinationConfig
 from shared.errors import DestinationUnavailable, PermanentError, TransientError
+
+__all__ = ["DicomDestination", "InstanceMeta", "NeedsTranscode", "read_meta"]
 
 log = logging.getLogger(__name__)
 
 # Send the dataset from the file in PDU-sized chunks instead of loading it whole.
 _config.STORE_SEND_CHUNKED_DATASET = True
 
-#: Presentation contexts an association may carry (DICOM allows 128 ids).
-_MAX_CONTEXTS = 100
+#: (SOP class, transfer syntax) pairs proposed per association; each SOP class among them
+#: also gets an uncompressed context, and DICOM allows 128 contexts in all.
+_MAX_CONTEXTS = 64
+_MAX_PROPOSED = 127
 #: P-DATA PDUs allowed to wait in pynetdicom's send queue: without a bound it queues a
 #: whole file in memory when the peer reads slower than we read the disk.
 _MAX_QUEUED_PDUS = 8
@@ -47,26 +60,18 @@ VERIFICATION = "1.2.840.10008.1.1"
 Context = tuple[str, str]  # (SOP class UID, transfer syntax UID)
 
 
-@dataclass(frozen=True)
-class InstanceMeta:
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
+class NeedsTranscode(PermanentError):
+    """The peer takes this SOP class only in `target`: send an uncompressed copy.
 
+    Handled by DicomDestination.send; it only escapes (and parks the job) by mistake.
+    """
 
-def read_meta(path: Path) -> InstanceMeta:
-    """The file meta of a Part-10 file; PermanentError when it is not one."""
-    try:
-        meta = read_file_meta_info(path)
-        return InstanceMeta(
-            str(meta.MediaStorageSOPClassUID),
-            str(meta.MediaStorageSOPInstanceUID),
-            str(meta.TransferSyntaxUID),
-        )
-    except Exception as exc:
-        raise PermanentError(
-            f"the instance file is not valid DICOM Part-10: {exc}", reason_class="invalid-dicom"
-        ) from None
+    reason_class = "no-presentation-context"
+
+    def __init__(self, message: str, meta: InstanceMeta, target: str) -> None:
+        super().__init__(message)
+        self.meta = meta
+        self.target = target
 
 
 @dataclass
@@ -82,9 +87,13 @@ class _Link:
 class DicomDestination:
     protocol = "dicom"
 
-    def __init__(self, config: DestinationConfig) -> None:
+    def __init__(self, config: DestinationConfig, transcoder: Transcoder | None = None) -> None:
         self.config = config
         self.name = config.name
+        self._transcoder = transcoder or Transcoder(None)
+        self._tls: ssl.SSLContext | None = None
+        if config.tls is not None:
+            self._tls = client_context(config.tls, config.name)
         self._pool = ThreadPoolExecutor(
             max_workers=config.concurrency, thread_name_prefix=f"sq-dicom-{config.name}"
         )
@@ -94,8 +103,32 @@ class DicomDestination:
         self._known: OrderedDict[Context, None] = OrderedDict()
 
     async def send(self, path: Path) -> str:
+        try:
+            return await self._in_pool(path)
+        except NeedsTranscode as need:
+            return await self._send_transcoded(path, need)
+
+    async def _in_pool(self, path: Path) -> str:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.send_blocking, path)
+
+    async def _send_transcoded(self, path: Path, need: NeedsTranscode) -> str:
+        meta, target = need.meta, UID(need.target)
+        if not self.config.transcode:
+            raise PermanentError(
+                f"{self.name} accepts SOP class {meta.sop_class_uid} only as {target.name}, not "
+                f"{UID(meta.transfer_syntax_uid).name}, and transcode = false for it",
+                reason_class="transcode-forbidden",
+            )
+        copy, by = await self._transcoder.transcode(path, meta, target)
+        try:
+            detail = await self._in_pool(copy)
+        finally:
+            copy.unlink(missing_ok=True)
+        log.info(
+            "%s: sent %s transcoded to %s by %s", self.name, meta.sop_instance_uid, target.name, by
+        )
+        return f"{detail} (transcoded to {target.name} by {by})"
 
     async def probe(self) -> None:
         await asyncio.to_thread(self.echo_blocking)
@@ -151,7 +184,7 @@ class DicomDestination:
         if link.assoc and wanted in link.accepted:
             return True
         if link.assoc and wanted in link.refused:
-            raise self._refused_error(meta)
+            raise self._refused_error(link, meta)
         self._drop(link)
         link.assoc = self._associate(self._remember(wanted))
         accepted = link.assoc.accepted_contexts
@@ -160,13 +193,21 @@ class DicomDestination:
         link.last_used = time.monotonic()
         if wanted not in link.accepted:
             link.refused.add(wanted)
-            raise self._refused_error(meta)
+            raise self._refused_error(link, meta)
         return False
 
-    def _refused_error(self, meta: InstanceMeta) -> PermanentError:
+    def _refused_error(self, link: _Link, meta: InstanceMeta) -> PermanentError:
+        """NeedsTranscode when an uncompressed context for the SOP class was accepted."""
+        for target in UNCOMPRESSED:
+            if (meta.sop_class_uid, target) in link.accepted:
+                return NeedsTranscode(
+                    f"{self.name} accepts SOP class {meta.sop_class_uid} only as {target}",
+                    meta,
+                    target,
+                )
         return PermanentError(
             f"{self.name} does not accept SOP class {meta.sop_class_uid} in transfer syntax "
-            f"{meta.transfer_syntax_uid} (no presentation context accepted)",
+            f"{meta.transfer_syntax_uid} nor uncompressed (no presentation context accepted)",
             reason_class="no-presentation-context",
         )
 
@@ -181,8 +222,8 @@ class DicomDestination:
 
     def _associate(self, contexts: list[Context]) -> Association:
         ae = self._new_ae()
-        for sop_class, transfer_syntax in contexts:
-            ae.add_requested_context(sop_class, transfer_syntax)
+        for sop_class, syntaxes in _proposals(contexts):
+            ae.add_requested_context(sop_class, syntaxes)
         return self._open(ae)
 
     def _new_ae(self) -> AE:
@@ -197,20 +238,33 @@ class DicomDestination:
 
     def _open(self, ae: AE) -> Association:
         cfg = self.config
-        assoc = ae.associate(cfg.host, cfg.port, ae_title=cfg.called_aet)
+        tls_args = None
+        if self._tls is not None:
+            tls_args = (self._tls, self._server_name())
+        assoc = ae.associate(cfg.host, cfg.port, ae_title=cfg.called_aet, tls_args=tls_args)
         if assoc.is_established:
             _tune(assoc)
             return assoc
-        where = f"{cfg.called_aet}@{cfg.host}:{cfg.port}"
+        where = f"{cfg.called_aet}@{cfg.host}:{cfg.port}" + (" over TLS" if self._tls else "")
         if assoc.is_rejected:
             raise DestinationUnavailable(
                 f"association to {where} rejected ({_rejection(assoc)})",
                 reason_class="association-rejected",
             )
+        if self._tls is not None:
+            why = handshake_error(
+                self._tls, cfg.host, cfg.port, self._server_name(), cfg.connect_timeout
+            )
+            if why:
+                raise DestinationUnavailable(f"{where}: {why}", reason_class="tls-failed")
         raise DestinationUnavailable(
             f"cannot open an association to {where} (connection refused, timed out or aborted)",
             reason_class="unreachable",
         )
+
+    def _server_name(self) -> str:
+        tls = self.config.tls
+        return (tls.server_name if tls else "") or self.config.host
 
     def _drop(self, link: _Link) -> None:
         assoc, link.assoc = link.assoc, None
@@ -244,6 +298,7 @@ class DicomDestination:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close_all)
+        await self._transcoder.close()
 
     def _close_all(self) -> None:
         with self._lock:
@@ -251,6 +306,24 @@ class DicomDestination:
         for link in links:
             self._drop(link)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _proposals(contexts: list[Context]) -> list[tuple[str, list[str]]]:
+    """Each pair as its own context, then per SOP class one uncompressed fallback context.
+
+    The fallbacks of the first (most wanted) pair come right after it, so they survive
+    the 128-context limit; the rest are cut at _MAX_PROPOSED.
+    """
+    proposals: list[tuple[str, list[str]]] = []
+    fallbacks: dict[str, tuple[str, list[str]]] = {}
+    for sop_class, _ in contexts:
+        fallbacks.setdefault(sop_class, (sop_class, list(UNCOMPRESSED)))
+    if contexts:
+        first = contexts[0][0]
+        proposals += [(first, [contexts[0][1]]), fallbacks.pop(first)]
+    proposals += [(sop, [ts]) for sop, ts in contexts[1:]]
+    proposals += list(fallbacks.values())
+    return proposals[:_MAX_PROPOSED]
 
 
 def _tune(assoc: Association) -> None:

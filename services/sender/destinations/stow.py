@@ -1,0 +1,134 @@
+"""STOW-RS (PS3.18 10.5) on the wire: the multipart body and what the answer says per instance.
+
+The answer's ReferencedSOPSequence lists what the peer stored and FailedSOPSequence what
+it did not, with a FailureReason that uses C-STORE status codes (PS3.18 I.2.2), so the
+DIMSE table decides retry or park. An instance in neither list was not confirmed stored:
+retried (Orthanc's plugin answers 200 with both lists empty when its disk is full).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.sender.destinations.dimse_status import Outcome, classify
+from services.sender.destinations.http import Part
+from shared.errors import PermanentError, SendQueueError, TransientError
+
+_REFERENCED = "00081199"
+_FAILED = "00081198"
+_SOP_INSTANCE = "00081155"
+_FAILURE_REASON = "00081197"
+_WARNING_REASON = "00081196"
+
+#: What each instance's send returns: a short description, or the error to raise.
+Result = str | SendQueueError
+
+
+def new_boundary() -> str:
+    return f"sendqueue-{uuid.uuid4().hex}"
+
+
+def content_type(boundary: str) -> str:
+    # Orthanc's plugin insists on the type parameter and on parts of exactly
+    # "application/dicom" (no transfer-syntax parameter).
+    return f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def body_parts(paths: Sequence[Path], boundary: str) -> list[Part]:
+    """The multipart body as bytes and files, for http.StreamedBody (files are streamed)."""
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    parts: list[Part] = []
+    for path in paths:
+        parts += [head, path, b"\r\n"]
+    parts.append(f"--{boundary}--\r\n".encode())
+    return parts
+
+
+@dataclass
+class StowAnswer:
+    """The two lists of a STOW-RS answer: SOP Instance UID -> warning or failure code."""
+
+    stored: dict[str, int | None] = field(default_factory=dict)
+    failed: dict[str, int | None] = field(default_factory=dict)
+
+
+def parse_answer(raw: bytes) -> StowAnswer | None:
+    """The answer's lists, or None when the body is not a DICOM JSON STOW answer."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(doc, list) and len(doc) == 1:
+        doc = doc[0]  # some servers wrap the one dataset in a list
+    if not isinstance(doc, dict) or not ({_REFERENCED, _FAILED} & doc.keys()):
+        return None
+    return StowAnswer(
+        stored=_items(doc.get(_REFERENCED), _WARNING_REASON),
+        failed=_items(doc.get(_FAILED), _FAILURE_REASON),
+    )
+
+
+def _items(sequence: Any, code_tag: str) -> dict[str, int | None]:
+    found: dict[str, int | None] = {}
+    items = sequence.get("Value", []) if isinstance(sequence, dict) else []
+    for item in items if isinstance(items, list) else []:
+        uid = _first(item, _SOP_INSTANCE)
+        if isinstance(uid, str):
+            code = _first(item, code_tag)
+            found[uid] = code if isinstance(code, int) else None
+    return found
+
+
+def _first(item: Any, tag: str) -> Any:
+    if not isinstance(item, dict):
+        return None
+    values = item.get(tag, {}).get("Value") if isinstance(item.get(tag), dict) else None
+    return values[0] if isinstance(values, list) and values else None
+
+
+def result_for(uid: str, answer: StowAnswer | None, status: int, what: str) -> Result:
+    """What a 200 or 202 answer means for one instance of the request."""
+    if answer is None:
+        if status == 200:
+            return "Stored"  # 200 means every instance stored, even without a readable list
+        return TransientError(
+            f"{what}: HTTP 202 without a readable answer: {uid} may not be stored",
+            reason_class="stow-unconfirmed",
+        )
+    if uid in answer.stored:
+        warning = answer.stored[uid]
+        return "Stored" if warning is None else f"Stored with warning 0x{warning:04X}"
+    if uid in answer.failed:
+        return _failure(uid, answer.failed[uid], what)
+    return TransientError(
+        f"{what}: HTTP {status} but {uid} is neither stored nor failed in the answer",
+        reason_class="stow-unconfirmed",
+    )
+
+
+def _failure(uid: str, code: int | None, what: str) -> Result:
+    if code is None:
+        return TransientError(
+            f"{what}: {uid} failed without a FailureReason", reason_class="stow-failed"
+        )
+    outcome, text, reason_class = classify(code)
+    if outcome is Outcome.DELIVERED:
+        return text
+    message = f"{what}: {uid} failed: FailureReason 0x{code:04X} ({text})"
+    reason_class = reason_class.replace("dimse-", "stow-")
+    if outcome is Outcome.TRANSIENT:
+        return TransientError(message, reason_class=reason_class)
+    return PermanentError(message, reason_class=reason_class)
+
+
+def failure_codes(answer: StowAnswer | None) -> str:
+    """The per-instance failure codes, for the reason of a whole-request failure (409)."""
+    if answer is None or not answer.failed:
+        return ""
+    codes = sorted({f"0x{c:04X}" for c in answer.failed.values() if c is not None})
+    return f" (FailureReason {', '.join(codes)})" if codes else ""

@@ -1,0 +1,244 @@
+"""The admin API on real RabbitMQ: every endpoint, filter and error case."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from tests.integration.harness import (
+    ADMIN_TOKEN,
+    PREFIX,
+    dicom_destination,
+    wait_for,
+    wait_queue,
+    wait_received,
+)
+from tests.integration.parked_factory import fill_parked, parked_job
+from tests.support.dicom_factory import make_study, sop_instance_uid
+from tests.support.scp import always, fail_for
+
+
+def _vhost(pipeline) -> str:
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(pipeline.config.amqp.url).path[1:])
+
+
+async def _parked_pipeline(make_pipeline, scp, **kw):
+    pipeline = make_pipeline(
+        destinations=[
+            dicom_destination("pacs", scp.port, scp.aet),
+            dicom_destination("other", scp.port, scp.aet),
+        ],
+        routes=[{"destinations": ["pacs"]}],
+        retry={"admin_tokens": {"alice": "alice-token-1"}},
+        **kw,
+    )
+    await pipeline.start("retry")
+    return pipeline
+
+
+async def test_filters_paging_and_csv(make_pipeline, scp):
+    pipeline = await _parked_pipeline(make_pipeline, scp)
+    old = time.time() - 7200
+    jobs = [parked_job(i, "pacs") for i in range(30)]
+    jobs += [
+        parked_job(
+            100 + i,
+            "other",
+            reason_class="not-found",
+            parked_at=old,
+            last_error="not found in Orthanc (HTTP 404)",
+        )
+        for i in range(5)
+    ]
+    await fill_parked(pipeline.config.amqp.url, PREFIX, jobs)
+    await pipeline.wait_parked(35, timeout=40)  # the index rebuilds from the queue
+
+    assert (await pipeline.parked(destination="other"))["total"] == 5
+    assert (await pipeline.parked(reason="not-found"))["total"] == 5
+    assert (await pipeline.parked(patient="P1"))["total"] == 7
+    study = jobs[5].study_instance_uid  # indexes 5, 15, 25
+    by_study = await pipeline.parked(study=study)
+    assert by_study["total"] == 3 and {i["study_instance_uid"] for i in by_study["items"]} == {
+        study
+    }
+    assert (await pipeline.parked(since="1h"))["total"] == 30
+    assert (await pipeline.parked(until="1h"))["total"] == 5
+    # paging: 35 items, 10 at a time, no repeats, no gaps
+    seen, cursor = [], None
+    while True:
+        page = await pipeline.parked(limit="10", **({"cursor": cursor} if cursor else {}))
+        seen += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen)) == 35
+    item = (await pipeline.parked(destination="other", limit="1"))["items"][0]
+    for key in (
+        "patient_id",
+        "study_instance_uid",
+        "series_instance_uid",
+        "sop_instance_uid",
+        "modality",
+        "destination",
+        "attempts",
+        "first_failed_at",
+        "last_failed_at",
+        "reason",
+        "error",
+    ):
+        assert key in item
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(pipeline.url("retry", "/api/parked?format=csv&destination=other")) as response,
+    ):
+        assert response.status == 200 and response.content_type == "text/csv"
+        lines = (await response.text()).strip().splitlines()
+    assert len(lines) == 6 and lines[0].startswith("id,destination")
+
+
+async def test_requeue_by_filter_to_another_destination_and_delete_all(make_pipeline, scp):
+    pipeline = await _parked_pipeline(make_pipeline, scp)
+    jobs = [parked_job(i, "pacs", patient_id="PX" if i < 4 else "PY") for i in range(10)]
+    await fill_parked(pipeline.config.amqp.url, PREFIX, jobs)
+    await pipeline.wait_parked(10, timeout=40)
+    status, body = await pipeline.admin(
+        "POST", "/api/parked/requeue", {"patient": "PX", "to": "other"}
+    )
+    assert (status, body) == (200, {"requeued": 4, "failed": 0})
+    counts = await wait_queue(pipeline, "work.other", ready=4)
+    assert counts.ready == 4
+    assert (await pipeline.parked())["total"] == 6
+    status, body = await pipeline.admin("POST", "/api/parked/delete", {"all": True})
+    assert (status, body["deleted"]) == (200, 6)
+    assert (await pipeline.parked())["total"] == 0
+    audit = (await pipeline.admin("GET", "/api/audit"))[1]["items"]
+    assert [(e["action"], e["who"], e["count"]) for e in audit[:2]] == [
+        ("delete", "admin", 6),
+        ("requeue", "admin", 4),
+    ]
+    assert audit[1]["details"] == {"patient": "PX", "to": "other"}
+
+
+async def test_bad_requests_get_clear_4xx_errors(make_pipeline, scp):
+    pipeline = await _parked_pipeline(make_pipeline, scp)
+    cases = [
+        ("POST", "/api/parked/requeue", {"destination": "nowhere"}, 400, "unknown destination"),
+        ("POST", "/api/parked/requeue", {"ids": ["bad id!"]}, 400, "malformed id"),
+        ("POST", "/api/parked/requeue", {"ids": []}, 400, "non-empty list"),
+        ("POST", "/api/parked/delete", {}, 400, "say what to select"),
+        ("POST", "/api/parked/delete", {"all": "yes"}, 400, "'all' must be true"),
+        ("POST", "/api/parked/delete", {"colour": "red"}, 400, "unknown field"),
+        ("POST", "/api/parked/requeue", {"all": True, "to": "nowhere"}, 400, "'to' must name"),
+        ("POST", "/api/parked/delete", {"since": "last tuesday"}, 400, "'since' must be"),
+        ("GET", "/api/parked?limit=0", None, 400, "'limit'"),
+        ("GET", "/api/parked?cursor=garbage", None, 400, "malformed cursor"),
+        ("GET", "/api/parked?color=red", None, 400, "unknown query parameter"),
+        ("POST", "/api/destinations/nowhere/pause", None, 404, "unknown destination"),
+        (
+            "POST",
+            "/api/send",
+            {"destination": "nowhere", "resources": ["x"]},
+            400,
+            "unknown destination",
+        ),
+        (
+            "POST",
+            "/api/send",
+            {"destination": "pacs", "resources": ["no-such-id"]},
+            404,
+            "unknown Orthanc resource",
+        ),
+    ]
+    for method, path, body, status, words in cases:
+        got_status, got = await pipeline.admin(method, path, body)
+        assert got_status == status, (path, body, got)
+        assert words in got["error"], (path, body, got)
+    # authentication
+    status, body = await pipeline.admin("POST", "/api/parked/delete", {"all": True}, token=None)
+    assert status == 401 and "Authorization" in body["error"]
+    status, body = await pipeline.admin(
+        "POST", "/api/parked/delete", {"all": True}, token="wrong-token"
+    )
+    assert status == 403 and "invalid admin token" in body["error"]
+    # invalid JSON and oversized bodies
+    async with aiohttp.ClientSession() as session:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        url = pipeline.url("retry", "/api/parked/delete")
+        async with session.post(url, data=b"{not json", headers=headers) as response:
+            assert response.status == 400 and "not valid JSON" in (await response.json())["error"]
+        async with session.post(url, data=b"x" * (9 * 1024 * 1024), headers=headers) as response:
+            assert response.status == 413 and "too large" in (await response.json())["error"]
+
+
+async def test_pause_keeps_jobs_waiting_across_restarts_and_resume_delivers(
+    make_pipeline, orthanc, scp
+):
+    pipeline = make_pipeline(
+        destinations=[dicom_destination("pacs", scp.port, scp.aet)],
+        retry={"admin_tokens": {"alice": "alice-token-1"}},
+    )
+    await pipeline.start()
+    status, body = await pipeline.admin(
+        "POST", "/api/destinations/pacs/pause", token="alice-token-1"
+    )
+    assert (status, body) == (200, {"destination": "pacs", "paused": True})
+    await wait_for(
+        lambda: pipeline.metric_sum("sender", "sendqueue_destination_paused"), lambda v: v == 1, 10
+    )
+    study = make_study(5)
+    for data in study:
+        orthanc.upload(data)
+    await wait_queue(pipeline, "work.pacs", ready=5)
+    # the pause survives a restart of every service
+    await pipeline.stop()
+    await pipeline.start()
+    queues = await wait_for(
+        lambda: pipeline.admin("GET", "/api/queues"),
+        lambda r: r[1]["destinations"][0]["state"] == "paused",
+        10,
+    )
+    assert queues[1]["destinations"][0]["ready"] == 5
+    await asyncio.sleep(1)
+    assert scp.stored_uids() == set()
+    status, _ = await pipeline.admin("POST", "/api/destinations/pacs/resume")
+    assert status == 200
+    assert await wait_received(scp, 5) == {sop_instance_uid(d) for d in study}
+    audit = (await pipeline.admin("GET", "/api/audit"))[1]["items"]
+    assert [(e["action"], e["who"]) for e in audit] == [("resume", "admin"), ("pause", "alice")]
+
+
+async def test_queues_overview_and_send_on_the_admin_listen(make_pipeline, orthanc, scp):
+    study = make_study(3)
+    bad = sop_instance_uid(study[0])
+    scp.status_for = fail_for({bad}, 0xA900)
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)], routes=[])
+    await pipeline.start()
+    ids = [orthanc.upload(data) for data in study]
+    series = orthanc.get_json(f"/instances/{ids[0]}")["ParentSeries"]
+    status, body = await pipeline.admin(
+        "POST", "/api/send", {"destination": "pacs", "resources": [series]}
+    )
+    assert (status, body) == (200, {"queued": 3, "destination": "pacs"})
+    await wait_received(scp, 2)
+    await pipeline.wait_parked(1)
+    _, queues = await wait_for(
+        lambda: pipeline.admin("GET", "/api/queues"),
+        lambda r: r[1]["destinations"][0]["state"] == "up",
+        10,
+    )
+    [pacs] = queues["destinations"]
+    assert pacs["name"] == "pacs" and pacs["kind"] == "dicom" and pacs["parked"] == 1
+    assert pacs["consumers"] == 1 and pacs["ready"] == 0
+    assert queues["parked"] == 1 and {t["tier"] for t in queues["delay_tiers"]} == {
+        "300ms",
+        "600ms",
+    }
+    audit = (await pipeline.admin("GET", "/api/audit"))[1]["items"]
+    assert audit[0]["action"] == "send" and audit[0]["count"] == 3
+    scp.status_for = always(0)
+    status, openapi = await pipeline.admin("GET", "/api/openapi.json")
+    assert status == 200 and "/api/parked/requeue" in openapi["paths"]
