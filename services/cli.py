@@ -17,7 +17,8 @@ from shared.errors import ConfigError, SendQueueError
 
 log = logging.getLogger("sendqueue")
 
-Service = Callable[[Config, asyncio.Event], Coroutine[Any, Any, None]]
+#: run_x(config, stop, registry=None): each service's entry point.
+Service = Callable[..., Coroutine[Any, Any, None]]
 
 
 def _services() -> dict[str, Service]:

@@ -55,6 +55,7 @@ async def publish_jobs(
             destination=job.destination,
             orthanc_id=job.orthanc_id,
             sop_instance_uid=job.sop_instance_uid,
+            attempt=job.attempts + 1,
             outcome="queued",
         )
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from services.retry.admin import MAX_BODY, AdminApi
 from services.retry.audit import AuditLog
 from services.retry.control import PauseStore, StatusBoard
-from services.retry.depth import QueueDepthMonitor, source_for
+from services.retry.depth import QueueDepthMonitor
 from services.retry.index import ParkedIndex
 from services.retry.metrics import RetryMetrics
 from services.retry.parking import Parking
@@ -101,12 +101,12 @@ async def run_retry(
             resolver=Resolver(orthanc),
             publisher=publisher,
             names=names,
-            on_queued=lambda _job: None,
+            on_queued=lambda job: metrics.queued.labels(job.destination, "admin").inc(),
         )
         overview = QueueOverview(
             config=config,
             names=names,
-            source=source_for(config, consume_conn),
+            source=depth.source,
             index=index,
             pauses=pauses,
             board=board,
@@ -124,6 +124,8 @@ async def run_retry(
     finally:
         for task in tasks:
             task.cancel()
+        # Let the tasks finish their cleanup (the depth monitor closes its HTTP session).
+        await asyncio.gather(*tasks, return_exceptions=True)
         if runner:
             await runner.cleanup()
         await orthanc.close()

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 #: Longest one refresh may take; a broker that is reconnecting would otherwise hold it forever.
 _REFRESH_TIMEOUT = 10.0
+#: Rounds in a row without a single count before saying so: a new quorum queue has no
+#: statistics for its first few seconds, a broker whose collector is off never has any.
+_BLANK_ROUNDS = 6
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,7 @@ class QueueDepthMonitor:
             self._consumers: set(),
         }
         self._failing = False
+        self._blank_rounds = 0
 
     @property
     def source(self) -> Source:
@@ -269,6 +273,21 @@ class QueueDepthMonitor:
             self._failing = False
         self._show(stats)
         self._updated.set(time.time())
+        self._check_blank(stats)
+
+    def _check_blank(self, stats: list[QueueStats]) -> None:
+        if not stats or any(q.ready is not None for q in stats):
+            self._blank_rounds = 0
+            return
+        self._blank_rounds += 1
+        if self._blank_rounds == _BLANK_ROUNDS:
+            log.warning(
+                "queue statistics (%s) list %d queues but no message counts: is the broker's "
+                'management_agent.disable_metrics_collector on? Set amqp.management_url = "" '
+                "to count through AMQP instead",
+                self._source.label,
+                len(stats),
+            )
 
     def _show(self, stats: list[QueueStats]) -> None:
         messages: dict[tuple[str, ...], int] = {}

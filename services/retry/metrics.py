@@ -7,6 +7,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 class RetryMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.queued = Counter(
+            "sendqueue_jobs_queued",
+            "Send jobs published to a work queue (here: by POST /api/send on the admin API).",
+            ["destination", "source"],
+            registry=registry,
+        )
         self.retried = Counter(
             "sendqueue_jobs_retried",
             "Jobs scheduled for another attempt, by delay tier.",

@@ -222,6 +222,7 @@ class Parking:
             destination=destination,
             orthanc_id=item.orthanc_id,
             sop_instance_uid=item.sop_instance_uid,
+            attempt=item.attempts,
             outcome=action,
         )
 

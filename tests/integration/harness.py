@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiohttp
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -269,13 +270,18 @@ async def wait_received(scp: Any, count: int, timeout: float = 60.0) -> set[str]
     return await wait_for(fetch, lambda uids: len(uids) >= count, timeout)
 
 
-async def wait_queue(pipeline: Pipeline, queue: str, **expected: Any) -> Any:
-    """rabbit.wait_queue_counts (exact counts) off the event loop the services run on."""
-    from urllib.parse import unquote, urlsplit
+async def queue_ready(pipeline: Pipeline, queue: str) -> int:
+    """Ready messages now, from the broker's own answer to a passive declare.
 
-    from tests.support import rabbit
+    (The management API and rabbitmqctl counts of quorum queues can lag by seconds.)
+    """
+    connection = await aio_pika.connect(pipeline.config.amqp.url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(f"{PREFIX}.{queue}", passive=True)
+        return int(declared.declaration_result.message_count or 0)
 
-    vhost = unquote(urlsplit(pipeline.config.amqp.url).path[1:])
-    return await asyncio.to_thread(
-        rabbit.wait_queue_counts, vhost, f"{PREFIX}.{queue}", exact=True, **expected
-    )
+
+async def wait_queue(pipeline: Pipeline, queue: str, *, ready: int, timeout: float = 15.0) -> int:
+    """Poll until the queue holds exactly `ready` ready messages; TimeoutError otherwise."""
+    return int(await wait_for(lambda: queue_ready(pipeline, queue), lambda n: n == ready, timeout))

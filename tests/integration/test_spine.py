@@ -97,8 +97,7 @@ async def test_rejected_instances_are_parked_with_the_status_then_requeued_or_de
     status, body = await pipeline.admin("POST", "/api/parked/delete", {"ids": ids[2:]})
     assert (status, body["deleted"]) == (200, 2)
     assert (await pipeline.parked())["total"] == 0
-    counts = await wait_queue(pipeline, "parked", ready=0)
-    assert counts.unacked == 0
+    await wait_queue(pipeline, "parked", ready=0)
     assert await pipeline.metric_sum("retry", "sendqueue_jobs_requeued_total") == 2
     assert await pipeline.metric_sum("retry", "sendqueue_jobs_deleted_total") == 2
 
@@ -153,8 +152,7 @@ async def test_two_destinations_one_dead_the_live_one_gets_everything(make_pipel
     study = make_study(12)
     upload(orthanc, study)
     assert await wait_received(scp, 12) == {sop_instance_uid(d) for d in study}
-    counts = await wait_queue(pipeline, "work.dead", ready=12, timeout=20)
-    assert counts.unacked == 0
+    await wait_queue(pipeline, "work.dead", ready=12, timeout=20)
     assert (await pipeline.parked())["total"] == 0
     up = await pipeline.metric_sum("sender", "sendqueue_destination_up", destination="dead")
     assert up == 0

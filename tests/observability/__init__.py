@@ -1,0 +1,1 @@
+"""Observability: metrics, dashboard, alert rules, Prometheus, structured logs."""

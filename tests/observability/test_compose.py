@@ -1,0 +1,140 @@
+"""compose/: the files parse, reference files that exist, and agree on names and ports.
+
+Docker is not available here; these checks catch what `docker compose up` would trip on
+first: a missing mounted file, a scrape target that is not a service, a port mismatch.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from shared.config import Config, load_config, parse_listen
+from tests.observability import assets
+
+SENDQUEUE_SERVICES = ("ingest", "sender", "retry")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = assets.load_yaml(assets.COMPOSE / "docker-compose.yml")
+    return data
+
+
+@pytest.fixture(scope="module")
+def prometheus_config() -> dict[str, Any]:
+    data: dict[str, Any] = assets.load_yaml(assets.COMPOSE / "prometheus" / "prometheus.yml")
+    return data
+
+
+@pytest.fixture(scope="module")
+def sendqueue_config() -> Config:
+    # The compose file gives the retry service its admin token from the environment.
+    environ = {"SENDQUEUE_ADMIN_TOKEN": "a-test-token", "SENDQUEUE_ORTHANC_PASSWORD": "x"}
+    return load_config(assets.COMPOSE / "sendqueue.toml", environ)
+
+
+def test_the_stack_has_every_service(compose: dict[str, Any]) -> None:
+    services = set(compose["services"])
+    expected = {"rabbitmq", "orthanc", "prometheus", "grafana", *SENDQUEUE_SERVICES}
+    assert expected <= services
+
+
+def test_every_bind_mount_and_build_file_exists(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for source, _target in assets.bind_mounts(service):
+            assert (assets.COMPOSE / source).exists(), f"{name}: {source} does not exist"
+        build = service.get("build")
+        if build:
+            context = assets.COMPOSE / build["context"]
+            assert (context / build["dockerfile"]).is_file(), name
+
+
+def test_the_three_services_share_one_image_and_pick_their_command(
+    compose: dict[str, Any],
+) -> None:
+    images = {compose["services"][name]["image"] for name in SENDQUEUE_SERVICES}
+    assert len(images) == 1
+    for name in SENDQUEUE_SERVICES:
+        command = compose["services"][name]["command"]
+        assert command[0] == name
+        config_path = command[command.index("--config") + 1]
+        mounts = dict(assets.bind_mounts(compose["services"][name]))
+        assert mounts["./sendqueue.toml"] == config_path
+
+
+def test_the_dockerfile_copies_files_that_exist() -> None:
+    text = (assets.COMPOSE / "Dockerfile").read_text(encoding="utf-8")
+    sources = [
+        source
+        for line in re.findall(r"^COPY (.+)$", text, re.M)
+        for source in line.split()[:-1]
+        if not source.startswith("--")
+    ]
+    assert sources
+    for source in sources:
+        assert (assets.ROOT / source).exists(), source
+    assert re.search(r'^ENTRYPOINT \["sendqueue"\]', text, re.M)
+
+
+def test_rabbitmq_runs_the_management_and_prometheus_plugins(compose: dict[str, Any]) -> None:
+    plugins = (assets.COMPOSE / "rabbitmq" / "enabled_plugins").read_text(encoding="utf-8")
+    assert re.fullmatch(r"\[[a-z_,\s]+\]\.\s*", plugins), "an Erlang list term ending in '.'"
+    assert {"rabbitmq_management", "rabbitmq_prometheus"} <= set(re.findall(r"\w+", plugins))
+    mounts = dict(assets.bind_mounts(compose["services"]["rabbitmq"]))
+    assert mounts["./rabbitmq/enabled_plugins"] == "/etc/rabbitmq/enabled_plugins"
+
+
+def test_prometheus_scrapes_each_service_on_its_listen_port(
+    compose: dict[str, Any], prometheus_config: dict[str, Any], sendqueue_config: Config
+) -> None:
+    targets = _targets(prometheus_config)
+    for name in SENDQUEUE_SERVICES:
+        _, port = parse_listen(getattr(sendqueue_config, name).listen)
+        assert targets[f"sendqueue-{name}"] == [f"{name}:{port}"]
+    for job, hosts in targets.items():
+        for host in hosts:
+            assert host.split(":")[0] in compose["services"], f"{job}: {host} is no service"
+
+
+def test_prometheus_scrapes_rabbitmq_totals_and_queue_details(
+    prometheus_config: dict[str, Any],
+) -> None:
+    jobs = {job["job_name"]: job for job in prometheus_config["scrape_configs"]}
+    assert jobs["rabbitmq"]["static_configs"][0]["targets"] == ["rabbitmq:15692"]
+    detailed = jobs["rabbitmq-detailed"]
+    assert detailed["metrics_path"] == "/metrics/detailed"
+    assert set(detailed["params"]["family"]) == {"queue_coarse_metrics", "queue_consumer_count"}
+
+
+def test_the_job_names_match_what_the_rules_select(prometheus_config: dict[str, Any]) -> None:
+    (metrics_down,) = [r for r in assets.rules() if r["alert"] == "SendqueueMetricsDown"]
+    selector = re.search(r'job=~"([^"]+)"', metrics_down["expr"])
+    assert selector
+    for job in _targets(prometheus_config):
+        assert re.fullmatch(selector.group(1), job), f"{job} escapes SendqueueMetricsDown"
+
+
+def test_the_services_listen_on_all_interfaces_with_an_admin_token(
+    sendqueue_config: Config, compose: dict[str, Any]
+) -> None:
+    for name in SENDQUEUE_SERVICES:
+        host, _ = parse_listen(getattr(sendqueue_config, name).listen)
+        assert host == "0.0.0.0", f"{name} must be reachable by Prometheus"
+    environment = compose["services"]["retry"]["environment"]
+    assert environment["SENDQUEUE_ADMIN_TOKEN"].startswith("${SENDQUEUE_ADMIN_TOKEN:?")
+
+
+def test_published_ports_stay_on_loopback(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
+
+
+def _targets(prometheus_config: dict[str, Any]) -> dict[str, list[str]]:
+    return {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+        for job in prometheus_config["scrape_configs"]
+    }
