@@ -58,13 +58,14 @@ class Resolver:
     async def expand(self, orthanc_id: str) -> list[InstanceInfo]:
         """An instance, series, study or patient ID -> its instances."""
         for plural in _LEVELS:
-            try:
-                if plural == "instances":
-                    return [await self.instance(orthanc_id)]
-                level = {"series": "series", "studies": "study", "patients": "patient"}[plural]
-                return await self.instances_of(level, orthanc_id)
-            except InstanceNotFound:
+            # Orthanc answers /series/{id}/instances with [] for an ID of another level,
+            # so the level is told by the resource itself answering.
+            if not await self._orthanc.exists(f"/{plural}/{orthanc_id}"):
                 continue
+            if plural == "instances":
+                return [await self.instance(orthanc_id)]
+            level = {"series": "series", "studies": "study", "patients": "patient"}[plural]
+            return await self.instances_of(level, orthanc_id)
         raise InstanceNotFound(f"no Orthanc instance, series, study or patient {orthanc_id!r}")
 
     async def _series_tags(self, series_id: str) -> dict[str, str]:

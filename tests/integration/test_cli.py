@@ -1,0 +1,77 @@
+"""The `sendqueue` command: check, send, and clear errors for bad config."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.harness import dicom_destination, wait_received
+from tests.support.dicom_factory import make_study, sop_instance_uid
+from tests.support.ports import free_port
+
+ROOT = Path(__file__).parents[2]
+
+
+def sendqueue(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+async def test_check_reports_each_component_and_fails_on_a_dead_destination(make_pipeline, scp):
+    pipeline = make_pipeline(
+        destinations=[
+            dicom_destination("live", scp.port, scp.aet),
+            dicom_destination("dead", free_port(), "NOBODY", connect_timeout="2s"),
+        ]
+    )
+    result = await asyncio.to_thread(sendqueue, "check", "--config", str(pipeline.config_path))
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("ok") and "orthanc" in line for line in lines)
+    assert any(line.startswith("ok") and "rabbitmq" in line for line in lines)
+    assert any(line.startswith("ok") and "destination live" in line for line in lines)
+    assert any(line.startswith("FAIL") and "destination dead" in line for line in lines)
+    assert "guest:guest" not in result.stdout  # the AMQP password is masked
+
+
+async def test_send_queues_a_study_by_its_orthanc_id(make_pipeline, orthanc, scp):
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)], routes=[])
+    await pipeline.start("sender", "retry")
+    study = make_study(4)
+    ids = [orthanc.upload(data) for data in study]
+    study_id = orthanc.get_json(f"/instances/{ids[0]}/study")["ID"]
+    config = str(pipeline.config_path)
+    result = await asyncio.to_thread(
+        sendqueue, "send", "--config", config, "--to", "pacs", study_id
+    )
+    assert result.returncode == 0, result.stderr
+    assert "queued 4 instance(s) for pacs" in result.stdout
+    assert await wait_received(scp, 4) == {sop_instance_uid(d) for d in study}
+    unknown = await asyncio.to_thread(
+        sendqueue, "send", "--config", config, "--to", "pacs", "no-such-id"
+    )
+    assert unknown.returncode == 1 and "unknown Orthanc resource" in unknown.stderr
+
+
+def test_a_broken_config_stops_with_the_bad_key_named(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[retry]\ndelays = ["10 parsecs"]\n')
+    result = sendqueue("retry", "--config", str(config))
+    assert result.returncode == 2
+    assert "$.retry.delays[0]" in result.stderr and "not a duration" in result.stderr
+    missing = sendqueue("check", "--config", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2 and "cannot read config file" in missing.stderr
+
+
+def test_admin_api_refuses_a_public_address_without_a_token(tmp_path):
+    config = tmp_path / "open.toml"
+    config.write_text('[retry]\nlisten = "0.0.0.0:18199"\n')
+    result = sendqueue("retry", "--config", str(config))
+    assert result.returncode == 2 and "refusing to expose the admin API" in result.stderr
