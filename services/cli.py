@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from services.admin_cli import ADMIN_COMMANDS, add_admin_commands, run_admin_command
 from shared import logs
 from shared.config import Config, load_config, mask_url
 from shared.errors import ConfigError, SendQueueError
@@ -121,6 +122,7 @@ async def _check(config: Config) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sendqueue", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_admin_commands(sub)
     for name, text in (
         ("ingest", "follow Orthanc's changes and queue send jobs"),
         ("sender", "send queued instances to their destinations"),
@@ -144,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ADMIN_COMMANDS:
+        return run_admin_command(args)  # talks to the admin API; --config is optional
     logs.configure()
     try:
         config = load_config(args.config)

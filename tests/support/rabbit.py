@@ -43,7 +43,7 @@ def amqp_url_for(vhost: str) -> str:
     return f"amqp://{USER}:{PASSWORD}@{AMQP_HOST}/{quote(vhost, safe='')}"
 
 
-def _request(method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+def management_request(method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(MGMT_URL + path, data=data, method=method)
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -57,7 +57,7 @@ def _request(method: str, path: str, body: Any = None, timeout: float = 10.0) ->
 def management_available(timeout: float = 2.0) -> bool:
     """True when the management API answers (so RabbitMQ itself is up)."""
     try:
-        _request("GET", "/api/overview", timeout=timeout)
+        management_request("GET", "/api/overview", timeout=timeout)
     except (OSError, ValueError):
         return False
     return True
@@ -67,16 +67,16 @@ def create_vhost(name: str | None = None) -> RabbitVhost:
     """Create a vhost (default name sq-test-<8 hex>) and give guest full rights on it."""
     name = name or f"sq-test-{uuid.uuid4().hex[:8]}"
     vh = quote(name, safe="")
-    _request("PUT", f"/api/vhosts/{vh}", {"description": "sendqueue test"})
+    management_request("PUT", f"/api/vhosts/{vh}", {"description": "sendqueue test"})
     rights = {"configure": ".*", "write": ".*", "read": ".*"}
-    _request("PUT", f"/api/permissions/{vh}/{USER}", rights)
+    management_request("PUT", f"/api/permissions/{vh}/{USER}", rights)
     return RabbitVhost(name=name, amqp_url=amqp_url_for(name))
 
 
 def delete_vhost(name: str) -> None:
     """Delete a vhost and everything in it; a vhost that is already gone is fine."""
     try:
-        _request("DELETE", f"/api/vhosts/{quote(name, safe='')}")
+        management_request("DELETE", f"/api/vhosts/{quote(name, safe='')}")
     except urllib.error.HTTPError as exc:
         if exc.code != 404:
             raise
@@ -84,7 +84,7 @@ def delete_vhost(name: str) -> None:
 
 def vhost_exists(name: str) -> bool:
     try:
-        _request("GET", f"/api/vhosts/{quote(name, safe='')}")
+        management_request("GET", f"/api/vhosts/{quote(name, safe='')}")
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return False
@@ -108,7 +108,7 @@ def list_queues(vhost: str) -> list[dict[str, Any]]:
     Message counts in these objects are statistics, refreshed every few seconds by the broker
     (collect_statistics_interval): use queue_counts(exact=True) or wait_queue_counts().
     """
-    result: list[dict[str, Any]] = _request("GET", f"/api/queues/{quote(vhost, safe='')}")
+    result: list[dict[str, Any]] = management_request("GET", f"/api/queues/{quote(vhost, safe='')}")
     return result
 
 
@@ -121,7 +121,7 @@ def queue_counts(vhost: str, name: str, *, exact: bool = False) -> QueueCounts:
     if exact:
         return _exact_counts(vhost, name)
     path = f"/api/queues/{quote(vhost, safe='')}/{quote(name, safe='')}"
-    queue = _request("GET", path)
+    queue = management_request("GET", path)
     return QueueCounts(
         ready=int(queue.get("messages_ready", 0)),
         unacked=int(queue.get("messages_unacknowledged", 0)),
@@ -194,5 +194,5 @@ def _matches(counts: QueueCounts, ready: int | None, unacked: int | None) -> boo
 
 def list_test_vhosts() -> list[str]:
     """Names of vhosts that tests created and did not delete (for leak checks)."""
-    vhosts = _request("GET", "/api/vhosts")
+    vhosts = management_request("GET", "/api/vhosts")
     return [v["name"] for v in vhosts if v["name"].startswith("sq-test-")]
