@@ -91,6 +91,8 @@ class ParkedIndex:
         for column in ("destination", "reason_class", "study_instance_uid", "patient_id"):
             self._db.execute(f"CREATE INDEX IF NOT EXISTS by_{column} ON parked ({column})")
         self._db.execute("CREATE INDEX IF NOT EXISTS by_time ON parked (parked_at, id)")
+        # Items whose requeued copy the broker confirmed, kept until a complete pass.
+        self._db.execute("CREATE TABLE IF NOT EXISTS requeued (id TEXT PRIMARY KEY)")
 
     def close(self) -> None:
         self._db.close()
@@ -100,6 +102,20 @@ class ParkedIndex:
         rows = [(*(getattr(i, c) for c in _COLUMNS), pass_seq) for i in items]
         with self._db:
             self._db.executemany(f"INSERT OR REPLACE INTO parked VALUES ({marks}, ?)", rows)
+
+    def journal_requeued(self, ids: Sequence[str]) -> None:
+        if ids:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO requeued VALUES (?)", [(i,) for i in ids]
+                )
+
+    def requeued_before(self, ids: Sequence[str]) -> set[str]:
+        return self._select_ids("requeued", ids)
+
+    def clear_requeued(self) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM requeued")
 
     def next_pass(self) -> int:
         return int(
@@ -134,11 +150,14 @@ class ParkedIndex:
         return [ParkedItem(**dict(zip(_COLUMNS, row, strict=True))) for row in rows]
 
     def known(self, ids: Sequence[str]) -> set[str]:
+        return self._select_ids("parked", ids)
+
+    def _select_ids(self, table: str, ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
         for start in range(0, len(ids), 500):
             chunk = list(ids[start : start + 500])
             marks = ", ".join("?" for _ in chunk)
-            query = f"SELECT id FROM parked WHERE id IN ({marks})"
+            query = f"SELECT id FROM {table} WHERE id IN ({marks})"
             found.update(row[0] for row in self._db.execute(query, chunk))
         return found
 

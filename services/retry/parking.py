@@ -173,6 +173,7 @@ class Parking:
             await channel.close()
         if result.complete and result.failed == 0:
             self._index.finish_pass(seq)
+            self._index.clear_requeued()  # every journaled item has left the queue now
         return result
 
     async def _apply(
@@ -183,11 +184,22 @@ class Parking:
         result: PassResult,
     ) -> list[ParkedItem]:
         items = [_item_from_message(m) for m in batch]
-        actions = [select(item) for item in items]
+        # Requeued by a pass that died before its acks reached the broker: finish that
+        # requeue (drop the parked copy) instead of sending the job a second time.
+        done_before = self._index.requeued_before([item.id for item in items])
+        actions: list[Action | Literal["drop"]] = [
+            "drop" if item.id in done_before else select(item) for item in items
+        ]
         outcomes = await asyncio.gather(
             *(self._act(m, i, a, to) for m, i, a in zip(batch, items, actions, strict=True)),
             return_exceptions=True,
         )
+        confirmed = [
+            i.id
+            for i, a, o in zip(items, actions, outcomes, strict=True)
+            if a == "requeue" and not isinstance(o, BaseException)
+        ]
+        self._index.journal_requeued(confirmed)  # before the acks, which a crash may lose
         kept: list[ParkedItem] = []
         removed: list[str] = []
         for message, item, action, outcome in zip(batch, items, actions, outcomes, strict=True):
@@ -203,7 +215,8 @@ class Parking:
                 kept.append(item)
                 continue
             removed.append(item.id)
-            self._count(result, action, item, to)
+            if action != "drop":
+                self._count(result, action, item, to)
         self._index.remove(removed)
         return kept
 
@@ -227,9 +240,13 @@ class Parking:
         )
 
     async def _act(
-        self, message: AbstractIncomingMessage, item: ParkedItem, action: Action, to: str | None
+        self,
+        message: AbstractIncomingMessage,
+        item: ParkedItem,
+        action: Action | Literal["drop"],
+        to: str | None,
     ) -> None:
-        if action == "delete":
+        if action in ("delete", "drop"):
             return
         if action == "keep":
             await self._publisher.publish(
