@@ -49,11 +49,11 @@ async def _run(config: Config, names: Sequence[str]) -> None:
 
 async def _send(config: Config, destination: str, ids: Sequence[str]) -> int:
 
-    from shared.amqp import Publisher, connect
+    from shared.amqp import connect
     from shared.orthanc import OrthancClient
     from shared.resolver import Resolver
     from shared.submit import queue_resources
-    from shared.topology import Names, declare_topology
+    from shared.topology import Names, prepare_bus
 
     if config.destination(destination) is None:
         raise ConfigError(f"unknown destination {destination!r}")
@@ -61,16 +61,7 @@ async def _send(config: Config, destination: str, ids: Sequence[str]) -> int:
     conn = await connect(config.amqp.url, "sendqueue-cli-send")
     orthanc = OrthancClient(config.orthanc)
     try:
-        async with conn.channel() as channel:
-            await declare_topology(
-                channel,
-                names,
-                [d.name for d in config.destinations],
-                config.all_delays(),
-                config.retry.jitter,
-            )
-        publisher = Publisher(conn)
-        await publisher.open()
+        publisher = await prepare_bus(conn, config)
         return await queue_resources(
             resolver=Resolver(orthanc),
             publisher=publisher,

@@ -17,8 +17,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection, ExchangeType
 
+from shared.amqp import Publisher
+from shared.config import Config
 from shared.durations import format_duration
 
 #: A message redelivered this many times without an outcome (the consumer crashed or
@@ -73,6 +75,21 @@ def _dead_letter_to(exchange: str) -> dict[str, Any]:
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }
+
+
+async def prepare_bus(connection: AbstractRobustConnection, config: Config) -> Publisher:
+    """Declare the whole topology for this config and open a confirming publisher."""
+    async with connection.channel() as channel:
+        await declare_topology(
+            channel,
+            Names(config.amqp.prefix),
+            [d.name for d in config.destinations],
+            config.all_delays(),
+            config.retry.jitter,
+        )
+    publisher = Publisher(connection)
+    await publisher.open()
+    return publisher
 
 
 async def declare_topology(

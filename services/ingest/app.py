@@ -11,13 +11,13 @@ from prometheus_client import CollectorRegistry
 from services.ingest.feed import ChangesFeed
 from services.ingest.metrics import IngestMetrics
 from services.ingest.routing import Router
-from shared.amqp import Publisher, connect
+from shared.amqp import connect
 from shared.config import Config
 from shared.http import make_app, start_server
 from shared.orthanc import OrthancClient
 from shared.resolver import Resolver
 from shared.send_api import make_send_handler
-from shared.topology import Names, declare_topology
+from shared.topology import Names, prepare_bus
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,7 @@ async def run_ingest(
     orthanc = OrthancClient(config.orthanc)
     runner = None
     try:
-        async with conn.channel() as channel:
-            await declare_topology(
-                channel,
-                names,
-                [d.name for d in config.destinations],
-                config.all_delays(),
-                config.retry.jitter,
-            )
-        publisher = Publisher(conn)
-        await publisher.open()
+        publisher = await prepare_bus(conn, config)
         resolver = Resolver(orthanc)
         feed = ChangesFeed(
             config=config.ingest,

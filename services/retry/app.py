@@ -19,14 +19,14 @@ from services.retry.metrics import RetryMetrics
 from services.retry.parking import Parking
 from services.retry.queues import QueueOverview
 from services.retry.router import FailureRouter
-from shared.amqp import Publisher, connect
+from shared.amqp import connect
 from shared.config import Config, is_loopback, parse_listen
 from shared.errors import ConfigError
 from shared.http import make_app, start_server
 from shared.orthanc import OrthancClient
 from shared.resolver import Resolver
 from shared.send_api import make_send_handler
-from shared.topology import Names, declare_topology
+from shared.topology import Names, prepare_bus
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,7 @@ async def run_retry(
     runner = None
     tasks: list[asyncio.Task[None]] = []
     try:
-        async with publish_conn.channel() as channel:
-            await declare_topology(
-                channel,
-                names,
-                [d.name for d in config.destinations],
-                config.all_delays(),
-                config.retry.jitter,
-            )
-        publisher = Publisher(publish_conn)
-        await publisher.open()
+        publisher = await prepare_bus(publish_conn, config)
         pauses = PauseStore(config.retry.state_dir, names, publisher)
         await pauses.load(consume_conn)
         board = StatusBoard(config.amqp.depth_interval)

@@ -12,7 +12,8 @@ import msgspec
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from shared.amqp import Publisher, safe_ack
-from shared.schemas import ControlState, DestinationStatus, decode_control, decode_status, encode
+from shared.control_state import read_control_state
+from shared.schemas import ControlState, DestinationStatus, decode_status, encode
 from shared.topology import Names
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class PauseStore:
         if self._path.exists():
             self._paused = set(json.loads(self._path.read_text())["paused"])
         else:
-            self._paused = set((await _read_state(connection, self._names)).paused)
+            self._paused = set((await read_control_state(connection, self._names)).paused)
         await self._broadcast()
 
     async def set(self, destination: str, paused: bool) -> bool:
@@ -61,19 +62,6 @@ class PauseStore:
     async def _broadcast(self) -> None:
         state = ControlState(paused=sorted(self._paused))
         await self._publisher.publish(self._names.control_exchange, "", encode(state))
-
-
-async def _read_state(connection: AbstractRobustConnection, names: Names) -> ControlState:
-    async with connection.channel() as channel:
-        queue = await channel.declare_queue(names.control_state_queue, passive=True)
-        message = await queue.get(no_ack=False, fail=False)
-        if message is None:
-            return ControlState()
-        await message.nack(requeue=True)
-    try:
-        return decode_control(message.body)
-    except msgspec.DecodeError:
-        return ControlState()
 
 
 class StatusBoard:

@@ -14,15 +14,16 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from services.sender.consumer import DestinationConsumer
-from services.sender.control import StatusReporter, follow_control, read_control_state
+from services.sender.control import StatusReporter, follow_control
 from services.sender.destinations import create_destination
 from services.sender.metrics import SenderMetrics
-from shared.amqp import Publisher, connect
+from shared.amqp import connect
 from shared.config import Config
+from shared.control_state import read_control_state
 from shared.http import make_app, start_server
 from shared.orthanc import OrthancClient
 from shared.schemas import ControlState
-from shared.topology import Names, declare_topology
+from shared.topology import Names, prepare_bus
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,7 @@ async def run_sender(
     tasks: list[asyncio.Task[None]] = []
     runner = None
     try:
-        async with publish_conn.channel() as channel:
-            await declare_topology(
-                channel,
-                names,
-                [d.name for d in config.destinations],
-                config.all_delays(),
-                config.retry.jitter,
-            )
-        publisher = Publisher(publish_conn)
-        await publisher.open()
+        publisher = await prepare_bus(publish_conn, config)
         control = await read_control_state(consume_conn, names)
         for dest_config in config.destinations:
             consumer = DestinationConsumer(

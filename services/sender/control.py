@@ -26,21 +26,6 @@ log = logging.getLogger(__name__)
 OnState = Callable[[ControlState], Awaitable[None]]
 
 
-async def read_control_state(connection: AbstractRobustConnection, names: Names) -> ControlState:
-    """The newest control state, read without removing it (get, then requeue)."""
-    async with connection.channel() as channel:
-        queue = await channel.declare_queue(names.control_state_queue, passive=True)
-        message = await queue.get(no_ack=False, fail=False)
-        if message is None:
-            return ControlState()
-        await message.nack(requeue=True)
-    try:
-        return decode_control(message.body)
-    except msgspec.DecodeError:
-        log.error("unreadable control state ignored: %r", message.body[:200])
-        return ControlState()
-
-
 async def follow_control(
     connection: AbstractRobustConnection, names: Names, on_state: OnState
 ) -> None:
