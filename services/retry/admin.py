@@ -134,8 +134,11 @@ class AdminApi:
         after = inp.decode_cursor(query["cursor"]) if "cursor" in query else None
         index = self._parking.index
         items = index.page(filters, limit, after)
+        current = self._parking.current
         return web.json_response(
             {
+                # True while the index is rebuilt from the queue: the list is partial.
+                "rebuilding": current is not None and current.action == "rebuild",
                 "items": [present(i) for i in items],
                 "total": index.count(filters),
                 "next_cursor": inp.encode_cursor(items[-1]) if len(items) == limit else None,

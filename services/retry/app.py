@@ -128,12 +128,19 @@ async def run_retry(
 
 
 async def _watch_index(parking: Parking, metrics: RetryMetrics) -> None:
-    """Keep the gauge fresh; rebuild the index when it disagrees with the queue twice."""
+    """Keep the gauge fresh; rebuild the index when it disagrees with the queue twice.
+
+    A round during which anything was parked or a pass ran proves nothing (the index
+    trails the queue by the parks in flight), so only quiet rounds count.
+    """
     mismatches = 0
+    parks_before = 0
     while True:
         try:
             depth = await parking.queue_depth()
-            if not parking.lock.locked():
+            quiet = parking.parks == parks_before and not parking.lock.locked()
+            parks_before = parking.parks
+            if quiet:
                 mismatches = mismatches + 1 if depth != parking.index.count() else 0
             if mismatches >= 2 or (mismatches == 1 and depth and not parking.index.count()):
                 log.info("parked index differs from the queue (%d messages): rebuilding", depth)

@@ -68,10 +68,14 @@ class Parking:
         self._publisher = publisher
         self._index = index
         self._metrics = metrics
-        #: One mutation of the parking queue at a time (parks wait during a pass).
+        #: One pass over the parking queue at a time.
         self.lock = asyncio.Lock()
         #: The pass under way, for progress reports.
         self.current: PassResult | None = None
+        #: Its number (0 when none runs): rows it must keep carry it.
+        self._active_seq = 0
+        #: Items parked since start (the index check skips a round with parks in it).
+        self.parks = 0
 
     @property
     def index(self) -> ParkedIndex:
@@ -110,15 +114,17 @@ class Parking:
             "reason_class": reason_class,
             "parked_at": now,
         }
-        async with self.lock:
-            await self._publisher.publish(
-                self._names.parked_exchange,
-                destination,
-                body,
-                headers=headers,
-                message_id=item_id,
-            )
-            self._index.add([item])
+        # No lock: parking goes on during a pass. The new message lands behind the pass's
+        # end, and its row carries the pass's number so the pass does not drop it.
+        await self._publisher.publish(
+            self._names.parked_exchange,
+            destination,
+            body,
+            headers=headers,
+            message_id=item_id,
+        )
+        self._index.add([item], pass_seq=self._active_seq)
+        self.parks += 1
         self._metrics.parked.labels(destination, reason_class).inc()
         job_event(
             log,
@@ -153,7 +159,15 @@ class Parking:
                 self.current = None
 
     async def _pass(self, select: Selector, to: str | None, result: PassResult) -> PassResult:
-        seq = self._index.next_pass()
+        seq = self._active_seq = self._index.next_pass()
+        try:
+            return await self._pass_numbered(select, to, result, seq)
+        finally:
+            self._active_seq = 0
+
+    async def _pass_numbered(
+        self, select: Selector, to: str | None, result: PassResult, seq: int
+    ) -> PassResult:
         channel = await self._conn.channel()
         try:
             await channel.set_qos(prefetch_count=_BATCH)
