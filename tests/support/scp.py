@@ -132,6 +132,8 @@ class ScriptedSCP:
         self.received: list[tuple[str, int]] = []  # (uid, status) in arrival order
         self.stored: set[str] = set()
         self.associations = 0
+        #: AE titles the stores came from.
+        self.calling_aets: set[str] = set()
         self.rejections = 0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -193,6 +195,7 @@ class ScriptedSCP:
     def _on_store(self, event: Any) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
         with self._lock:
+            self.calling_aets.add(str(event.assoc.requestor.ae_title).strip())
             self.counts[uid] += 1
             nth = self.counts[uid]
         if self.store_delay:
