@@ -64,17 +64,17 @@ def secret() -> Secrets:
 def amqp_user(rabbit_vhost: rabbit.RabbitVhost, secret: Secrets) -> Iterator[str]:
     """A RabbitMQ user of its own with a secret password, allowed on the test's vhost."""
     user = quote(secret.amqp_user, safe="")
-    rabbit._request(
+    rabbit.management_request(
         "PUT", f"/api/users/{user}", {"password": secret.amqp_password, "tags": "management"}
     )
     try:
         rights = {"configure": ".*", "write": ".*", "read": ".*"}
-        rabbit._request(
+        rabbit.management_request(
             "PUT", f"/api/permissions/{quote(rabbit_vhost.name, safe='')}/{user}", rights
         )
         yield secret.amqp_user
     finally:
-        rabbit._request("DELETE", f"/api/users/{user}")
+        rabbit.management_request("DELETE", f"/api/users/{user}")
 
 
 def _config(
