@@ -18,8 +18,10 @@ from shared.topology import Names
 
 log = logging.getLogger(__name__)
 
-#: A status older than this many report intervals means the sender is not reporting.
+#: A status older than this many report intervals (and this many seconds) means the
+#: sender is not reporting: its state is then "unknown".
 _STALE_INTERVALS = 3
+_STALE_SECONDS = 30.0
 
 
 class PauseStore:
@@ -90,6 +92,8 @@ class StatusBoard:
         status = self._latest.get(destination)
         if status is None:
             return None
-        if time.time() - status.reported_at > _STALE_INTERVALS * max(self._interval, 1.0):
+        if time.time() - status.reported_at > max(
+            _STALE_INTERVALS * self._interval, _STALE_SECONDS
+        ):
             return None
         return status
