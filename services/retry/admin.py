@@ -20,6 +20,7 @@ import hmac
 import io
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ from shared.config import Config
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Who is calling (the token's name), for the audit log; set per request (each request
+#: runs in its own task, so its own context).
+OPERATOR: ContextVar[str] = ContextVar("sendqueue_operator", default="anonymous")
 CONSOLE_DIR = Path(__file__).parent / "console"
 #: Bodies larger than this are refused (100k ids fit).
 MAX_BODY = 8 * 1024 * 1024
@@ -103,7 +107,7 @@ class AdminApi:
 
     def _mutating(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            request["who"] = self._authorize(request)
+            OPERATOR.set(self._authorize(request))
             return await handler(request)
 
         return guarded
@@ -173,7 +177,7 @@ class AdminApi:
         if to is not None and (not isinstance(to, str) or self._config.destination(to) is None):
             raise BadRequest(f"'to' must name a configured destination, got {to!r}")
         select = self._selector(body, "requeue")
-        entry = self._audit.record(request["who"], "requeue", _summary(body, to), None)
+        entry = self._audit.record(OPERATOR.get(), "requeue", _summary(body, to), None)
         result = await self._parking.run_pass(select, action="requeue", to=to)
         self._audit.update_count(entry, result.requeued)
         return web.json_response({"requeued": result.requeued, "failed": result.failed})
@@ -181,7 +185,7 @@ class AdminApi:
     async def delete(self, request: web.Request) -> web.Response:
         body = await inp.json_body(request)
         select = self._selector(body, "delete")
-        entry = self._audit.record(request["who"], "delete", _summary(body, None), None)
+        entry = self._audit.record(OPERATOR.get(), "delete", _summary(body, None), None)
         result = await self._parking.run_pass(select, action="delete")
         self._audit.update_count(entry, result.deleted)
         return web.json_response({"deleted": result.deleted, "failed": result.failed})
@@ -255,13 +259,13 @@ class AdminApi:
             raise BadRequest(f"unknown destination {name!r}", 404)
         changed = await self._pauses.set(name, paused)
         self._audit.record(
-            request["who"],
+            OPERATOR.get(),
             "pause" if paused else "resume",
             {"destination": name, "changed": changed},
             None,
         )
         log.warning(
-            "destination %s %s by %s", name, "paused" if paused else "resumed", request["who"]
+            "destination %s %s by %s", name, "paused" if paused else "resumed", OPERATOR.get()
         )
         return web.json_response({"destination": name, "paused": paused})
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from services.retry.admin import MAX_BODY, AdminApi
+from services.retry.admin import MAX_BODY, OPERATOR, AdminApi
 from services.retry.audit import AuditLog
 from services.retry.control import PauseStore, StatusBoard
 from services.retry.depth import QueueDepthMonitor
@@ -84,7 +84,7 @@ async def run_retry(
         tasks.append(asyncio.create_task(depth.run(stop)))
 
         def audit_send(request: web.Request, destination: str, count: int) -> None:
-            audit.record(request["who"], "send", {"destination": destination}, count)
+            audit.record(OPERATOR.get(), "send", {"destination": destination}, count)
 
         send = make_send_handler(
             config,
