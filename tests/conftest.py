@@ -6,7 +6,6 @@ A component that is missing makes its tests skip locally, with the reason, but f
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +14,9 @@ from typing import Any
 import pytest
 
 from tests.support import rabbit
+from tests.support.availability import unavailable
 from tests.support.orthanc import OrthancProcess, orthanc_available
 from tests.support.scp import ScriptedSCP, StorescpProcess
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Fixtures that need a real component: tests using them are marked `integration` on their
 # own, so `-m "not integration"` runs the unit tests alone.
@@ -33,13 +31,6 @@ INTEGRATION_FIXTURES = {
 }
 
 _LOGS = pytest.StashKey[dict[str, Path]]()
-
-
-def unavailable(reason: str) -> None:
-    """Skip locally, fail in CI."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: missing components are failures)", pytrace=False)
-    pytest.skip(f"{reason}; run scripts/bootstrap")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

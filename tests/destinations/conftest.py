@@ -24,6 +24,7 @@ from aiohttp import web
 from services.sender.destinations import Destination, create_destination
 from shared.config import DestinationConfig, OrthancConfig, parse_config
 from tests.destinations.pki import Pki, make_pki, openssl_available
+from tests.support.availability import unavailable
 from tests.support.orthanc import OrthancProcess, dicomweb_plugin_path
 from tests.support.ports import free_port
 from tests.support.scp import ScriptedSCP
@@ -83,7 +84,7 @@ async def make_destination() -> AsyncIterator[Callable[..., Destination]]:
 @pytest.fixture(scope="session")
 def pki() -> Iterator[Pki]:
     if not openssl_available():
-        pytest.skip("the openssl command is needed for the throw-away CA")
+        unavailable("the openssl command is needed for the throw-away CA")
     with tempfile.TemporaryDirectory(prefix="sq-pki-") as name:
         yield make_pki(Path(name))
 
@@ -114,7 +115,7 @@ def dicomweb_orthanc(require_orthanc: None) -> Iterator[OrthancProcess]:
     """Orthanc with the DICOMweb plugin: a real STOW-RS server at url + /dicom-web."""
     plugin = dicomweb_plugin_path()
     if plugin is None:
-        pytest.skip("orthanc-dicomweb is not installed")
+        unavailable("orthanc-dicomweb is not installed")
     with OrthancProcess(aet="WEBPEER", plugins=[plugin]) as server:
         yield server
 

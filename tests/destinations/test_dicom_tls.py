@@ -10,6 +10,7 @@ import pytest
 
 from shared.errors import DestinationUnavailable, PermanentError, TransientError
 from tests.destinations.conftest import TlsSCP, destination_config
+from tests.support.availability import unavailable
 from tests.support.dicom_factory import make_instance, sop_instance_uid
 from tests.support.scp import StorescpProcess, always, fail_first
 
@@ -94,7 +95,7 @@ async def test_mutual_tls_needs_our_client_certificate(pki, make_destination, sp
 async def test_c_store_over_tls_to_dcmtk_storescp(pki, make_destination, spool):
     # A C++ TLS peer too (DCMTK, as many PACS): its storescp +tls with the test CA's cert.
     if shutil.which("storescp") is None:
-        pytest.skip("storescp (dcmtk) is not installed")
+        unavailable("storescp (dcmtk) is not installed")
     tls = ["+tls", str(pki.server_key), str(pki.server_cert), "-ic"]
     with StorescpProcess(extra_args=tls) as scp:
         config = destination_config(

@@ -13,6 +13,7 @@ from aiohttp import web
 from services.sender.destinations.http import parse_retry_after
 from shared.errors import DestinationUnavailable, PermanentError, TransientError
 from tests.destinations.conftest import HttpsStub, destination_config, status, stow_answer
+from tests.support.availability import unavailable
 from tests.support.dicom_factory import make_instance, make_study, sop_instance_uid
 from tests.support.orthanc import OrthancProcess
 
@@ -64,7 +65,7 @@ async def test_a_full_peer_is_transient_and_the_retry_stores_it(
 
     plugin = dicomweb_plugin_path()
     if plugin is None:
-        pytest.skip("orthanc-dicomweb is not installed")
+        unavailable("orthanc-dicomweb is not installed")
     config = {"MaximumStorageSize": 1}
     with OrthancProcess(aet="FULLWEB", plugins=[plugin], extra_config=config) as server:
         filler = server.upload(make_instance(patient_id="FILL", rows=512, cols=512))

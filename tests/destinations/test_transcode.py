@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBase
 from services.sender.destinations.dicom import DicomDestination
 from shared.errors import PermanentError
 from tests.destinations.conftest import destination_config, source_config
+from tests.support.availability import unavailable
 from tests.support.dicom_factory import make_jpeg_instance, sop_instance_uid
 from tests.support.scp import ScriptedSCP
 
@@ -26,7 +27,7 @@ def require_dcmcjpeg() -> None:
     import shutil
 
     if shutil.which("dcmcjpeg") is None:
-        pytest.skip("dcmcjpeg (dcmtk) makes the JPEG instances")
+        unavailable("dcmcjpeg (dcmtk) makes the JPEG instances")
 
 
 @pytest.fixture

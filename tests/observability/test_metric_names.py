@@ -17,10 +17,10 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.conftest import unavailable
 from tests.observability import assets
 from tests.observability.stack import SERVICES, Stack, build_config, running, stack_settings
 from tests.support import rabbit
+from tests.support.availability import unavailable
 from tests.support.dicom_factory import make_study, sop_instance_uid
 from tests.support.orthanc import OrthancProcess, orthanc_available
 from tests.support.scp import ScriptedSCP

@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import unavailable
 from tests.observability import assets
 from tests.observability.prometheus import PrometheusProcess
 from tests.observability.stack import SERVICES, Stack, build_config, running, stack_settings
 from tests.support import rabbit
+from tests.support.availability import unavailable
 from tests.support.dicom_factory import make_study
 from tests.support.orthanc import OrthancProcess
 from tests.support.scp import ScriptedSCP

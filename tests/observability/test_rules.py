@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unavailable
 from tests.observability import assets
+from tests.support.availability import unavailable
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from tests.operator.webdriver import CHROMEDRIVER, CHROMIUM, Browser
 @pytest.fixture
 async def browser(request: pytest.FixtureRequest) -> AsyncIterator[Browser]:
     """Headless Chromium driven over WebDriver; skipped locally (failed in CI) without it."""
-    from tests.conftest import attach_log, unavailable
+    from tests.conftest import attach_log
+    from tests.support.availability import unavailable
 
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if shutil.which(path) is None]
     if missing:
