@@ -109,18 +109,11 @@ def bench_vhost() -> Iterator[Any]:
 async def declare_topology_for(config: Any) -> None:
     """Declare the exchanges and queues of a config, as the services do at start-up."""
     from shared.amqp import connect
-    from shared.topology import Names, declare_topology
+    from shared.topology import prepare_bus
 
     conn = await connect(config.amqp.url, "sendqueue-bench")
     try:
-        async with conn.channel() as channel:
-            await declare_topology(
-                channel,
-                Names(config.amqp.prefix),
-                [d.name for d in config.destinations],
-                config.all_delays(),
-                config.retry.jitter,
-            )
+        await prepare_bus(conn, config)
     finally:
         await conn.close()
 
