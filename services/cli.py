@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from aiormq.exceptions import AMQPConnectionError
+
 from services.admin_cli import ADMIN_COMMANDS, add_admin_commands, run_admin_command
 from shared import logs
 from shared.config import Config, load_config, mask_url
@@ -140,8 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ADMIN_COMMANDS:
         return run_admin_command(args)  # talks to the admin API; --config is optional
     logs.configure()
+    amqp_url = "?"
     try:
         config = load_config(args.config)
+        amqp_url = mask_url(config.amqp.url)
         if args.command == "check":
             return 0 if asyncio.run(_check(config)) else 1
         if args.command == "send":
@@ -156,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SendQueueError as exc:
         print(f"sendqueue: {exc}", file=sys.stderr)
+        return 1
+    except (AMQPConnectionError, OSError) as exc:
+        # Typically RabbitMQ unreachable at start-up: say where, without the password.
+        print(f"sendqueue: cannot connect (RabbitMQ {amqp_url}): {exc!r}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
