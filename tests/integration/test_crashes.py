@@ -46,3 +46,25 @@ async def test_kill_9_of_ingest_then_more_instances_all_delivered(make_pipeline,
     assert await wait_received(scp, 40, timeout=90) == expected
     assert (await pipeline.parked())["total"] == 0
     assert pipeline.terminate("ingest") == 0
+
+
+async def test_a_transfer_aborted_every_time_is_retried_then_parked_with_the_reason(
+    make_pipeline, orthanc
+):
+    # Given a DCMTK storescp that aborts every association in the middle of the transfer
+    from tests.support.scp import StorescpProcess
+
+    with StorescpProcess(extra_args=("--abort-during",)) as broken:
+        pipeline = make_pipeline(
+            destinations=[dicom_destination("pacs", broken.port, broken.aet)],
+            retry={"max_attempts": 3, "delays": ["200ms"]},
+        )
+        await pipeline.start()
+        [data] = make_study(1)
+        orthanc.upload(data)
+        # Then it is tried max_attempts times, and parked saying what happened
+        [item] = (await pipeline.wait_parked(1))["items"]
+        assert item["attempts"] == 3 and item["reason_class"] == "no-response"
+        assert "aborted or closed during the transfer" in item["reason"]
+        assert broken.received_sop_uids() == set()
+        await pipeline.stop()

@@ -157,12 +157,20 @@ class DicomDestination:
             link.last_used = time.monotonic()
             if "Status" in response:
                 return raise_for_status(int(response.Status), meta.sop_instance_uid)
+            # Well before the DIMSE timeout: the peer aborted or closed the association.
+            aborted = link.last_used - started < 0.9 * self.config.dimse_timeout
             self._drop(link)
             if not (reused and link.last_used - started < _STALE_FAILURE_SECONDS):
                 break
             log.info("%s: reused association failed at once; retrying on a new one", self.name)
+        # The peer may have stored it anyway: a retry is then a harmless duplicate.
+        why = (
+            "the association was aborted or closed during the transfer"
+            if aborted
+            else f"no valid answer within dimse_timeout ({self.config.dimse_timeout:g}s)"
+        )
         raise TransientError(
-            f"no C-STORE response for {meta.sop_instance_uid} (timeout, abort or invalid reply)",
+            f"no C-STORE response for {meta.sop_instance_uid}: {why}",
             reason_class="no-response",
         )
 
