@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -60,7 +61,8 @@ class OrthancClient:
 
     async def download_instance(self, orthanc_id: str, target: Path) -> int:
         """Stream /instances/{id}/file into target; memory stays flat. Returns bytes."""
-        path = f"/instances/{orthanc_id}/file"
+        # The ID comes from a message: never let it reach another path of the REST API.
+        path = f"/instances/{quote(orthanc_id, safe='')}/file"
         return int(await self._twice(lambda: self._download(path, target), path))
 
     async def _twice(self, call: Callable[[], Awaitable[Any]], path: str) -> Any:

@@ -6,6 +6,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from shared.errors import InstanceNotFound
 from shared.orthanc import OrthancClient
@@ -34,14 +35,14 @@ class Resolver:
 
     async def instance(self, orthanc_id: str) -> InstanceInfo:
         """Main tags of the instance and its series, study and patient (2-3 cached GETs)."""
-        data = await self._orthanc.get_json(f"/instances/{orthanc_id}")
+        data = await self._orthanc.get_json(f"/instances/{quote(orthanc_id, safe='')}")
         parent = await self._series_tags(str(data["ParentSeries"]))
         return InstanceInfo(orthanc_id, {**parent, **_strings(data.get("MainDicomTags"))})
 
     async def instances_of(self, level: str, orthanc_id: str) -> list[InstanceInfo]:
         """Every instance of a series or study, with main tags."""
         plural = {"series": "series", "study": "studies", "patient": "patients"}[level]
-        listed = await self._orthanc.get_json(f"/{plural}/{orthanc_id}/instances")
+        listed = await self._orthanc.get_json(f"/{plural}/{quote(orthanc_id, safe='')}/instances")
         infos = []
         for entry in listed:
             parent = await self._series_tags(str(entry["ParentSeries"]))
@@ -60,7 +61,7 @@ class Resolver:
         for plural in _LEVELS:
             # Orthanc answers /series/{id}/instances with [] for an ID of another level,
             # so the level is told by the resource itself answering.
-            if not await self._orthanc.exists(f"/{plural}/{orthanc_id}"):
+            if not await self._orthanc.exists(f"/{plural}/{quote(orthanc_id, safe='')}"):
                 continue
             if plural == "instances":
                 return [await self.instance(orthanc_id)]

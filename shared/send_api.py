@@ -5,6 +5,7 @@ Served by ingest, and by the retry service on the admin listen.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ from shared.orthanc import SourceUnavailable
 from shared.submit import UnknownResources, queue_resources
 
 _MAX_RESOURCES = 10_000
+#: Orthanc IDs are dash-separated hex (SHA-1 based); anything else cannot be one.
+ORTHANC_ID = re.compile(r"^[0-9A-Za-z-]{1,100}$")
 
 
 def _error(message: str, status: int) -> web.Response:
@@ -43,9 +46,12 @@ def make_send_handler(
             not isinstance(resources, list)
             or not resources
             or len(resources) > _MAX_RESOURCES
-            or not all(isinstance(r, str) and 0 < len(r) < 100 for r in resources)
+            or not all(isinstance(r, str) for r in resources)
         ):
             return _error("'resources' must be a non-empty list of Orthanc IDs", 400)
+        malformed = [r for r in resources if not ORTHANC_ID.match(r)]
+        if malformed:
+            return _error(f"malformed Orthanc ID(s): {malformed[:5]!r}", 400)
         try:
             queued = await queue_resources(destination=destination, resource_ids=resources, **deps)
         except UnknownResources as exc:

@@ -147,6 +147,13 @@ async def test_bad_requests_get_clear_4xx_errors(make_pipeline, scp):
         (
             "POST",
             "/api/send",
+            {"destination": "pacs", "resources": ["../system"]},
+            400,
+            "malformed Orthanc ID",
+        ),
+        (
+            "POST",
+            "/api/send",
             {"destination": "pacs", "resources": ["no-such-id"]},
             404,
             "unknown Orthanc resource",
