@@ -72,6 +72,12 @@ async def run_retry(
             index=index,
             metrics=metrics,
         )
+        if index.has_requeued():
+            # The last pass died after its requeues were confirmed, maybe before the
+            # parked originals were acked: finish it before serving, so that nothing is
+            # sent twice and the admin API never lists an item already requeued.
+            log.info("finishing an interrupted requeue")
+            await parking.run_pass(lambda _item: "keep", action="rebuild")
         router = FailureRouter(
             config=config, names=names, publisher=publisher, parking=parking, metrics=metrics
         )

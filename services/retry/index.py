@@ -113,6 +113,9 @@ class ParkedIndex:
     def requeued_before(self, ids: Sequence[str]) -> set[str]:
         return self._select_ids("requeued", ids)
 
+    def has_requeued(self) -> bool:
+        return self._db.execute("SELECT 1 FROM requeued LIMIT 1").fetchone() is not None
+
     def clear_requeued(self) -> None:
         with self._db:
             self._db.execute("DELETE FROM requeued")

@@ -46,9 +46,16 @@ async def test_kill_9_mid_bulk_requeue_leaves_every_item_parked_or_requeued(make
     # Then after a restart every item is parked or requeued: none lost
     pipeline.spawn("retry")
     await pipeline.wait_healthy("retry")
-    # ...and the index agrees with the queue again (rebuilt if the kill left it stale)
-    in_queue = await queue_ready(pipeline, "parked")
-    await wait_for(pipeline.parked, lambda body: body["total"] == in_queue, 45)
+
+    # ...and, once any interrupted requeue is finished, the index agrees with the queue
+    async def index_and_queue() -> tuple[dict, int]:
+        return await pipeline.parked(), await queue_ready(pipeline, "parked")
+
+    _, in_queue = await wait_for(
+        index_and_queue,
+        lambda got: not got[0]["rebuilding"] and got[0]["total"] == got[1],
+        45,
+    )
     assert pipeline.terminate("retry") == 0
     parked = await drain_job_ids(pipeline.config.amqp.url, f"{PREFIX}.parked")
     requeued = await drain_job_ids(pipeline.config.amqp.url, f"{PREFIX}.work.pacs")
