@@ -112,7 +112,11 @@ async def declare_topology(
         durable=True,
     )
     await failed.bind(failed_x)
-    parked = await channel.declare_queue(names.parked_queue, arguments=_quorum(), durable=True)
+    # A requeue rejects a parked job to this dead-letter target: RabbitMQ moves it to the
+    # work exchange under its own routing key (the destination) in one step.
+    parked = await channel.declare_queue(
+        names.parked_queue, arguments=_quorum(**_dead_letter_to(names.work_exchange)), durable=True
+    )
     await parked.bind(parked_x)
     await _declare_control(channel, names)
     for destination in destinations:

@@ -71,6 +71,7 @@ async def run_retry(
             publisher=publisher,
             index=index,
             metrics=metrics,
+            destinations=[d.name for d in config.destinations],
         )
         if index.has_requeued():
             # The last pass died after its requeues were confirmed, maybe before the

@@ -113,6 +113,12 @@ class ParkedIndex:
     def requeued_before(self, ids: Sequence[str]) -> set[str]:
         return self._select_ids("requeued", ids)
 
+    def seen_in_pass(self, ids: Sequence[str], pass_seq: int) -> set[str]:
+        """Of these ids, the ones this pass has handled already (duplicates to drop)."""
+        if not pass_seq:
+            return set()
+        return self._select_ids("parked", ids, f"pass_seq = {int(pass_seq)} AND ")
+
     def has_requeued(self) -> bool:
         return self._db.execute("SELECT 1 FROM requeued LIMIT 1").fetchone() is not None
 
@@ -155,12 +161,12 @@ class ParkedIndex:
     def known(self, ids: Sequence[str]) -> set[str]:
         return self._select_ids("parked", ids)
 
-    def _select_ids(self, table: str, ids: Sequence[str]) -> set[str]:
+    def _select_ids(self, table: str, ids: Sequence[str], where: str = "") -> set[str]:
         found: set[str] = set()
         for start in range(0, len(ids), 500):
             chunk = list(ids[start : start + 500])
             marks = ", ".join("?" for _ in chunk)
-            query = f"SELECT id FROM {table} WHERE id IN ({marks})"
+            query = f"SELECT id FROM {table} WHERE {where}id IN ({marks})"
             found.update(row[0] for row in self._db.execute(query, chunk))
         return found
 

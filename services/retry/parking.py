@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,12 +62,15 @@ class Parking:
         publisher: Publisher,
         index: ParkedIndex,
         metrics: RetryMetrics,
+        destinations: Iterable[str],
     ) -> None:
         self._names = names
         self._conn = consume_conn
         self._publisher = publisher
         self._index = index
         self._metrics = metrics
+        #: Where a requeue may send a job (a dead-letter to anywhere else would be stuck).
+        self._destinations = set(destinations)
         #: One pass over the parking queue at a time.
         self.lock = asyncio.Lock()
         #: The pass under way, for progress reports.
@@ -198,32 +201,26 @@ class Parking:
         result: PassResult,
     ) -> list[ParkedItem]:
         items = [_item_from_message(m) for m in batch]
-        # Requeued by a pass that died before its acks reached the broker: finish that
-        # requeue (drop the parked copy) instead of sending the job a second time.
-        done_before = self._index.requeued_before([item.id for item in items])
-        actions: list[Action | Literal["drop"]] = [
-            "drop" if item.id in done_before else select(item) for item in items
-        ]
+        actions = self._actions(items, select)
         outcomes = await asyncio.gather(
             *(self._act(m, i, a, to) for m, i, a in zip(batch, items, actions, strict=True)),
             return_exceptions=True,
         )
-        confirmed = [
-            i.id
-            for i, a, o in zip(items, actions, outcomes, strict=True)
-            if a == "requeue" and not isinstance(o, BaseException)
-        ]
-        self._index.journal_requeued(confirmed)  # before the acks, which a crash may lose
+        # Copies published to another destination: journaled before the acks, which a
+        # crash may lose, so that the next pass drops the parked original.
+        copied = [i.id for i, o in zip(items, outcomes, strict=True) if o == "copied"]
+        self._index.journal_requeued(copied)
         kept: list[ParkedItem] = []
         removed: list[str] = []
         for message, item, action, outcome in zip(batch, items, actions, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                # Not confirmed: leave it unacked; closing the channel returns it.
+                # Not done: leave it unacked; closing the channel returns it.
                 log.warning("parked item %s: %s failed: %r", item.id, action, outcome)
                 result.failed += 1
                 kept.append(item)
                 continue
-            await message.ack()
+            if outcome != "dead-lettered":
+                await message.ack()
             if action == "keep":
                 result.kept += 1
                 kept.append(item)
@@ -233,6 +230,18 @@ class Parking:
                 self._count(result, action, item, to)
         self._index.remove(removed)
         return kept
+
+    def _actions(self, items: list[ParkedItem], select: Selector) -> list[Action | Literal["drop"]]:
+        """select() for each item, except copies that must go: an item requeued by a pass
+        that died before its acks reached the broker, or a second copy of an item (a pass
+        that died after re-parking it but before acking the original)."""
+        ids = [item.id for item in items]
+        gone = self._index.requeued_before(ids) | self._index.seen_in_pass(ids, self._active_seq)
+        actions: list[Action | Literal["drop"]] = []
+        for item in items:
+            actions.append("drop" if item.id in gone else select(item))
+            gone.add(item.id)
+        return actions
 
     def _count(self, result: PassResult, action: Action, item: ParkedItem, to: str | None) -> None:
         destination = to or item.destination
@@ -259,9 +268,10 @@ class Parking:
         item: ParkedItem,
         action: Action | Literal["drop"],
         to: str | None,
-    ) -> None:
+    ) -> str:
+        """Do it; say how the message was settled ("dead-lettered") or what to ack."""
         if action in ("delete", "drop"):
-            return
+            return "ack"
         if action == "keep":
             await self._publisher.publish(
                 self._names.parked_exchange,
@@ -270,10 +280,19 @@ class Parking:
                 headers=_plain_headers(message.headers),
                 message_id=item.id,
             )
-            return
+            return "ack"
         destination = to or item.destination
+        if destination not in self._destinations:
+            raise LookupError(f"destination {destination!r} is not configured")
+        if destination == item.destination:
+            # RabbitMQ moves it to the work exchange itself (the parking queue dead-letters
+            # there, keeping the routing key): no window in which it exists twice. The
+            # sender sees parked_at and starts the job afresh.
+            await message.reject(requeue=False)
+            return "dead-lettered"
         body, headers = _requeue_body(message.body, destination)
         await self._publisher.publish(self._names.work_exchange, destination, body, headers=headers)
+        return "copied"
 
 
 async def _take(messages: Any, count: int) -> list[AbstractIncomingMessage]:

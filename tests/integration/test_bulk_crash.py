@@ -62,7 +62,8 @@ async def test_kill_9_mid_bulk_requeue_leaves_every_item_parked_or_requeued(make
     assert set(parked) | set(requeued) == {job.id for job in jobs}
     # ...and none twice: a requeue the killed service had confirmed but not acked is
     # finished (its parked copy dropped) instead of being sent again
-    assert not set(parked) & set(requeued)
+    twice = set(parked) & set(requeued)
+    assert not twice, f"{len(twice)} of {ITEMS} items both parked and requeued"
     assert len(requeued) == len(set(requeued))
     assert 0 < len(set(requeued)) < ITEMS and len(set(parked)) < ITEMS
     assert len(parked) == in_queue
