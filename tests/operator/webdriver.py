@@ -125,6 +125,8 @@ class Browser:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # Chromium leaves an org.chromium.Chromium.* dir in TMPDIR: keep it in ours.
+                env={**os.environ, "TMPDIR": str(self._dir)},
             )
         self._procs.append(proc)
 
