@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.config import Config, parse_config
 from tests.support.orthanc import OrthancProcess
 from tests.support.ports import free_port
+from tests.support.processes import terminate
 
 PREFIX = "sq"
 ADMIN_TOKEN = "test-admin-token"
@@ -179,14 +180,7 @@ class Pipeline:
 
     @staticmethod
     def _terminate(proc: subprocess.Popen[bytes]) -> int:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                return proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        return proc.returncode
+        return terminate(proc, timeout=20) or 0
 
     # -- HTTP helpers --------------------------------------------------------------------------
     def url(self, service: str, path: str) -> str:

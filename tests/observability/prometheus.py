@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,7 @@ import aiohttp
 
 from tests.observability.assets import PROMETHEUS
 from tests.support.ports import free_port
+from tests.support.processes import terminate
 
 Sample = dict[str, Any]
 
@@ -105,14 +105,7 @@ class PrometheusProcess:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM by PID, SIGKILL after timeout seconds."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
+        terminate(proc, timeout)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -14,7 +14,6 @@ import glob
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from tests.support.ports import free_port
+from tests.support.processes import terminate
 
 ORTHANC_BIN = os.environ.get("SQ_TEST_ORTHANC_BIN", "/usr/sbin/Orthanc")
 DEFAULT_USERS = {"sq": "sq-pass"}
@@ -151,14 +151,7 @@ class OrthancProcess:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the process by PID: SIGTERM, then SIGKILL after timeout seconds."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
+        terminate(proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: a crash. Also the fast way out when the data is thrown away anyway, as
