@@ -61,10 +61,12 @@ async def run_retry(
     tasks: list[asyncio.Task[None]] = []
     try:
         publisher = await prepare_bus(publish_conn, config)
-        pauses = PauseStore(config.retry.state_dir, names, publisher)
-        await pauses.load(consume_conn)
+        # Follow the senders' reports before broadcasting the control state: senders
+        # answer each broadcast with a fresh report, so the status is known at once.
         board = StatusBoard(config.amqp.depth_interval)
         await board.follow(consume_conn, names)
+        pauses = PauseStore(config.retry.state_dir, names, publisher)
+        await pauses.load(consume_conn)
         parking = Parking(
             names=names,
             consume_conn=consume_conn,

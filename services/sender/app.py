@@ -100,6 +100,9 @@ async def run_sender(
                         "paused" if consumer.name in state.paused else "resumed",
                     )
                     await consumer.set_paused(consumer.name in state.paused)
+            # A broadcast also means a retry service (re)started: tell it how we are.
+            for consumer in consumers:
+                await reporter.report(consumer)
 
         await follow_control(consume_conn, names, apply)
         tasks.append(asyncio.create_task(reporter.run()))

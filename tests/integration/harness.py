@@ -82,6 +82,7 @@ class Pipeline:
         routes: list[dict[str, Any]] | None = None,
         retry: dict[str, Any] | None = None,
         ingest: dict[str, Any] | None = None,
+        amqp: dict[str, Any] | None = None,
     ) -> None:
         self.tmp = tmp
         self.data: dict[str, Any] = {
@@ -90,7 +91,7 @@ class Pipeline:
                 "username": orthanc.username,
                 "password": orthanc.password,
             },
-            "amqp": {"url": amqp_url, "prefix": PREFIX, "depth_interval": "1s"},
+            "amqp": {"url": amqp_url, "prefix": PREFIX, "depth_interval": "1s", **(amqp or {})},
             "ingest": {
                 "listen": f"127.0.0.1:{free_port()}",
                 "poll_interval": "200ms",

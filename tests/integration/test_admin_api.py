@@ -248,3 +248,23 @@ async def test_queues_overview_and_send_on_the_admin_listen(make_pipeline, ortha
     scp.status_for = always(0)
     status, openapi = await pipeline.admin("GET", "/api/openapi.json")
     assert status == 200 and "/api/parked/requeue" in openapi["paths"]
+
+
+async def test_a_retry_service_started_after_the_senders_learns_their_state_at_once(
+    make_pipeline, scp
+):
+    # Periodic reports an hour apart: only the answer to retry's start-up broadcast can
+    # tell it the destination is up.
+    pipeline = make_pipeline(
+        destinations=[dicom_destination("pacs", scp.port, scp.aet)],
+        amqp={"depth_interval": "1h"},
+    )
+    await pipeline.start("sender")
+    await asyncio.sleep(0.5)  # the sender's first report goes out with nobody listening
+    await pipeline.start("retry")
+    _, queues = await wait_for(
+        lambda: pipeline.admin("GET", "/api/queues"),
+        lambda r: r[1]["destinations"][0]["state"] != "unknown",
+        5,
+    )
+    assert queues["destinations"][0]["state"] == "up"
