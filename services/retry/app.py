@@ -15,6 +15,7 @@ from services.retry.audit import AuditLog
 from services.retry.control import PauseStore, StatusBoard
 from services.retry.depth import QueueDepthMonitor
 from services.retry.index import ParkedIndex
+from services.retry.ledger import DelayLedger
 from services.retry.metrics import RetryMetrics
 from services.retry.parking import Parking
 from services.retry.queues import QueueOverview
@@ -56,6 +57,7 @@ async def run_retry(
     publish_conn = await connect(config.amqp.url, "sendqueue-retry-publish")
     index = ParkedIndex(state_dir / "parked.sqlite3")
     audit = AuditLog(state_dir / "audit.sqlite3")
+    ledger = DelayLedger(state_dir / "delays.sqlite3")
     orthanc = OrthancClient(config.orthanc)
     runner = None
     tasks: list[asyncio.Task[None]] = []
@@ -82,7 +84,12 @@ async def run_retry(
             log.info("finishing an interrupted requeue")
             await parking.run_pass(lambda _item: "keep", action="rebuild")
         router = FailureRouter(
-            config=config, names=names, publisher=publisher, parking=parking, metrics=metrics
+            config=config,
+            names=names,
+            publisher=publisher,
+            parking=parking,
+            metrics=metrics,
+            ledger=ledger,
         )
         channel = await consume_conn.channel()
         await channel.set_qos(prefetch_count=32)
@@ -110,7 +117,7 @@ async def run_retry(
             index=index,
             pauses=pauses,
             board=board,
-            ledger=router.ledger,
+            ledger=ledger,
         )
         app = make_app(registry, lambda: {"amqp": not consume_conn.is_closed}, max_body=MAX_BODY)
         AdminApi(
@@ -134,6 +141,7 @@ async def run_retry(
                 await conn.close()
         index.close()
         audit.close()
+        ledger.close()
 
 
 async def _watch_index(parking: Parking, metrics: RetryMetrics) -> None:

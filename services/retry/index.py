@@ -6,12 +6,13 @@ index mirrors it and is rebuilt from the queue whenever the two disagree.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+
+from services.retry.sqlite import open_db
 
 
 class ParkedItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,10 +79,7 @@ class Filters:
 
 class ParkedIndex:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_db(path, synchronous="NORMAL")
         columns = ", ".join(f"{c} TEXT PRIMARY KEY" if c == "id" else c for c in _COLUMNS)
         # pass_seq: the last pass over the queue that saw the item (stale rows are the
         # ones a complete pass did not see).

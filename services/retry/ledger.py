@@ -2,8 +2,10 @@
 
 Delay queues are shared by all destinations, so RabbitMQ can only count each tier's
 total. The retry service, which puts every job into a tier, remembers when each will
-leave it. After a restart of the retry service this undercounts until the tiers drain;
-the per-tier totals from RabbitMQ stay exact.
+leave it (fixed TTL per queue: first in, first out). The entries are kept in SQLite, so
+a restarted retry service still shows what the tiers hold; a purge in the management UI
+makes the counts too high until those jobs' delays have passed. The per-tier totals
+from RabbitMQ stay exact.
 """
 
 from __future__ import annotations
@@ -11,16 +13,36 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter
+from pathlib import Path
+
+from services.retry.sqlite import open_db
 
 
 class DelayLedger:
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
+        # Advisory counts: losing the last commits in a power cut only undercounts.
+        self._db = open_db(path, synchronous="NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS leaving (leaves_at REAL, destination TEXT, tier TEXT)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS by_leaves_at ON leaving (leaves_at)")
         self._leaving: list[tuple[float, str, str]] = []  # (leaves at, destination, tier)
         self._waiting: Counter[tuple[str, str]] = Counter()
+        self._db.execute("DELETE FROM leaving WHERE leaves_at <= ?", (time.time(),))
+        for row in self._db.execute("SELECT leaves_at, destination, tier FROM leaving"):
+            self._remember(*row)
+
+    def close(self) -> None:
+        self._db.close()
 
     def add(self, destination: str, tier: str, ttl: float) -> None:
-        heapq.heappush(self._leaving, (time.time() + ttl, destination, tier))
-        self._waiting[(destination, tier)] += 1
+        leaves_at = time.time() + ttl
+        self._db.execute(
+            "INSERT INTO leaving (leaves_at, destination, tier) VALUES (?, ?, ?)",
+            (leaves_at, destination, tier),
+        )
+        self._remember(leaves_at, destination, tier)
+        self._expire()  # keeps the table as small as what the tiers hold
 
     def waiting(self, destination: str) -> dict[str, int]:
         self._expire()
@@ -30,8 +52,16 @@ class DelayLedger:
             if dest == destination and count
         }
 
+    def _remember(self, leaves_at: float, destination: str, tier: str) -> None:
+        heapq.heappush(self._leaving, (leaves_at, destination, tier))
+        self._waiting[(destination, tier)] += 1
+
     def _expire(self) -> None:
         now = time.time()
+        expired = False
         while self._leaving and self._leaving[0][0] <= now:
             _, destination, tier = heapq.heappop(self._leaving)
             self._waiting[(destination, tier)] -= 1
+            expired = True
+        if expired:
+            self._db.execute("DELETE FROM leaving WHERE leaves_at <= ?", (now,))

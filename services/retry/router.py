@@ -39,13 +39,14 @@ class FailureRouter:
         publisher: Publisher,
         parking: Parking,
         metrics: RetryMetrics,
+        ledger: DelayLedger,
     ) -> None:
         self._config = config
         self._names = names
         self._publisher = publisher
         self._parking = parking
         self._metrics = metrics
-        self.ledger = DelayLedger()
+        self.ledger = ledger
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:

@@ -268,3 +268,26 @@ async def test_a_retry_service_started_after_the_senders_learns_their_state_at_o
         5,
     )
     assert queues["destinations"][0]["state"] == "up"
+
+
+async def test_delayed_counts_per_destination_survive_a_retry_restart(make_pipeline, orthanc, scp):
+    scp.status_for = always(0xA700)
+    pipeline = make_pipeline(
+        destinations=[dicom_destination("pacs", scp.port, scp.aet)],
+        retry={"delays": ["1m"]},
+    )
+    await pipeline.start()
+    for data in make_study(3):
+        orthanc.upload(data)
+
+    def pacs_delayed(response):
+        return response[1]["destinations"][0]["delayed"]
+
+    await wait_for(
+        lambda: pipeline.admin("GET", "/api/queues"), lambda r: pacs_delayed(r) == {"1m": 3}, 30
+    )
+    await pipeline.stop()
+    await pipeline.start()
+    _, queues = await pipeline.admin("GET", "/api/queues")
+    assert queues["destinations"][0]["delayed"] == {"1m": 3}
+    assert queues["parked"] == 0
