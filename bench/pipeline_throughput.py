@@ -1,6 +1,7 @@
 """Instances per second through the whole pipeline (ingest -> sender -> storescp).
 
     .venv/bin/python bench/pipeline_throughput.py [--instances 500] [--runs 3] [--concurrency 4]
+    .venv/bin/python bench/pipeline_throughput.py --senders 2 --methods storescu,sendqueue
     .venv/bin/python bench/pipeline_throughput.py --large-mb 100
 
 Throughput mode. N synthetic CT instances (512x512 16-bit, ~0.5 MB each) are uploaded once
@@ -15,6 +16,8 @@ TCP_NODELAY=1):
                 retry and sender are started and healthy first, then ingest starts with
                 start_from = "beginning"; timed from spawning ingest until storescp holds
                 every SOPInstanceUID (set equality). Ingest's start-up is in the time.
+                With --senders N, N sender processes consume the same work queue (their
+                CPU is summed, their peak RSS is the largest).
 
 storescp's output dir is emptied before each measure. Figures are medians over the runs;
 the ratio sendqueue/storescu is computed within each run (same machine load), then the
@@ -79,6 +82,7 @@ class Setup:
         uids: set[str],
         total_bytes: int,
         concurrency: int,
+        senders: int = 1,
     ) -> None:
         self.tmp = tmp
         self.source = source
@@ -88,6 +92,7 @@ class Setup:
         self.uids = uids
         self.total_bytes = total_bytes
         self.concurrency = concurrency
+        self.senders = senders
 
     def clear_scp(self) -> None:
         for path in self.scp.output_dir.iterdir():
@@ -134,6 +139,7 @@ async def by_orthanc(setup: Setup, _run: int) -> dict[str, Any]:
 
 async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
     from tests.integration.harness import Pipeline, dicom_destination
+    from tests.support.ports import free_port
 
     n = len(setup.uids)
     run_dir = setup.tmp / f"sendqueue-{run}"
@@ -149,12 +155,18 @@ async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
                 )
             ],
         )
+        # Extra sender processes: competing consumers of the same queue, own listen each.
+        listens = ["sender", *(f"127.0.0.1:{free_port()}" for _ in range(setup.senders - 1))]
+        keys = ["sender", *(f"sender-{i + 2}" for i in range(setup.senders - 1))]
         try:
             retry = pipeline.spawn("retry")
-            sender = pipeline.spawn("sender")
-            await pipeline.wait_healthy("retry", "sender", timeout=60)
-            rss_start = status_mb(sender.pid, "VmRSS")
-            cpu = {"sender": cpu_s(sender.pid), "retry": cpu_s(retry.pid),
+            senders = [pipeline.spawn("sender")] + [
+                pipeline.spawn("sender", "--listen", listen, key=key)
+                for listen, key in zip(listens[1:], keys[1:], strict=True)
+            ]
+            await pipeline.wait_healthy("retry", *listens, timeout=60)
+            rss_start = status_mb(senders[0].pid, "VmRSS")
+            cpu = {"sender": sum(cpu_s(p.pid) for p in senders), "retry": cpu_s(retry.pid),
                    "orthanc": cpu_s(setup.source.pid)}  # fmt: skip
             started = time.monotonic()
             ingest = pipeline.spawn("ingest")
@@ -162,7 +174,7 @@ async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
 
             def all_received() -> bool:
                 nonlocal first
-                check_alive(pipeline, "ingest", "sender", "retry")
+                check_alive(pipeline, "ingest", "retry", *keys)
                 count = len(setup.scp.received_sop_uids())
                 if count and first is None:
                     first = time.monotonic()
@@ -170,17 +182,19 @@ async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
 
             done = await wait_until(all_received, timeout=1800, interval=0.05, what="all sent")
             used = {
-                "sender": cpu_s(sender.pid) - cpu["sender"],
+                "sender": sum(cpu_s(p.pid) for p in senders) - cpu["sender"],
                 "ingest": cpu_s(ingest.pid),  # its start-up (imports) included
                 "retry": cpu_s(retry.pid) - cpu["retry"],
                 "orthanc": cpu_s(setup.source.pid) - cpu["orthanc"],
             }
             # Not timed: every C-STORE answered, then the sender's own count of it.
             await wait_until(
-                lambda: _sent_is(pipeline, n), timeout=60, interval=0.2, what="sent metric"
+                lambda: _sent_is(pipeline, n, listens), timeout=60, interval=0.2, what="sent"
             )
-            peak = status_mb(sender.pid, "VmHWM")
-            failed = await pipeline.metric_sum("sender", "sendqueue_jobs_failed_total")
+            peak = max(status_mb(p.pid, "VmHWM") for p in senders)
+            failed = sum(
+                [await pipeline.metric_sum(x, "sendqueue_jobs_failed_total") for x in listens]
+            )
             failed_by_class = await failures_by_class(pipeline)
         finally:
             await pipeline.stop()
@@ -196,8 +210,12 @@ async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
     }
 
 
-async def _sent_is(pipeline: Any, n: int) -> bool:
-    return await pipeline.metric_sum("sender", "sendqueue_jobs_sent_total") >= n
+async def _sent_is(pipeline: Any, n: int, listens: list[str] | None = None) -> bool:
+    counts = [
+        await pipeline.metric_sum(listen, "sendqueue_jobs_sent_total")
+        for listen in listens or ["sender"]
+    ]
+    return sum(counts) >= n
 
 
 SENDERS: dict[str, Callable[[Setup, int], Awaitable[dict[str, Any]]]] = {
@@ -228,7 +246,9 @@ def make_files(files: Path, n: int) -> tuple[set[str], int]:
     return uids, total
 
 
-async def throughput(n: int, runs: int, concurrency: int, methods: list[str]) -> int:
+async def throughput(
+    n: int, runs: int, concurrency: int, methods: list[str], senders: int = 1
+) -> int:
     from tests.support.orthanc import OrthancProcess
     from tests.support.scp import StorescpProcess
 
@@ -242,10 +262,11 @@ async def throughput(n: int, runs: int, concurrency: int, methods: list[str]) ->
             ids = list(pool.map(lambda p: upload_file(source, p), paths))
         scp = stack.enter_context(StorescpProcess(output_dir=tmp / "storescp"))
         source.put_modality("storescp", scp.aet, scp.port)
-        setup = Setup(tmp, source, scp, files, ids, uids, total_bytes, concurrency)
+        setup = Setup(tmp, source, scp, files, ids, uids, total_bytes, concurrency, senders)
         print(
             f"{n} instances, {total_bytes / MB:.1f} MB ({total_bytes / n / MB:.2f} MB each);"
-            f" {runs} run(s); sendqueue concurrency {concurrency}",
+            f" {runs} run(s); sendqueue concurrency {concurrency} per sender,"
+            f" {senders} sender process(es)",
             flush=True,
         )
         results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -379,6 +400,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="sendqueue associations")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument(
+        "--senders", type=int, default=1, help="sendqueue sender processes (competing consumers)"
+    )
+    parser.add_argument(
         "--large-mb",
         type=int,
         default=0,
@@ -392,7 +416,9 @@ def main() -> int:
     unknown = set(methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown method(s): {', '.join(sorted(unknown))}")
-    return asyncio.run(throughput(args.instances, args.runs, args.concurrency, methods))
+    return asyncio.run(
+        throughput(args.instances, args.runs, args.concurrency, methods, args.senders)
+    )
 
 
 if __name__ == "__main__":

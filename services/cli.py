@@ -15,7 +15,7 @@ from aiormq.exceptions import AMQPConnectionError
 
 from services.admin_cli import ADMIN_COMMANDS, add_admin_commands, run_admin_command
 from shared import logs
-from shared.config import Config, load_config, mask_url
+from shared.config import Config, load_config, mask_url, with_listen
 from shared.errors import ConfigError, SendQueueError
 
 log = logging.getLogger("sendqueue")
@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", required=True, help="path of the TOML config file")
+        if name in ("ingest", "sender", "retry"):
+            cmd.add_argument(
+                "--listen",
+                metavar="HOST:PORT",
+                help=f"serve metrics and health here instead of [{name}] listen",
+            )
     send = sub.add_parser("send", help="queue Orthanc resources for a destination")
     send.add_argument("--config", required=True)
     send.add_argument("--to", required=True, metavar="DEST", help="destination name")
@@ -145,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     amqp_url = "?"
     try:
         config = load_config(args.config)
+        if getattr(args, "listen", None):
+            config = with_listen(config, args.command, args.listen)
         amqp_url = mask_url(config.amqp.url)
         if args.command == "check":
             return 0 if asyncio.run(_check(config)) else 1

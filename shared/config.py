@@ -392,6 +392,18 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     return parse_config(data, environ)
 
 
+def with_listen(config: Config, service: str, listen: str) -> Config:
+    """The config with one service's `listen` replaced (a second sender on the same config)."""
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        raise ConfigError(f"--listen: {exc}") from None
+    section = getattr(config, service)
+    return msgspec.structs.replace(
+        config, **{service: msgspec.structs.replace(section, listen=listen)}
+    )
+
+
 def mask_url(url: str) -> str:
     """The URL with its password hidden, for logs."""
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1******@", url)

@@ -158,17 +158,20 @@ class Pipeline:
                 raise AssertionError(f"service {name} stopped: {task.exception()!r}")
 
     # -- services as processes -------------------------------------------------------------
-    def spawn(self, name: str) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+    def spawn(self, name: str, *args: str, key: str | None = None) -> subprocess.Popen[bytes]:
+        """`sendqueue NAME --config ... ARGS` as a process, known as `key` (default NAME)."""
+        key = key or name
+        log = open(self.tmp / f"{key}.log", "ab")  # noqa: SIM115 - owned by the process
         env = {**os.environ, "SENDQUEUE_LOG_LEVEL": "INFO"}
+        command = ["-m", "services.cli", name, "--config", str(self.config_path), *args]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", name, "--config", str(self.config_path)],
+            [sys.executable, *command],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=Path(__file__).parents[2],
         )
-        self._procs[name] = proc
+        self._procs[key] = proc
         return proc
 
     def kill(self, name: str) -> None:
@@ -185,7 +188,9 @@ class Pipeline:
 
     # -- HTTP helpers --------------------------------------------------------------------------
     def url(self, service: str, path: str) -> str:
-        return f"http://{self.data[service]['listen']}{path}"
+        """`service` is a section name, or a "host:port" another process of it listens on."""
+        listen = service if ":" in service else self.data[service]["listen"]
+        return f"http://{listen}{path}"
 
     async def wait_healthy(self, *services: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

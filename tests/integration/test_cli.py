@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.harness import dicom_destination, wait_received
+from tests.integration.harness import dicom_destination, wait_for, wait_received
 from tests.support.dicom_factory import make_study, sop_instance_uid
 from tests.support.ports import free_port
 
@@ -75,3 +75,27 @@ def test_admin_api_refuses_a_public_address_without_a_token(tmp_path):
     config.write_text('[retry]\nlisten = "0.0.0.0:18199"\n')
     result = sendqueue("retry", "--config", str(config))
     assert result.returncode == 2 and "refusing to expose the admin API" in result.stderr
+
+
+async def test_two_sender_processes_share_a_destination_queue(make_pipeline, orthanc, scp):
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
+    await pipeline.start("ingest", "retry")
+    second = f"127.0.0.1:{free_port()}"
+    pipeline.spawn("sender")
+    pipeline.spawn("sender", "--listen", second, key="sender-2")
+    await pipeline.wait_healthy("sender", second, timeout=60)
+    study = make_study(60)
+    for data in study:
+        orthanc.upload(data)
+    assert await wait_received(scp, 60) == {sop_instance_uid(d) for d in study}
+
+    # competing consumers: each process sent part of the study, and nothing twice
+    async def sent_by_each() -> list[float]:
+        return [
+            await pipeline.metric_sum(listen, "sendqueue_jobs_sent_total")
+            for listen in ("sender", second)
+        ]
+
+    sent = await wait_for(sent_by_each, lambda counts: sum(counts) >= 60, 10)
+    assert all(count > 0 for count in sent) and sum(sent) == 60, sent
+    assert (await pipeline.parked())["total"] == 0

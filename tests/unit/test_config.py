@@ -2,7 +2,14 @@
 
 import pytest
 
-from shared.config import is_loopback, load_config, mask_url, parse_config, parse_listen
+from shared.config import (
+    is_loopback,
+    load_config,
+    mask_url,
+    parse_config,
+    parse_listen,
+    with_listen,
+)
 from shared.durations import Duration, format_duration
 from shared.errors import ConfigError
 
@@ -112,3 +119,12 @@ def test_listen_and_loopback_helpers():
 
 def test_mask_url_hides_the_password():
     assert mask_url("amqp://user:pw@host:5672/v") == "amqp://user:******@host:5672/v"
+
+
+def test_listen_override_replaces_one_service_and_is_validated():
+    config = parse_config(MINIMAL, environ={})
+    second = with_listen(config, "sender", "127.0.0.1:8111")
+    assert second.sender.listen == "127.0.0.1:8111"
+    assert second.ingest.listen == config.ingest.listen
+    with pytest.raises(ConfigError, match="--listen"):
+        with_listen(config, "sender", "8111")
