@@ -17,6 +17,7 @@ from shared.http import make_app, start_server
 from shared.orthanc import OrthancClient
 from shared.resolver import Resolver
 from shared.send_api import make_send_handler
+from shared.state_lock import hold_state_dir
 from shared.topology import Names, prepare_bus
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 async def run_ingest(
     config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
 ) -> None:
+    with hold_state_dir(config.ingest.state_dir, "ingest"):
+        await _serve(config, stop, registry)
+
+
+async def _serve(config: Config, stop: asyncio.Event, registry: CollectorRegistry | None) -> None:
     registry = registry or CollectorRegistry()
     metrics = IngestMetrics(registry)
     names = Names(config.amqp.prefix)

@@ -27,6 +27,7 @@ from shared.http import make_app, start_server
 from shared.orthanc import OrthancClient
 from shared.resolver import Resolver
 from shared.send_api import make_send_handler
+from shared.state_lock import hold_state_dir
 from shared.topology import Names, prepare_bus
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,11 @@ async def run_retry(
     config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
 ) -> None:
     check_admin_exposure(config)
+    with hold_state_dir(config.retry.state_dir, "retry"):
+        await _serve(config, stop, registry)
+
+
+async def _serve(config: Config, stop: asyncio.Event, registry: CollectorRegistry | None) -> None:
     registry = registry or CollectorRegistry()
     metrics = RetryMetrics(registry)
     names = Names(config.amqp.prefix)

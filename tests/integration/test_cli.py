@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,21 @@ async def test_two_sender_processes_share_a_destination_queue(make_pipeline, ort
     sent = await wait_for(sent_by_each, lambda counts: sum(counts) >= 60, 10)
     assert all(count > 0 for count in sent) and sum(sent) == 60, sent
     assert (await pipeline.parked())["total"] == 0
+
+
+async def test_a_second_ingest_or_retry_on_the_same_state_dir_refuses_to_start(
+    make_pipeline, scp
+):
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
+    await pipeline.start("ingest", "retry")
+    config = str(pipeline.config_path)
+    for service in ("ingest", "retry"):
+        result = await asyncio.to_thread(
+            sendqueue, service, "--config", config, "--listen", f"127.0.0.1:{free_port()}"
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"is in use by another {service} process (pid {os.getpid()})" in result.stderr
+    # the running services were not disturbed, and a restart takes the lock again
+    pipeline.check_running()
+    await pipeline.stop()
+    await pipeline.start("ingest", "retry")
