@@ -35,7 +35,12 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
     query = dict(target.query)
     query.setdefault("name", name)
     query.setdefault("heartbeat", "30")
-    return await aio_pika.connect_robust(str(target.with_query(query)))
+    connection = await aio_pika.connect_robust(str(target.with_query(query)))
+    # aio-pika logs the loss (with a traceback); say plainly when it is over.
+    connection.reconnect_callbacks.add(
+        lambda *_: log.warning("%s: connected to RabbitMQ again", name)
+    )
+    return connection
 
 
 class Publisher:

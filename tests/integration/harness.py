@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiohttp
@@ -126,6 +127,11 @@ class Pipeline:
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def vhost(self) -> str:
+        """The RabbitMQ vhost this pipeline runs in (the AMQP URL's path)."""
+        return unquote(urlsplit(self.config.amqp.url).path[1:])
 
     # -- in-process services ---------------------------------------------------------------
     async def start(self, *names: str) -> None:

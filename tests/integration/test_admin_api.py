@@ -20,12 +20,6 @@ from tests.support.dicom_factory import make_study, sop_instance_uid
 from tests.support.scp import always, fail_for
 
 
-def _vhost(pipeline) -> str:
-    from urllib.parse import unquote, urlsplit
-
-    return unquote(urlsplit(pipeline.config.amqp.url).path[1:])
-
-
 async def _parked_pipeline(make_pipeline, scp, **kw):
     pipeline = make_pipeline(
         destinations=[

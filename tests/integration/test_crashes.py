@@ -68,3 +68,60 @@ async def test_a_transfer_aborted_every_time_is_retried_then_parked_with_the_rea
         assert "aborted or closed during the transfer" in item["reason"]
         assert broken.received_sop_uids() == set()
         await pipeline.stop()
+
+
+def _listed_connections(vhost: str, expected: int, timeout: float = 30) -> list[str]:
+    """Names of the vhost's AMQP connections, once the management API lists `expected`.
+
+    It lists a new connection only after its first stats emission (every 5 s by default).
+    """
+    import time
+    from urllib.parse import quote
+
+    from tests.support.rabbit import management_request
+
+    deadline = time.monotonic() + timeout
+    path = f"/api/vhosts/{quote(vhost, safe='')}/connections"
+    while len(connections := management_request("GET", path)) < expected:
+        assert time.monotonic() < deadline, f"only {len(connections)} connections listed"
+        time.sleep(0.2)
+    return [c["name"] for c in connections]
+
+
+def _close_connections(names: list[str]) -> None:
+    """Force-close AMQP connections, as a broker restart or a network cut would."""
+    from urllib.parse import quote
+
+    from tests.support.rabbit import management_request
+
+    for name in names:
+        management_request("DELETE", f"/api/connections/{quote(name, safe='')}")
+
+
+async def test_broker_connections_closed_mid_transfer_lose_nothing(make_pipeline, orthanc, scp):
+    # Given the three services as processes, with sends in flight to a slow SCP
+    scp.store_delay = 0.1
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
+    for service in ("retry", "sender", "ingest"):
+        pipeline.spawn(service)
+    await pipeline.wait_healthy("retry", "sender", "ingest", timeout=60)
+    # (ingest 1; sender and retry 2 each: consuming and publishing)
+    connections = await asyncio.to_thread(_listed_connections, pipeline.vhost, 5)
+    first = make_study(40)
+    for data in first:
+        orthanc.upload(data)
+    await wait_received(scp, 5, timeout=60)
+    # When RabbitMQ drops every connection of the services
+    await asyncio.to_thread(_close_connections, connections)
+    assert len(scp.stored_uids()) < 40
+    # Then they reconnect by themselves: everything arrives, nothing is parked
+    second = make_study(10)
+    for data in second:
+        orthanc.upload(data)
+    expected = {sop_instance_uid(d) for d in first + second}
+    assert await wait_received(scp, 50, timeout=90) == expected
+    assert (await pipeline.parked())["total"] == 0
+    for service in ("ingest", "sender", "retry"):
+        assert pipeline.terminate(service) == 0, service
+        log = (pipeline.tmp / f"{service}.log").read_text()
+        assert "connected to RabbitMQ again" in log, service

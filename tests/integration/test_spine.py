@@ -158,12 +158,6 @@ async def test_two_destinations_one_dead_the_live_one_gets_everything(make_pipel
     assert up == 0
 
 
-def pipeline_vhost(pipeline) -> str:
-    from urllib.parse import unquote, urlsplit
-
-    return unquote(urlsplit(pipeline.config.amqp.url).path[1:])
-
-
 async def _wait_orthanc_count(orthanc, count):
     return await wait_for(
         lambda: asyncio.to_thread(orthanc.instances), lambda ids: len(ids) >= count, 30

@@ -28,12 +28,6 @@ def management(method: str, path: str, body: Any = None) -> Any:
     return rabbit.management_request(method, path, body)
 
 
-def vhost_of(pipeline) -> str:
-    from urllib.parse import unquote, urlsplit
-
-    return unquote(urlsplit(pipeline.config.amqp.url).path[1:])
-
-
 def move_messages_shovel(vhost: str, name: str) -> dict[str, Any]:
     """The parameter the UI's shovel forms PUT: the queue page's "Move messages" fields
     (on-confirm, delete after the initial queue length), with the work exchange as the
@@ -79,7 +73,7 @@ async def test_parked_messages_show_readable_headers_and_a_shovel_moves_them_bac
 ):
     # Given 4 instances the PACS refused, parked
     pipeline, refused = await park(make_pipeline, orthanc, scp, 4)
-    vhost = vhost_of(pipeline)
+    vhost = pipeline.vhost
     vh, queue = quote(vhost, safe=""), quote(PARKED, safe="")
 
     # "Get messages" (requeue: yes) shows who, what and why in the headers
@@ -126,7 +120,7 @@ async def test_parked_messages_show_readable_headers_and_a_shovel_moves_them_bac
 async def test_purging_the_parked_queue_empties_the_admin_list(make_pipeline, orthanc, scp):
     # Given 3 parked jobs
     pipeline, _refused = await park(make_pipeline, orthanc, scp, 3)
-    vh, queue = quote(vhost_of(pipeline), safe=""), quote(PARKED, safe="")
+    vh, queue = quote(pipeline.vhost, safe=""), quote(PARKED, safe="")
 
     # When the queue is purged ("Purge Messages" on the queue page)
     management("DELETE", f"/api/queues/{vh}/{queue}/contents")
@@ -136,5 +130,5 @@ async def test_purging_the_parked_queue_empties_the_admin_list(make_pipeline, or
     status, queues = await pipeline.admin("GET", "/api/queues")
     assert status == 200 and queues["parked"] == 0
     assert scp.stored_uids() == set()
-    counts = rabbit.queue_counts(vhost_of(pipeline), PARKED, exact=True)
+    counts = rabbit.queue_counts(pipeline.vhost, PARKED, exact=True)
     assert counts == rabbit.QueueCounts(ready=0, unacked=0)
