@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from shared.amqp import Publisher
 from shared.logs import job_event
 from shared.resolver import InstanceInfo
-from shared.schemas import SendJob, encode, job_headers, new_job_id
+from shared.schemas import Failure, SendJob, encode, job_headers, new_job_id
 from shared.topology import Names
 
 log = logging.getLogger(__name__)
@@ -63,3 +63,13 @@ async def publish_jobs(
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise errors[0]
+
+
+async def publish_failure(publisher: Publisher, names: Names, failure: Failure) -> None:
+    """Hand one failure to the retry service (confirmed); it retries or parks the job."""
+    job = failure.job
+    headers = job_headers(job) if job else {"destination": failure.destination}
+    headers["reason"] = failure.reason[:500]
+    await publisher.publish(
+        names.failed_exchange, failure.destination, encode(failure), headers=headers
+    )

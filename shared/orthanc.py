@@ -52,6 +52,14 @@ class OrthancClient:
 
         return await self._twice(call, path)
 
+    async def answers(self) -> bool:
+        """Whether Orthanc itself is up: tells "Orthanc is down" from "this resource fails"."""
+        try:
+            await self.get_json("/system")
+        except (TransientError, PermanentError):
+            return False
+        return True
+
     async def exists(self, path: str) -> bool:
         try:
             await self.get_json(path)
@@ -97,7 +105,9 @@ def _raise_for_status(response: aiohttp.ClientResponse, path: str) -> None:
             reason_class="source-auth",
         )
     if response.status >= 500:
-        raise SourceUnavailable(f"Orthanc answered HTTP {response.status} on GET {path}")
+        raise SourceUnavailable(
+            f"Orthanc answered HTTP {response.status} on GET {path}", reason_class="source-error"
+        )
     if response.status >= 400:
         raise PermanentError(
             f"Orthanc answered HTTP {response.status} on GET {path}", reason_class="source-4xx"

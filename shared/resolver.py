@@ -53,7 +53,9 @@ class Resolver:
 
     async def with_all_tags(self, info: InstanceInfo) -> InstanceInfo:
         """Adds every tag of the file, for routing rules on tags Orthanc does not index."""
-        tags = await self._orthanc.get_json(f"/instances/{info.orthanc_id}/simplified-tags")
+        tags = await self._orthanc.get_json(
+            f"/instances/{quote(info.orthanc_id, safe='')}/simplified-tags"
+        )
         return InstanceInfo(info.orthanc_id, {**_strings(tags), **info.tags})
 
     async def expand(self, orthanc_id: str) -> list[InstanceInfo]:

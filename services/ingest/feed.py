@@ -17,15 +17,20 @@ from services.ingest.routing import CHANGE_FOR_LEVEL, Router
 from shared.amqp import PUBLISH_ERRORS, Publisher
 from shared.config import IngestConfig
 from shared.errors import InstanceNotFound
-from shared.jobs import make_job, publish_jobs
+from shared.jobs import make_job, publish_failure, publish_jobs
 from shared.orthanc import OrthancClient, SourceUnavailable
 from shared.resolver import InstanceInfo, Resolver
-from shared.schemas import SendJob
+from shared.schemas import Failure, SendJob
 from shared.topology import Names
 
 log = logging.getLogger(__name__)
 
+#: Jobs to queue, and jobs to park at once (with the reason).
+Routed = tuple[list[SendJob], list[Failure]]
+
 _MAX_BACKOFF = 30.0
+#: Rounds an unreadable file is retried before its jobs are parked.
+_UNREADABLE_ROUNDS = 3
 #: A round that fails with these is retried after a backoff; the cursor stays put.
 _ROUND_ERRORS: tuple[type[BaseException], ...] = (SourceUnavailable, *PUBLISH_ERRORS)
 
@@ -50,6 +55,8 @@ class ChangesFeed:
         self._names = names
         self._metrics = metrics
         self._cursor_file = CursorFile(config.state_dir)
+        #: Rounds in which Orthanc, though up, failed to read an instance's file.
+        self._unreadable: dict[str, int] = {}
         self.healthy = True
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -94,13 +101,20 @@ class ChangesFeed:
         params = {"since": str(cursor), "limit": str(self._config.batch_size)}
         page = await self._orthanc.get_json("/changes", params)
         jobs: list[SendJob] = []
+        unroutable: list[Failure] = []
         for change in page.get("Changes", []):
             self._metrics.changes.labels(str(change.get("ChangeType"))).inc()
-            jobs.extend(await self._jobs_for(change))
+            routed, failed = await self._jobs_for(change)
+            jobs += routed
+            unroutable += failed
         await publish_jobs(self._publisher, self._names, jobs, self._on_queued)
+        for failure in unroutable:
+            await publish_failure(self._publisher, self._names, failure)
+            log.error("%s: %s", failure.destination, failure.reason)
         last = int(page.get("Last", cursor))
         if last != cursor:
             self._cursor_file.save(last)
+        self._unreadable.clear()  # only the page being retried needs counting
         self._metrics.cursor.set(last)
         if page.get("Done", True):
             self._metrics.orthanc_last.set(last)
@@ -114,10 +128,10 @@ class ChangesFeed:
         self._metrics.orthanc_last.set(newest)
         self._metrics.lag.set(max(0, newest - cursor))
 
-    async def _jobs_for(self, change: dict[str, Any]) -> list[SendJob]:
+    async def _jobs_for(self, change: dict[str, Any]) -> Routed:
         level = CHANGE_FOR_LEVEL.get(str(change.get("ChangeType")))
         if level is None or level not in self._router.levels():
-            return []
+            return [], []
         try:
             infos = await self._instances(level, str(change["ID"]))
             return await self._route(level, infos)
@@ -126,33 +140,72 @@ class ChangesFeed:
             log.info(
                 "change %s: %s %s is gone from Orthanc", change.get("Seq"), level, change.get("ID")
             )
-            return []
+            return [], []
 
     async def _instances(self, level: str, orthanc_id: str) -> list[InstanceInfo]:
         if level == "instance":
             return [await self._resolver.instance(orthanc_id)]
         return await self._resolver.instances_of(level, orthanc_id)
 
-    async def _route(self, level: str, infos: list[InstanceInfo]) -> list[SendJob]:
+    async def _route(self, level: str, infos: list[InstanceInfo]) -> Routed:
         if not infos:
-            return []
+            return [], []
         needed = self._router.tags_needed(level)
-        # Series and study routes match on the resource: judge by its first instance.
-        probe = infos[0]
-        if not needed <= probe.tags.keys():
-            probe = await self._resolver.with_all_tags(probe)
-        targets = (
-            [self._router.destinations(level, (await self._full(i, needed)).tags) for i in infos]
-            if level == "instance"
-            else [self._router.destinations(level, probe.tags)] * len(infos)
-        )
-        return [
-            make_job(info, destination)
-            for info, destinations in zip(infos, targets, strict=True)
-            for destination in destinations
-        ]
+        if level == "instance":
+            routed = [(info, await self._tags(info, needed)) for info in infos]
+        else:
+            # Series and study routes match on the resource: judge by one of its instances.
+            tags = await self._resource_tags(infos, needed)
+            routed = [(info, tags) for info in infos]
+        jobs: list[SendJob] = []
+        unroutable: list[Failure] = []
+        for info, tags in routed:
+            if tags is not None:
+                jobs += [make_job(info, d) for d in self._router.destinations(level, tags)]
+            else:
+                unroutable += [
+                    _unreadable(info, destination)
+                    for destination in self._router.possible_destinations(level, info.tags)
+                ]
+        return jobs, unroutable
 
-    async def _full(self, info: InstanceInfo, needed: set[str]) -> InstanceInfo:
+    async def _resource_tags(
+        self, infos: list[InstanceInfo], needed: set[str]
+    ) -> dict[str, str] | None:
+        for info in infos:
+            tags = await self._tags(info, needed)
+            if tags is not None:
+                return tags
+        return None
+
+    async def _tags(self, info: InstanceInfo, needed: set[str]) -> dict[str, str] | None:
+        """The tags the routes need; None if Orthanc, though up, cannot read the file."""
         if needed <= info.tags.keys():
-            return info
-        return await self._resolver.with_all_tags(info)
+            return info.tags
+        if self._unreadable.get(info.orthanc_id, 0) >= _UNREADABLE_ROUNDS:
+            return None
+        try:
+            return (await self._resolver.with_all_tags(info)).tags
+        except SourceUnavailable:
+            if not await self._orthanc.answers():
+                raise  # Orthanc is down: the round is retried, however long that takes
+            # Orthanc is up but fails on this file: retry the round a few times (it may
+            # pass), then park instead of holding up every change behind it.
+            self._unreadable[info.orthanc_id] = self._unreadable.get(info.orthanc_id, 0) + 1
+            if self._unreadable[info.orthanc_id] < _UNREADABLE_ROUNDS:
+                raise
+            return None
+
+
+def _unreadable(info: InstanceInfo, destination: str) -> Failure:
+    return Failure(
+        destination=destination,
+        job=make_job(info, destination),
+        permanent=True,
+        reason=(
+            "Orthanc could not read this instance's file to evaluate the routing rules (HTTP"
+            " 5xx on its tags); parked for each destination whose rules it might match:"
+            " requeue sends it there once Orthanc can read it, delete drops it"
+        ),
+        reason_class="source-unreadable",
+    )

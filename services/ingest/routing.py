@@ -37,6 +37,16 @@ class Router:
                 found.update(dict.fromkeys(route.destinations))
         return list(found)
 
+    def possible_destinations(self, level: str, known: Mapping[str, str]) -> list[str]:
+        """Destinations of the routes that match on every tag known, ignoring the others:
+        where a resource might go when the rest of its tags cannot be read."""
+        found: dict[str, None] = {}
+        for route in self.routes_for(level):
+            knowable = {k: pattern for k, pattern in route.match.items() if k in known}
+            if matches(knowable, known):
+                found.update(dict.fromkeys(route.destinations))
+        return list(found)
+
 
 def matches(patterns: Mapping[str, str], tags: Mapping[str, str]) -> bool:
     """All patterns must match: shell globs, case-insensitive, "A|B" for alternatives;

@@ -33,6 +33,7 @@ from shared.errors import (
     PermanentError,
     SendQueueError,
 )
+from shared.jobs import publish_failure
 from shared.logs import job_event
 from shared.orthanc import OrthancClient, SourceUnavailable
 from shared.schemas import Failure, SendJob, decode_job, encode, fresh, job_headers
@@ -184,8 +185,15 @@ class DestinationConsumer:
             size = await self._orthanc.download_instance(job.orthanc_id, path)
             started = time.monotonic()
             detail = await self.destination.send(path)
-        except (DestinationUnavailable, SourceUnavailable) as exc:
+        except DestinationUnavailable as exc:
             await self._return_and_pause(message, job, exc)
+        except SourceUnavailable as exc:
+            if await self._orthanc.answers():
+                # Orthanc is up but fails on this instance (e.g. its file is missing from
+                # the storage): a failed attempt, so that it ends up parked, not looping.
+                await self._report(message, _failure(job, str(exc), exc.reason_class), job)
+            else:
+                await self._return_and_pause(message, job, exc)
         except SendQueueError as exc:
             permanent = isinstance(exc, PermanentError)
             retry_after = getattr(exc, "retry_after", None)  # HTTP Retry-After
@@ -230,12 +238,8 @@ class DestinationConsumer:
         self._metrics.failed.labels(
             self.name, self.destination.protocol, failure.reason_class
         ).inc()
-        headers = job_headers(job) if job else {"destination": self.name}
-        headers["reason"] = failure.reason[:500]
         try:
-            await self._publisher.publish(
-                self._names.failed_exchange, self.name, encode(failure), headers=headers
-            )
+            await publish_failure(self._publisher, self._names, failure)
         except PUBLISH_ERRORS as exc:
             log.error("%s: cannot report a failure (%r); job stays queued", self.name, exc)
             await asyncio.sleep(1)

@@ -108,6 +108,8 @@ class OrthancProcess:
             "RegisteredUsers": self.users,
             # Otherwise Orthanc gzips every file it serves to a client that accepts gzip.
             "HttpCompressionEnabled": False,
+            # Files are read from the storage every time (lose_file() must take effect).
+            "MaximumStorageCacheSize": 0,
             "StableAge": self.stable_age,
             "Plugins": self.plugins,
             # Jobs of a previous run of the same storage must not come back after a restart.
@@ -221,6 +223,12 @@ class OrthancProcess:
 
     def delete_instance(self, instance_id: str) -> None:
         self.request("DELETE", f"/instances/{instance_id}")
+
+    def lose_file(self, instance_id: str) -> None:
+        """Remove the instance's file from the storage, as a damaged disk would: Orthanc
+        still lists the instance but answers HTTP 500 for its file and tags."""
+        uuid = self.get_json(f"/instances/{instance_id}")["FileUuid"]
+        (self.workdir / "storage" / uuid[:2] / uuid[2:4] / uuid).unlink()
 
     def instances(self) -> list[str]:
         return list(self.get_json("/instances"))

@@ -31,3 +31,17 @@ def test_destinations_of_every_matching_route_once_in_order():
     assert router.destinations("study", {}) == ["d"]
     assert router.levels() == {"instance", "study"}
     assert router.tags_needed("instance") == {"Modality"}
+
+
+def test_possible_destinations_ignore_the_tags_that_could_not_be_read():
+    router = Router(
+        [
+            RouteConfig(destinations=["thin"], match={"Modality": "CT", "SliceThickness": "0.*"}),
+            RouteConfig(destinations=["mr"], match={"Modality": "MR", "SliceThickness": "*"}),
+            RouteConfig(destinations=["all"]),
+        ]
+    )
+    # SliceThickness unknown: judged on Modality alone
+    assert router.possible_destinations("instance", {"Modality": "CT"}) == ["thin", "all"]
+    # nothing known: every route might match
+    assert router.possible_destinations("instance", {}) == ["thin", "mr", "all"]

@@ -1,0 +1,68 @@
+"""Orthanc itself fails on one instance (its file is gone from the storage) while up.
+
+Nothing may loop forever or hold up the other instances: the job is parked, visibly,
+with Orthanc's answer as the reason.
+"""
+
+from __future__ import annotations
+
+from tests.integration.harness import dicom_destination, wait_received
+from tests.support.dicom_factory import make_study, sop_instance_uid
+
+
+async def test_an_unreadable_file_is_retried_then_parked_and_the_rest_delivered(
+    make_pipeline, orthanc, scp
+):
+    # Given three instances in Orthanc, one of whose files is lost from its storage
+    study = make_study(3)
+    ids = [orthanc.upload(data) for data in study]
+    orthanc.lose_file(ids[1])
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
+    # When sendqueue forwards them (the route needs no tag beyond Orthanc's index)
+    await pipeline.start()
+    # Then the two readable ones are delivered, and the lost one is parked after its
+    # attempts (Orthanc answers, so the destination is never paused for it)
+    expected = {sop_instance_uid(study[0]), sop_instance_uid(study[2])}
+    assert await wait_received(scp, 2) == expected
+    parked = await pipeline.wait_parked(1)
+    [item] = parked["items"]
+    assert item["orthanc_id"] == ids[1] and item["reason_class"] == "source-error"
+    assert "HTTP 500" in item["reason"] and item["attempts"] == 4
+    assert await pipeline.metric_sum("sender", "sendqueue_destination_up", destination="pacs") == 1
+    assert scp.stored_uids() == expected
+
+
+async def test_an_unreadable_file_that_routing_needs_is_parked_and_the_feed_goes_on(
+    make_pipeline, orthanc, scp
+):
+    # Given a route on a tag Orthanc does not index, so ingest must read each file
+    study = make_study(3, modality="CT", extra={"SliceThickness": "0.625"})
+    ids = [orthanc.upload(data) for data in study]
+    orthanc.lose_file(ids[0])
+    pipeline = make_pipeline(
+        destinations=[
+            dicom_destination("reading", scp.port, scp.aet),
+            dicom_destination("mr-archive", scp.port, scp.aet),
+        ],
+        routes=[
+            {"destinations": ["reading"], "match": {"Modality": "CT", "SliceThickness": "0.*"}},
+            {"destinations": ["mr-archive"], "match": {"Modality": "MR"}},
+        ],
+        ingest={"poll_interval": "100ms"},
+    )
+    await pipeline.start()
+    # Then the instance that cannot be routed is parked for the destination it may be for
+    # (not for the MR archive: its Modality is known), and the instances after it go on
+    expected = {sop_instance_uid(d) for d in study[1:]}
+    assert await wait_received(scp, 2) == expected
+    parked = await pipeline.wait_parked(1)
+    [item] = parked["items"]
+    assert (item["orthanc_id"], item["destination"]) == (ids[0], "reading")
+    assert item["reason_class"] == "source-unreadable"
+    assert "routing rules" in item["reason"]
+    # and more instances stored later still flow
+    later = make_study(2, modality="CT", extra={"SliceThickness": "0.5"})
+    for data in later:
+        orthanc.upload(data)
+    assert await wait_received(scp, 4) == expected | {sop_instance_uid(d) for d in later}
+    assert (await pipeline.parked())["total"] == 1
