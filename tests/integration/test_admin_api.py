@@ -17,6 +17,7 @@ from tests.integration.harness import (
 )
 from tests.integration.parked_factory import fill_parked, parked_job
 from tests.support.dicom_factory import make_study, sop_instance_uid
+from tests.support.ports import free_port
 from tests.support.scp import always, fail_for
 
 
@@ -285,3 +286,37 @@ async def test_delayed_counts_per_destination_survive_a_retry_restart(make_pipel
     _, queues = await pipeline.admin("GET", "/api/queues")
     assert queues["destinations"][0]["delayed"] == {"1m": 3}
     assert queues["parked"] == 0
+
+
+async def test_jobs_of_a_destination_removed_from_the_config_are_parked(
+    make_pipeline, orthanc, scp
+):
+    # Given jobs waiting for a dead destination, "old"
+    destinations = [
+        dicom_destination("pacs", scp.port, scp.aet),
+        dicom_destination("old", free_port(), "GONE", connect_timeout="1s"),
+    ]
+    pipeline = make_pipeline(destinations=destinations)
+    await pipeline.start()
+    study = make_study(3)
+    for data in study:
+        orthanc.upload(data)
+    await wait_received(scp, 3)
+    await wait_queue(pipeline, "work.old", ready=3)
+    await pipeline.stop()
+    # When "old" is removed from the config and the services restart
+    pipeline = make_pipeline(destinations=destinations[:1])
+    await pipeline.start()
+    # Then its jobs are parked, visibly, and can be sent elsewhere
+    parked = await pipeline.wait_parked(3)
+    assert {i["reason_class"] for i in parked["items"]} == {"unknown-destination"}
+    assert {i["destination"] for i in parked["items"]} == {"old"}
+    assert {i["sop_instance_uid"] for i in parked["items"]} == {sop_instance_uid(d) for d in study}
+    status, body = await pipeline.admin(
+        "POST", "/api/parked/requeue", {"destination": "old", "to": "pacs"}
+    )
+    assert (status, body["requeued"]) == (200, 3)
+    await wait_for(
+        lambda: pipeline.metric_sum("sender", "sendqueue_jobs_sent_total"), lambda n: n == 3, 30
+    )
+    assert (await pipeline.parked())["total"] == 0

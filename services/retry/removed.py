@@ -1,0 +1,110 @@
+"""Destinations removed from the config: their queued jobs are parked, not stranded.
+
+A work queue outlives its destination's removal from the config, and jobs still waiting
+in a delay tier come back to it. Nobody would consume them, and the admin API would not
+show them. So the retry service remembers every destination it was ever configured with
+(`destinations.json` in its state_dir) and consumes the work queue of each removed one,
+parking every job there as `unknown-destination`: visible, and requeued from there to
+another destination (or deleted) by an operator. If the destination is configured again,
+its sender consumes the queue as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import ChannelClosed
+
+from services.retry.parking import Parking
+from shared.amqp import PUBLISH_ERRORS, safe_ack, safe_nack_requeue
+from shared.schemas import decode_job
+from shared.topology import Names
+
+log = logging.getLogger(__name__)
+
+_PREFETCH = 32
+
+
+class RemovedDestinations:
+    def __init__(self, state_dir: str, names: Names, parking: Parking) -> None:
+        self._path = Path(state_dir) / "destinations.json"
+        self._names = names
+        self._parking = parking
+
+    async def drain(
+        self, connection: AbstractRobustConnection, configured: Iterable[str]
+    ) -> list[str]:
+        """Start parking what reaches removed destinations' queues; returns their names."""
+        configured = set(configured)
+        removed = sorted(self._known() - configured)
+        draining = [name for name in removed if await self._queue_exists(connection, name)]
+        self._save(configured | set(draining))
+        for name in draining:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=_PREFETCH)
+            queue = await channel.declare_queue(self._names.work_queue(name), passive=True)
+            await queue.consume(self._parker(name))
+            log.warning(
+                "destination %r is no longer configured: jobs in its queue are parked as"
+                " unknown-destination (requeue them to another destination, or delete them)",
+                name,
+            )
+        return draining
+
+    def _known(self) -> set[str]:
+        try:
+            return set(json.loads(self._path.read_text())["destinations"])
+        except FileNotFoundError:
+            return set()
+
+    def _save(self, names: set[str]) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"destinations": sorted(names)}))
+        os.replace(tmp, self._path)
+
+    async def _queue_exists(self, connection: AbstractRobustConnection, name: str) -> bool:
+        # A passive declare of a missing queue closes its channel: use a throw-away one.
+        try:
+            async with connection.channel() as channel:
+                await channel.declare_queue(
+                    self._names.work_queue(name), passive=True, robust=False
+                )
+        except ChannelClosed:
+            return False
+        return True
+
+    def _parker(self, name: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        reason = (
+            f"destination {name!r} was removed from the configuration; requeue to another"
+            " destination, or delete"
+        )
+
+        async def park(message: AbstractIncomingMessage) -> None:
+            try:
+                job = decode_job(message.body)
+            except msgspec.DecodeError:
+                job = None
+            try:
+                await self._parking.park(
+                    job,
+                    raw=None if job else message.body,
+                    destination=name,
+                    reason=reason,
+                    reason_class="unknown-destination",
+                )
+            except PUBLISH_ERRORS as exc:
+                log.error("%s: cannot park a job (%r); it stays queued", name, exc)
+                await asyncio.sleep(1)
+                await safe_nack_requeue(message)
+                return
+            await safe_ack(message)
+
+        return park
