@@ -298,6 +298,11 @@ class DestinationConsumer:
             await asyncio.sleep(delay)
             try:
                 await probe()
+            except PermanentError as exc:
+                # It answers, but refuses us for good (association rejected-permanent):
+                # sending resumes, and each job is parked with that answer.
+                log.warning("%s: answers but refuses: %s", self.name, exc)
+                break
             except Exception as exc:
                 log.info("%s: still unavailable: %s", self.name, exc)
                 delay = min(delay * 2, self._config.probe_max)

@@ -162,3 +162,33 @@ async def _wait_orthanc_count(orthanc, count):
     return await wait_for(
         lambda: asyncio.to_thread(orthanc.instances), lambda ids: len(ids) >= count, 30
     )
+
+
+async def test_a_permanent_association_rejection_parks_the_jobs_with_the_answer(
+    make_pipeline, orthanc
+):
+    from tests.support.scp import ScriptedSCP
+
+    # Given a PACS that knows only its own AE title, and a config that calls it wrongly;
+    # the PACS is down at first, so the destination is paused and probed
+    strict = ScriptedSCP(aet="STRICT", require_called_aet=True)
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", strict.port, "WRONG")])
+    await pipeline.start()
+    study = make_study(3)
+    for data in study:
+        orthanc.upload(data)
+    await wait_for(
+        lambda: pipeline.metric_sum("sender", "sendqueue_destination_up", destination="pacs"),
+        lambda up: up == 0,
+        30,
+    )
+    assert (await pipeline.parked())["total"] == 0
+    # When it comes up and rejects the association for good
+    with strict:
+        parked = await pipeline.wait_parked(3)
+    # Then each job is parked after one attempt, with the PACS's answer
+    assert {i["sop_instance_uid"] for i in parked["items"]} == {sop_instance_uid(d) for d in study}
+    for item in parked["items"]:
+        assert item["reason_class"] == "association-rejected-permanent"
+        assert "rejected-permanent" in item["reason"] and item["attempts"] == 1, item
+    assert strict.stored_uids() == set()

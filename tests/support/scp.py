@@ -122,6 +122,7 @@ class ScriptedSCP:
         max_associations: int = 32,
         store_delay: float = 0.0,
         port: int | None = None,
+        require_called_aet: bool = False,
     ) -> None:
         self.aet = aet
         self.port = port or free_port()
@@ -140,6 +141,8 @@ class ScriptedSCP:
         self._ae = self._make_ae(
             transfer_syntaxes or DEFAULT_TRANSFER_SYNTAXES, max_pdu, max_associations
         )
+        # Another called AE title is then rejected-permanent ("called AE title not recognised").
+        self._ae.require_called_aet = require_called_aet
         self._running = False
 
     def _make_ae(self, syntaxes: list[str], max_pdu: int, max_assocs: int) -> _ScriptableAE:

@@ -74,6 +74,10 @@ class NeedsTranscode(PermanentError):
         self.target = target
 
 
+class AssociationRejected(PermanentError):
+    """The peer rejected the association permanently (A-ASSOCIATE-RJ, result 1)."""
+
+
 @dataclass
 class _Link:
     """The association one worker thread owns."""
@@ -254,6 +258,13 @@ class DicomDestination:
             _tune(assoc)
             return assoc
         where = f"{cfg.called_aet}@{cfg.host}:{cfg.port}" + (" over TLS" if self._tls else "")
+        if assoc.is_rejected and _rejected_permanently(assoc):
+            # The peer is up and says no for good (e.g. our AE title is not known to it):
+            # the jobs are parked with its answer, not retried or held while probing.
+            raise AssociationRejected(
+                f"association to {where} rejected ({_rejection(assoc)})",
+                reason_class="association-rejected-permanent",
+            )
         if assoc.is_rejected:
             raise DestinationUnavailable(
                 f"association to {where} rejected ({_rejection(assoc)})",
@@ -290,7 +301,8 @@ class DicomDestination:
 
     # -- probing and closing ------------------------------------------------------
     def echo_blocking(self) -> None:
-        """C-ECHO on a fresh association; DestinationUnavailable if it fails."""
+        """C-ECHO on a fresh association; DestinationUnavailable if it fails, and
+        AssociationRejected if the peer rejects us for good."""
         ae = self._new_ae()
         ae.add_requested_context(VERIFICATION)
         assoc = self._open(ae)
@@ -349,6 +361,11 @@ def _tune(assoc: Association) -> None:
         send_pdu(primitive)
 
     dul.send_pdu = bounded_send_pdu  # type: ignore[method-assign]
+
+
+def _rejected_permanently(assoc: Association) -> bool:
+    primitive = getattr(assoc.acceptor, "primitive", None)
+    return getattr(primitive, "result", None) == 1
 
 
 def _rejection(assoc: Association) -> str:
