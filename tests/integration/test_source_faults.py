@@ -6,6 +6,8 @@ with Orthanc's answer as the reason.
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.integration.harness import dicom_destination, wait_received
 from tests.support.dicom_factory import make_study, sop_instance_uid
 
@@ -66,3 +68,26 @@ async def test_an_unreadable_file_that_routing_needs_is_parked_and_the_feed_goes
         orthanc.upload(data)
     assert await wait_received(scp, 4) == expected | {sop_instance_uid(d) for d in later}
     assert (await pipeline.parked())["total"] == 1
+
+
+async def test_orthanc_down_mid_flow_loses_nothing_and_uses_no_attempt(make_pipeline, orthanc, scp):
+    scp.store_delay = 0.05
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
+    await pipeline.start()
+    study = make_study(30)
+    for data in study:
+        orthanc.upload(data)
+    await wait_received(scp, 3)
+    # Orthanc stops while jobs are queued and in flight, then comes back
+    await asyncio.to_thread(orthanc.stop)
+    await asyncio.sleep(2)
+    await asyncio.to_thread(orthanc.start)
+    more = make_study(5)
+    for data in more:
+        orthanc.upload(data)
+    expected = {sop_instance_uid(d) for d in study + more}
+    assert await wait_received(scp, 35, timeout=90) == expected
+    assert (await pipeline.parked())["total"] == 0
+    assert await pipeline.metric_sum("sender", "sendqueue_jobs_failed_total") == 0
+    # (the outage did hit queued work: jobs went back to their queue untouched)
+    assert await pipeline.metric_sum("sender", "sendqueue_jobs_returned_total") > 0
