@@ -112,6 +112,19 @@ class ChangesFeed:
             await publish_failure(self._publisher, self._names, failure)
             log.error("%s: %s", failure.destination, failure.reason)
         last = int(page.get("Last", cursor))
+        if last < cursor:
+            # Orthanc's change log starts again below our cursor: its database was reset or
+            # replaced. What it holds now was stored after that, so follow it from the start
+            # (duplicates are possible, loss is not).
+            log.warning(
+                "Orthanc's last change (%d) is before our cursor (%d): its database was reset;"
+                " following its changes from the beginning",
+                last,
+                cursor,
+            )
+            self._cursor_file.save(0)
+            self._metrics.cursor.set(0)
+            return 0, False
         if last != cursor:
             self._cursor_file.save(last)
         self._unreadable.clear()  # only the page being retried needs counting

@@ -91,3 +91,25 @@ async def test_orthanc_down_mid_flow_loses_nothing_and_uses_no_attempt(make_pipe
     assert await pipeline.metric_sum("sender", "sendqueue_jobs_failed_total") == 0
     # (the outage did hit queued work: jobs went back to their queue untouched)
     assert await pipeline.metric_sum("sender", "sendqueue_jobs_returned_total") > 0
+
+
+async def test_an_orthanc_whose_database_was_reset_is_followed_from_its_start(
+    make_pipeline, orthanc, scp
+):
+    # Given a study forwarded, and ingest's cursor past its changes (stable ones included)
+    first = make_study(3)
+    for data in first:
+        orthanc.upload(data)
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
+    await pipeline.start()
+    await wait_received(scp, 3)
+    await asyncio.sleep(orthanc.stable_age + 1.5)  # StableSeries, StableStudy, StablePatient
+    await pipeline.stop()
+    # When Orthanc is reinstalled on an empty database and receives one new instance
+    await asyncio.to_thread(orthanc.reset_database)
+    [later] = make_study(1)
+    orthanc.upload(later)
+    assert orthanc.changes()["Last"] < 3 + 3 + 3  # below ingest's cursor
+    # Then sendqueue forwards it all the same
+    await pipeline.start()
+    assert sop_instance_uid(later) in await wait_received(scp, 4)

@@ -163,6 +163,14 @@ class OrthancProcess:
             proc.kill()
             proc.wait(timeout=10)
 
+    def reset_database(self) -> None:
+        """Restart on an empty storage and index (same ports): a reinstalled or replaced
+        Orthanc, whose change log starts again at 1."""
+        self.kill()
+        for name in ("storage", "index"):
+            shutil.rmtree(self.workdir / name, ignore_errors=True)
+        self.start()
+
     def close(self) -> None:
         """Kill the process and remove the temp dir (config, storage, index, log)."""
         self.kill()
