@@ -35,6 +35,7 @@ from services.retry.index import Filters, ParkedItem
 from services.retry.openapi import OPENAPI
 from services.retry.parking import Action, Parking, Selector
 from services.retry.queues import QueueOverview
+from shared.amqp import PUBLISH_ERRORS
 from shared.config import Config
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,18 @@ class AdminApi:
             if exc.status >= 400 and request.path.startswith("/api/"):
                 return error(exc.reason, exc.status)
             raise
+        except PUBLISH_ERRORS as exc:
+            # RabbitMQ went away (it reconnects by itself). A bulk pass stops where it was:
+            # what it already requeued or deleted stays so, the rest stays parked.
+            log.warning("%s %s: RabbitMQ unavailable: %r", request.method, request.path, exc)
+            return error(
+                f"RabbitMQ is unavailable ({exc!r}): the call did not complete; repeat it once"
+                " RabbitMQ is back (sendqueue reconnects by itself)",
+                503,
+            )
+        except Exception as exc:
+            log.exception("%s %s failed", request.method, request.path)
+            return error(f"internal error: {exc!r}", 500)
 
     def _mutating(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:

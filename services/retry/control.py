@@ -46,14 +46,14 @@ class PauseStore:
         await self._broadcast()
 
     async def set(self, destination: str, paused: bool) -> bool:
-        """Returns whether anything changed."""
+        """Returns whether anything changed. Broadcasts even if not: a call repeated after
+        RabbitMQ was unavailable must still reach the senders."""
         before = set(self._paused)
         (self._paused.add if paused else self._paused.discard)(destination)
-        if before == self._paused:
-            return False
-        self._save()
+        if before != self._paused:
+            self._save()
         await self._broadcast()
-        return True
+        return before != self._paused
 
     def _save(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)

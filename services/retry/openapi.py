@@ -21,7 +21,8 @@ _STR = {"type": "string"}
 _INT = {"type": "integer"}
 _NUM_OR_NULL = {"type": "number", "nullable": True}
 _ERROR = _json({"$ref": "#/components/schemas/Error"}, "What is wrong, in words")
-_AUTH_ERRORS = {"401": _ERROR, "403": _ERROR}
+#: Every mutating call: no or a wrong token, or RabbitMQ away (repeat the call later).
+_AUTH_ERRORS = {"401": _ERROR, "403": _ERROR, "503": _ERROR}
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 _NAME_IN_PATH = [{"name": "name", "in": "path", "required": True, "schema": _STR}]
 

@@ -320,3 +320,29 @@ async def test_jobs_of_a_destination_removed_from_the_config_are_parked(
         lambda: pipeline.metric_sum("sender", "sendqueue_jobs_sent_total"), lambda n: n == 3, 30
     )
     assert (await pipeline.parked())["total"] == 0
+
+
+async def test_calls_while_rabbitmq_is_away_answer_503_and_work_when_repeated(make_pipeline, scp):
+    from tests.support import rabbit
+
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
+    await pipeline.start()
+    retry_connections = await asyncio.to_thread(
+        rabbit.listed_connections, pipeline.vhost, 2, "sendqueue-retry"
+    )
+    # While the retry service's connections are down
+    await asyncio.to_thread(rabbit.close_connections, retry_connections)
+    status, body = await pipeline.admin("POST", "/api/parked/requeue", {"all": True})
+    assert status == 503 and "RabbitMQ is unavailable" in body["error"]
+    status, body = await pipeline.admin("POST", "/api/destinations/pacs/pause")
+    assert status == 503 and "repeat it" in body["error"]
+    # Then the same call succeeds once it has reconnected, and reaches the sender
+    await wait_for(
+        lambda: pipeline.admin("POST", "/api/destinations/pacs/pause"),
+        lambda answer: answer[0] == 200,
+        30,
+        interval=1,
+    )
+    await wait_for(
+        lambda: pipeline.metric_sum("sender", "sendqueue_destination_paused"), lambda v: v == 1, 10
+    )

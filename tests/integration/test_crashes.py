@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.integration.harness import dicom_destination, wait_received
+from tests.support import rabbit
 from tests.support.dicom_factory import make_study, sop_instance_uid
 
 
@@ -70,34 +71,6 @@ async def test_a_transfer_aborted_every_time_is_retried_then_parked_with_the_rea
         await pipeline.stop()
 
 
-def _listed_connections(vhost: str, expected: int, timeout: float = 30) -> list[str]:
-    """Names of the vhost's AMQP connections, once the management API lists `expected`.
-
-    It lists a new connection only after its first stats emission (every 5 s by default).
-    """
-    import time
-    from urllib.parse import quote
-
-    from tests.support.rabbit import management_request
-
-    deadline = time.monotonic() + timeout
-    path = f"/api/vhosts/{quote(vhost, safe='')}/connections"
-    while len(connections := management_request("GET", path)) < expected:
-        assert time.monotonic() < deadline, f"only {len(connections)} connections listed"
-        time.sleep(0.2)
-    return [c["name"] for c in connections]
-
-
-def _close_connections(names: list[str]) -> None:
-    """Force-close AMQP connections, as a broker restart or a network cut would."""
-    from urllib.parse import quote
-
-    from tests.support.rabbit import management_request
-
-    for name in names:
-        management_request("DELETE", f"/api/connections/{quote(name, safe='')}")
-
-
 async def test_broker_connections_closed_mid_transfer_lose_nothing(make_pipeline, orthanc, scp):
     # Given the three services as processes, with sends in flight to a slow SCP
     scp.store_delay = 0.1
@@ -106,13 +79,13 @@ async def test_broker_connections_closed_mid_transfer_lose_nothing(make_pipeline
         pipeline.spawn(service)
     await pipeline.wait_healthy("retry", "sender", "ingest", timeout=60)
     # (ingest 1; sender and retry 2 each: consuming and publishing)
-    connections = await asyncio.to_thread(_listed_connections, pipeline.vhost, 5)
+    connections = await asyncio.to_thread(rabbit.listed_connections, pipeline.vhost, 5)
     first = make_study(40)
     for data in first:
         orthanc.upload(data)
     await wait_received(scp, 5, timeout=60)
     # When RabbitMQ drops every connection of the services
-    await asyncio.to_thread(_close_connections, connections)
+    await asyncio.to_thread(rabbit.close_connections, connections)
     assert len(scp.stored_uids()) < 40
     # Then they reconnect by themselves: everything arrives, nothing is parked
     second = make_study(10)

@@ -196,3 +196,32 @@ def list_test_vhosts() -> list[str]:
     """Names of vhosts that tests created and did not delete (for leak checks)."""
     vhosts = management_request("GET", "/api/vhosts")
     return [v["name"] for v in vhosts if v["name"].startswith("sq-test-")]
+
+
+def listed_connections(
+    vhost: str, expected: int, client_prefix: str = "", timeout: float = 30
+) -> list[str]:
+    """Names of the vhost's AMQP connections whose client-given name starts with
+    client_prefix, once the management API lists `expected` of them.
+
+    It lists a new connection only after its first stats emission (every 5 s by default).
+    """
+    deadline = time.monotonic() + timeout
+    path = f"/api/vhosts/{quote(vhost, safe='')}/connections"
+    while True:
+        names = [
+            c["name"]
+            for c in management_request("GET", path)
+            if str(c.get("user_provided_name") or "").startswith(client_prefix)
+        ]
+        if len(names) >= expected:
+            return names
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(names)} connections listed after {timeout}s")
+        time.sleep(0.2)
+
+
+def close_connections(names: list[str]) -> None:
+    """Force-close AMQP connections, as a broker restart or a network cut would."""
+    for name in names:
+        management_request("DELETE", f"/api/connections/{quote(name, safe='')}")
