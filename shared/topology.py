@@ -5,6 +5,7 @@
     retry  --(delay.<ttl> exchange, key=destination)--> delay.<ttl>
                  --(TTL expires, dead-lettered with its key)--> work exchange
     retry  --(parked exchange, key=destination)--> parked
+    work exchange, no queue for the key --(alternate exchange)--> unroutable --> retry
 
 Every queue is a durable quorum queue and every message persistent. A delay queue has
 one fixed TTL for all its messages: RabbitMQ expires messages only at the queue head,
@@ -18,10 +19,12 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection, ExchangeType
+from aiormq.exceptions import ChannelPreconditionFailed
 
 from shared.amqp import Publisher
 from shared.config import Config
 from shared.durations import format_duration
+from shared.errors import ConfigError
 
 #: A message redelivered this many times without an outcome (the consumer crashed or
 #: was killed with it each time) is dead-lettered to the failed queue, then parked.
@@ -46,6 +49,10 @@ class Names:
         self.control_state_queue = f"{prefix}.control.state"
         #: Senders report destination health here (transient, not mandatory).
         self.status_exchange = f"{prefix}.status"
+        #: The work exchange's alternate exchange: whatever reaches the work exchange for a
+        #: destination without a queue (a removed one, a hand-moved message) lands here.
+        self.unroutable_exchange = f"{prefix}.unroutable"
+        self.unroutable_queue = f"{prefix}.unroutable"
 
     def work_queue(self, destination: str) -> str:
         return f"{self.prefix}.work.{destination}"
@@ -100,8 +107,13 @@ async def declare_topology(
     jitter: float,
 ) -> None:
     """Declare everything; safe to run from every service at every start."""
-    work = await channel.declare_exchange(names.work_exchange, ExchangeType.DIRECT, durable=True)
     fanout = ExchangeType.FANOUT
+    unroutable_x = await channel.declare_exchange(names.unroutable_exchange, fanout, durable=True)
+    unroutable = await channel.declare_queue(
+        names.unroutable_queue, arguments=_quorum(), durable=True
+    )
+    await unroutable.bind(unroutable_x)
+    work = await declare_work_exchange(channel, names)
     failed_x = await channel.declare_exchange(names.failed_exchange, fanout, durable=True)
     parked_x = await channel.declare_exchange(names.parked_exchange, fanout, durable=True)
     failed = await channel.declare_queue(
@@ -124,6 +136,25 @@ async def declare_topology(
     for delay in delays:
         for ttl in jittered_ttls(delay, jitter):
             await _declare_delay_tier(channel, names, ttl)
+
+
+async def declare_work_exchange(
+    channel: AbstractChannel, names: Names
+) -> aio_pika.abc.AbstractExchange:
+    # Dead-lettered and shovelled messages are published without `mandatory`: without an
+    # alternate exchange, one for a destination that has no queue would vanish.
+    try:
+        return await channel.declare_exchange(
+            names.work_exchange,
+            ExchangeType.DIRECT,
+            durable=True,
+            arguments={"alternate-exchange": names.unroutable_exchange},
+        )
+    except ChannelPreconditionFailed as exc:
+        raise ConfigError(
+            f"RabbitMQ already has an exchange {names.work_exchange!r} declared differently"
+            f" (by an older sendqueue?): {exc}. Use another [amqp] prefix or vhost."
+        ) from None
 
 
 async def declare_work_queue(

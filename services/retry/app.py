@@ -19,7 +19,7 @@ from services.retry.ledger import DelayLedger
 from services.retry.metrics import RetryMetrics
 from services.retry.parking import Parking
 from services.retry.queues import QueueOverview
-from services.retry.removed import RemovedDestinations
+from services.retry.removed import RemovedDestinations, follow_unroutable
 from services.retry.router import FailureRouter
 from shared.amqp import connect
 from shared.config import Config, is_loopback, parse_listen
@@ -104,6 +104,7 @@ async def _serve(config: Config, stop: asyncio.Event, registry: CollectorRegistr
         tag = await failed.consume(router.on_message)
         removed = RemovedDestinations(config.retry.state_dir, names, parking)
         await removed.drain(consume_conn, [d.name for d in config.destinations])
+        await follow_unroutable(consume_conn, names, parking)
         tasks.append(asyncio.create_task(_watch_index(parking, metrics)))
         depth = QueueDepthMonitor(config, consume_conn, registry)
         tasks.append(asyncio.create_task(depth.run(stop)))

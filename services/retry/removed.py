@@ -1,4 +1,7 @@
-"""Destinations removed from the config: their queued jobs are parked, not stranded.
+"""Jobs with nowhere to go are parked, not stranded or dropped.
+
+Two cases: the work queues of destinations removed from the config, and whatever the work
+exchange cannot route (its alternate exchange's queue, `<prefix>.unroutable`).
 
 A work queue outlives its destination's removal from the config, and jobs still waiting
 in a delay tier come back to it. Nobody would consume them, and the admin API would not
@@ -82,29 +85,55 @@ class RemovedDestinations:
         return True
 
     def _parker(self, name: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-        reason = (
+        return parker(
+            self._parking,
+            lambda _message: name,
             f"destination {name!r} was removed from the configuration; requeue to another"
-            " destination, or delete"
+            " destination, or delete",
         )
 
-        async def park(message: AbstractIncomingMessage) -> None:
-            try:
-                job = decode_job(message.body)
-            except msgspec.DecodeError:
-                job = None
-            try:
-                await self._parking.park(
-                    job,
-                    raw=None if job else message.body,
-                    destination=name,
-                    reason=reason,
-                    reason_class="unknown-destination",
-                )
-            except PUBLISH_ERRORS as exc:
-                log.error("%s: cannot park a job (%r); it stays queued", name, exc)
-                await asyncio.sleep(1)
-                await safe_nack_requeue(message)
-                return
-            await safe_ack(message)
 
-        return park
+async def follow_unroutable(
+    connection: AbstractRobustConnection, names: Names, parking: Parking
+) -> None:
+    """Park what the work exchange could not route (its alternate exchange's queue)."""
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=_PREFETCH)
+    queue = await channel.declare_queue(names.unroutable_queue, passive=True)
+    await queue.consume(
+        parker(
+            parking,
+            lambda message: str(message.routing_key or "?"),
+            "no work queue exists for this destination (it is not configured, or its queue"
+            " was deleted); requeue to another destination, or delete",
+        )
+    )
+
+
+def parker(
+    parking: Parking, destination_of: Callable[[AbstractIncomingMessage], str], reason: str
+) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+    """A consumer that parks every message it gets as `unknown-destination`."""
+
+    async def park(message: AbstractIncomingMessage) -> None:
+        destination = destination_of(message)
+        try:
+            job = decode_job(message.body)
+        except msgspec.DecodeError:
+            job = None
+        try:
+            await parking.park(
+                job,
+                raw=None if job else message.body,
+                destination=destination,
+                reason=reason,
+                reason_class="unknown-destination",
+            )
+        except PUBLISH_ERRORS as exc:
+            log.error("%s: cannot park a job (%r); it stays queued", destination, exc)
+            await asyncio.sleep(1)
+            await safe_nack_requeue(message)
+            return
+        await safe_ack(message)
+
+    return park

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from services.sender.destinations import Destination
 from services.sender.metrics import SenderMetrics
@@ -37,7 +37,7 @@ from shared.jobs import publish_failure
 from shared.logs import job_event
 from shared.orthanc import OrthancClient, SourceUnavailable
 from shared.schemas import Failure, SendJob, decode_job, encode, fresh, job_headers
-from shared.topology import Names, declare_work_queue
+from shared.topology import Names, declare_work_exchange, declare_work_queue
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,7 @@ class DestinationConsumer:
 
     async def start(self, channel: AbstractChannel, *, paused: bool = False) -> None:
         await channel.set_qos(prefetch_count=self.destination.config.concurrency)
-        work = await channel.declare_exchange(
-            self._names.work_exchange, ExchangeType.DIRECT, durable=True
-        )
+        work = await declare_work_exchange(channel, self._names)
         self._queue = await declare_work_queue(channel, self._names, self.name, work)
         await self.set_paused(paused)
 

@@ -346,3 +346,24 @@ async def test_calls_while_rabbitmq_is_away_answer_503_and_work_when_repeated(ma
     await wait_for(
         lambda: pipeline.metric_sum("sender", "sendqueue_destination_paused"), lambda v: v == 1, 10
     )
+
+
+async def test_a_job_for_a_destination_without_a_queue_is_parked_not_dropped(make_pipeline, scp):
+    import aio_pika
+
+    from shared.schemas import encode, job_headers
+
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
+    await pipeline.start("retry")
+    # As a delay tier dead-letters or a shovel moves: no `mandatory`, nobody told if lost
+    job = parked_job(1, "nowhere", parked_at=None)
+    connection = await aio_pika.connect(pipeline.config.amqp.url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(f"{PREFIX}.work")
+        message = aio_pika.Message(encode(job), headers=job_headers(job), delivery_mode=2)
+        await exchange.publish(message, routing_key="nowhere")
+    parked = await pipeline.wait_parked(1)
+    [item] = parked["items"]
+    assert (item["destination"], item["sop_instance_uid"]) == ("nowhere", job.sop_instance_uid)
+    assert item["reason_class"] == "unknown-destination" and "no work queue" in item["reason"]
