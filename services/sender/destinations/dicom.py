@@ -31,7 +31,7 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
 from services.sender.destinations.dimse_status import raise_for_status
-from services.sender.destinations.instance import InstanceMeta, read_meta
+from services.sender.destinations.instance import InstanceMeta, pad_deflated_data_set, read_meta
 from services.sender.destinations.tls import client_context, handshake_error
 from services.sender.destinations.transcode import UNCOMPRESSED, Transcoder
 from shared.config import DestinationConfig
@@ -145,6 +145,7 @@ class DicomDestination:
     def send_blocking(self, path: Path) -> str:
         """C-STORE one file; returns the status description or raises SendQueueError."""
         meta = read_meta(path)
+        pad_deflated_data_set(path, meta)
         link = self._link()
         for _ in range(2):
             reused = self._ensure_association(link, meta)
