@@ -30,6 +30,7 @@ from shared.config import SenderConfig
 from shared.errors import (
     TRANSIENT_IO_ERRORS,
     DestinationUnavailable,
+    InstanceNotFound,
     PermanentError,
     SendQueueError,
 )
@@ -185,6 +186,14 @@ class DestinationConsumer:
             detail = await self.destination.send(path)
         except DestinationUnavailable as exc:
             await self._return_and_pause(message, job, exc)
+        except InstanceNotFound as exc:
+            if await self._orthanc.answers():
+                await self._report(message, _failure(job, str(exc), exc.reason_class, True), job)
+            else:
+                # Everything 404s: a wrong [orthanc] url (a proxy path, say), not a deleted
+                # instance. Parking every job as not-found would invite deleting them all.
+                why = SourceUnavailable(f"{exc}, and Orthanc's GET /system fails too")
+                await self._return_and_pause(message, job, why)
         except SourceUnavailable as exc:
             if await self._orthanc.answers():
                 # Orthanc is up but fails on this instance (e.g. its file is missing from
@@ -319,7 +328,8 @@ class DestinationConsumer:
         await self.destination.probe()
 
     async def _probe_orthanc(self) -> None:
-        await self._orthanc.get_json("/system")
+        if not await self._orthanc.answers():
+            raise SourceUnavailable("Orthanc does not answer GET /system")
 
 
 def _failure(

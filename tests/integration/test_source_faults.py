@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.integration.harness import dicom_destination, wait_received
+from tests.integration.harness import dicom_destination, wait_for, wait_queue, wait_received
 from tests.support.dicom_factory import make_study, sop_instance_uid
 
 
@@ -113,3 +113,36 @@ async def test_an_orthanc_whose_database_was_reset_is_followed_from_its_start(
     # Then sendqueue forwards it all the same
     await pipeline.start()
     assert sop_instance_uid(later) in await wait_received(scp, 4)
+
+
+async def test_a_wrong_orthanc_url_pauses_instead_of_parking_everything_as_not_found(
+    make_pipeline, orthanc, scp
+):
+    from shared.config import parse_config
+
+    # Given jobs queued while no sender runs
+    destinations = [dicom_destination("pacs", scp.port, scp.aet)]
+    pipeline = make_pipeline(destinations=destinations)
+    await pipeline.start("ingest", "retry")
+    study = make_study(4)
+    for data in study:
+        orthanc.upload(data)
+    await wait_queue(pipeline, "work.pacs", ready=4)
+    await pipeline.stop()
+    # When a sender starts with an Orthanc URL under which every path answers 404
+    wrong = make_pipeline(destinations=destinations)
+    wrong.data["orthanc"]["url"] = orthanc.url + "/not-orthanc"
+    wrong.config = parse_config(wrong.data, environ={})
+    await wrong.start("sender", "retry")
+    await wait_for(
+        lambda: wrong.metric_sum("sender", "sendqueue_jobs_returned_total"), lambda n: n > 0, 30
+    )
+    # Then nothing is parked as not-found: the jobs wait
+    await asyncio.sleep(1)
+    assert (await wrong.parked())["total"] == 0
+    assert await wrong.metric_sum("sender", "sendqueue_jobs_failed_total") == 0
+    await wrong.stop()
+    # and a sender with the right URL delivers them all
+    fixed = make_pipeline(destinations=destinations)
+    await fixed.start("sender", "retry")
+    assert await wait_received(scp, 4) == {sop_instance_uid(d) for d in study}
