@@ -16,7 +16,7 @@ from services.ingest.metrics import IngestMetrics
 from services.ingest.routing import CHANGE_FOR_LEVEL, Router
 from shared.amqp import PUBLISH_ERRORS, Publisher
 from shared.config import IngestConfig
-from shared.errors import InstanceNotFound
+from shared.errors import InstanceNotFound, PermanentError
 from shared.jobs import make_job, publish_failure, publish_jobs
 from shared.orthanc import OrthancClient, SourceUnavailable
 from shared.resolver import InstanceInfo, Resolver
@@ -92,14 +92,14 @@ class ChangesFeed:
         if self._config.start_from == "beginning":
             start = 0
         else:
-            start = int((await self._orthanc.get_json("/changes", {"last": ""}))["Last"])
+            start = int((await self._changes({"last": ""}))["Last"])
         self._cursor_file.save(start)
         log.info("first start: following Orthanc changes after seq %d", start)
         return start
 
     async def _one_page(self, cursor: int) -> tuple[int, bool]:
         params = {"since": str(cursor), "limit": str(self._config.batch_size)}
-        page = await self._orthanc.get_json("/changes", params)
+        page = await self._changes(params)
         jobs: list[SendJob] = []
         unroutable: list[Failure] = []
         for change in page.get("Changes", []):
@@ -136,8 +136,18 @@ class ChangesFeed:
             await self._measure_lag(last)
         return last, bool(page.get("Done", True))
 
+    async def _changes(self, params: dict[str, str]) -> Any:
+        try:
+            return await self._orthanc.get_json("/changes", params)
+        except PermanentError as exc:
+            # A 404 or another 4xx on /changes is no bad resource but a wrong [orthanc] url
+            # (or an Orthanc without this API): keep retrying, visibly, rather than crash.
+            raise SourceUnavailable(
+                f"{exc}: is [orthanc] url right?", reason_class="source-misconfigured"
+            ) from None
+
     async def _measure_lag(self, cursor: int) -> None:
-        newest = int((await self._orthanc.get_json("/changes", {"last": ""}))["Last"])
+        newest = int((await self._changes({"last": ""}))["Last"])
         self._metrics.orthanc_last.set(newest)
         self._metrics.lag.set(max(0, newest - cursor))
 

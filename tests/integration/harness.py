@@ -134,7 +134,7 @@ class Pipeline:
         return unquote(urlsplit(self.config.amqp.url).path[1:])
 
     # -- in-process services ---------------------------------------------------------------
-    async def start(self, *names: str) -> None:
+    async def start(self, *names: str, wait_healthy: bool = True) -> None:
         from services.cli import _services
 
         services = _services()
@@ -144,7 +144,8 @@ class Pipeline:
             self._tasks[name] = asyncio.create_task(
                 services[name](self.config, self._stop, registry)
             )
-        await self.wait_healthy(*(names or ("ingest", "sender", "retry")))
+        if wait_healthy:
+            await self.wait_healthy(*(names or ("ingest", "sender", "retry")))
 
     async def stop(self) -> None:
         self._stop.set()

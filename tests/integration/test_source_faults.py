@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
+
 from tests.integration.harness import dicom_destination, wait_for, wait_queue, wait_received
 from tests.support.dicom_factory import make_study, sop_instance_uid
 
@@ -146,3 +148,34 @@ async def test_a_wrong_orthanc_url_pauses_instead_of_parking_everything_as_not_f
     fixed = make_pipeline(destinations=destinations)
     await fixed.start("sender", "retry")
     assert await wait_received(scp, 4) == {sop_instance_uid(d) for d in study}
+
+
+async def test_ingest_with_a_wrong_orthanc_url_keeps_retrying_instead_of_crashing(
+    make_pipeline, orthanc, scp
+):
+    from shared.config import parse_config
+
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
+    pipeline.data["orthanc"]["url"] = orthanc.url + "/not-orthanc"
+    pipeline.config = parse_config(pipeline.data, environ={})
+    await pipeline.start("ingest", wait_healthy=False)
+
+    async def health() -> tuple[int, dict[str, bool]] | None:
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(pipeline.url("ingest", "/healthz")) as response,
+            ):
+                return response.status, await response.json()
+        except aiohttp.ClientConnectionError:
+            return None  # not listening yet
+
+    # It stays up, says what is wrong, and keeps trying
+    status = await wait_for(health, lambda answer: answer is not None and answer[0] == 503, 30)
+    assert status[1]["checks"] == {"amqp": True, "orthanc": False}
+    await wait_for(
+        lambda: pipeline.metric_sum("ingest", "sendqueue_ingest_errors_total", stage="orthanc"),
+        lambda n: n >= 2,
+        30,
+    )
+    pipeline.check_running()
