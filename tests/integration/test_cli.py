@@ -116,3 +116,23 @@ async def test_a_second_ingest_or_retry_on_the_same_state_dir_refuses_to_start(m
     pipeline.check_running()
     await pipeline.stop()
     await pipeline.start("ingest", "retry")
+
+
+async def test_a_work_exchange_declared_differently_stops_the_service_with_a_clear_error(
+    make_pipeline, scp
+):
+    import aio_pika
+
+    pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
+    # Given an exchange of the same name made by something else (no alternate exchange)
+    connection = await aio_pika.connect(pipeline.config.amqp.url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_exchange(
+            f"{pipeline.config.amqp.prefix}.work", aio_pika.ExchangeType.DIRECT, durable=True
+        )
+    result = await asyncio.to_thread(
+        sendqueue, "sender", "--config", str(pipeline.config_path), timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert "declared differently" in result.stderr and "prefix" in result.stderr
