@@ -214,8 +214,9 @@ class ChangesFeed:
                 raise  # Orthanc is down: the round is retried, however long that takes
             # Orthanc is up but fails on this file: retry the round a few times (it may
             # pass), then park instead of holding up every change behind it.
-            self._unreadable[info.orthanc_id] = self._unreadable.get(info.orthanc_id, 0) + 1
-            if self._unreadable[info.orthanc_id] < _UNREADABLE_ROUNDS:
+            rounds = self._unreadable.get(info.orthanc_id, 0) + 1
+            self._unreadable[info.orthanc_id] = rounds
+            if rounds < _UNREADABLE_ROUNDS:
                 raise
             return None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from shared.amqp import Publisher, safe_ack
 from shared.control_state import read_control_state
+from shared.files import write_atomic
 from shared.schemas import ControlState, DestinationStatus, decode_status, encode
 from shared.topology import Names
 
@@ -56,10 +56,8 @@ class PauseStore:
         return before != self._paused
 
     def _save(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"paused": sorted(self._paused), "updated_at": time.time()}))
-        os.replace(tmp, self._path)
+        state = {"paused": sorted(self._paused), "updated_at": time.time()}
+        write_atomic(self._path, json.dumps(state))
 
     async def _broadcast(self) -> None:
         state = ControlState(paused=sorted(self._paused))

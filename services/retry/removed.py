@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from aio_pika.exceptions import ChannelClosed
 
 from services.retry.parking import Parking
 from shared.amqp import PUBLISH_ERRORS, safe_ack, safe_nack_requeue
+from shared.files import write_atomic
 from shared.schemas import decode_job
 from shared.topology import Names
 
@@ -50,10 +50,12 @@ class RemovedDestinations:
         draining = [name for name in removed if await self._queue_exists(connection, name)]
         self._save(configured | set(draining))
         for name in draining:
-            channel = await connection.channel()
-            await channel.set_qos(prefetch_count=_PREFETCH)
-            queue = await channel.declare_queue(self._names.work_queue(name), passive=True)
-            await queue.consume(self._parker(name))
+            reason = (
+                f"destination {name!r} was removed from the configuration; requeue to another"
+                " destination, or delete"
+            )
+            handler = parker(self._parking, reason, destination=name)
+            await _consume(connection, self._names.work_queue(name), handler)
             log.warning(
                 "destination %r is no longer configured: jobs in its queue are parked as"
                 " unknown-destination (requeue them to another destination, or delete them)",
@@ -68,10 +70,7 @@ class RemovedDestinations:
             return set()
 
     def _save(self, names: set[str]) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"destinations": sorted(names)}))
-        os.replace(tmp, self._path)
+        write_atomic(self._path, json.dumps({"destinations": sorted(names)}))
 
     async def _queue_exists(self, connection: AbstractRobustConnection, name: str) -> bool:
         # A passive declare of a missing queue closes its channel: use a throw-away one.
@@ -84,39 +83,38 @@ class RemovedDestinations:
             return False
         return True
 
-    def _parker(self, name: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-        return parker(
-            self._parking,
-            lambda _message: name,
-            f"destination {name!r} was removed from the configuration; requeue to another"
-            " destination, or delete",
-        )
-
 
 async def follow_unroutable(
     connection: AbstractRobustConnection, names: Names, parking: Parking
 ) -> None:
     """Park what the work exchange could not route (its alternate exchange's queue)."""
+    handler = parker(
+        parking,
+        "no work queue exists for this destination (it is not configured, or its queue"
+        " was deleted); requeue to another destination, or delete",
+    )
+    await _consume(connection, names.unroutable_queue, handler)
+
+
+async def _consume(
+    connection: AbstractRobustConnection,
+    queue_name: str,
+    handler: Callable[[AbstractIncomingMessage], Awaitable[None]],
+) -> None:
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=_PREFETCH)
-    queue = await channel.declare_queue(names.unroutable_queue, passive=True)
-    await queue.consume(
-        parker(
-            parking,
-            lambda message: str(message.routing_key or "?"),
-            "no work queue exists for this destination (it is not configured, or its queue"
-            " was deleted); requeue to another destination, or delete",
-        )
-    )
+    queue = await channel.declare_queue(queue_name, passive=True)
+    await queue.consume(handler)
 
 
 def parker(
-    parking: Parking, destination_of: Callable[[AbstractIncomingMessage], str], reason: str
+    parking: Parking, reason: str, destination: str | None = None
 ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-    """A consumer that parks every message it gets as `unknown-destination`."""
+    """A consumer that parks every message it gets as `unknown-destination`, for
+    `destination` (default: the message's routing key, which names its destination)."""
 
     async def park(message: AbstractIncomingMessage) -> None:
-        destination = destination_of(message)
+        for_destination = destination or str(message.routing_key or "?")
         try:
             job = decode_job(message.body)
         except msgspec.DecodeError:
@@ -125,12 +123,12 @@ def parker(
             await parking.park(
                 job,
                 raw=None if job else message.body,
-                destination=destination,
+                destination=for_destination,
                 reason=reason,
                 reason_class="unknown-destination",
             )
         except PUBLISH_ERRORS as exc:
-            log.error("%s: cannot park a job (%r); it stays queued", destination, exc)
+            log.error("%s: cannot park a job (%r); it stays queued", for_destination, exc)
             await asyncio.sleep(1)
             await safe_nack_requeue(message)
             return

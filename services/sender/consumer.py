@@ -186,21 +186,8 @@ class DestinationConsumer:
             detail = await self.destination.send(path)
         except DestinationUnavailable as exc:
             await self._return_and_pause(message, job, exc)
-        except InstanceNotFound as exc:
-            if await self._orthanc.answers():
-                await self._report(message, _failure(job, str(exc), exc.reason_class, True), job)
-            else:
-                # Everything 404s: a wrong [orthanc] url (a proxy path, say), not a deleted
-                # instance. Parking every job as not-found would invite deleting them all.
-                why = SourceUnavailable(f"{exc}, and Orthanc's GET /system fails too")
-                await self._return_and_pause(message, job, why)
-        except SourceUnavailable as exc:
-            if await self._orthanc.answers():
-                # Orthanc is up but fails on this instance (e.g. its file is missing from
-                # the storage): a failed attempt, so that it ends up parked, not looping.
-                await self._report(message, _failure(job, str(exc), exc.reason_class), job)
-            else:
-                await self._return_and_pause(message, job, exc)
+        except (InstanceNotFound, SourceUnavailable) as exc:
+            await self._source_failed(message, job, exc)
         except SendQueueError as exc:
             permanent = isinstance(exc, PermanentError)
             retry_after = getattr(exc, "retry_after", None)  # HTTP Retry-After
@@ -215,6 +202,25 @@ class DestinationConsumer:
             await self._delivered(message, job, size, time.monotonic() - started, detail)
         finally:
             path.unlink(missing_ok=True)
+
+    async def _source_failed(
+        self, message: AbstractIncomingMessage, job: SendJob, exc: SendQueueError
+    ) -> None:
+        """Orthanc failed on this job: the instance's fault only if Orthanc itself answers.
+
+        Orthanc up but failing on one file (missing from its storage) is a failed attempt,
+        so the job ends up parked instead of looping. A 404 or 5xx while GET /system fails
+        too means Orthanc is down or the [orthanc] url is wrong: parking every job as
+        not-found would invite deleting them all, so the job waits and Orthanc is probed.
+        """
+        if await self._orthanc.answers():
+            permanent = isinstance(exc, PermanentError)
+            await self._report(message, _failure(job, str(exc), exc.reason_class, permanent), job)
+        elif isinstance(exc, SourceUnavailable):
+            await self._return_and_pause(message, job, exc)
+        else:
+            why = SourceUnavailable(f"{exc}, and Orthanc's GET /system fails too")
+            await self._return_and_pause(message, job, why)
 
     async def _delivered(
         self, message: AbstractIncomingMessage, job: SendJob, size: int, took: float, detail: str

@@ -373,6 +373,6 @@ def _rejection(assoc: Association) -> str:
     primitive = getattr(assoc.acceptor, "primitive", None)
     if primitive is None:
         return "no details"
-    kind = "permanent" if getattr(primitive, "result", None) == 1 else "transient"
+    kind = "permanent" if _rejected_permanently(assoc) else "transient"
     reason = getattr(primitive, "reason_str", "")
     return f"rejected-{kind}: {reason}".strip(": ")
