@@ -108,8 +108,8 @@ def bench_vhost() -> Iterator[Any]:
 
 async def declare_topology_for(config: Any) -> None:
     """Declare the exchanges and queues of a config, as the services do at start-up."""
-    from shared.amqp import connect
-    from shared.topology import prepare_bus
+    from sendqueue.shared.amqp import connect
+    from sendqueue.shared.topology import prepare_bus
 
     conn = await connect(config.amqp.url, "sendqueue-bench")
     try:

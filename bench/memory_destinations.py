@@ -62,9 +62,9 @@ def _status_mb(field: str) -> float:
 
 
 async def _forward(job: dict[str, Any]) -> dict[str, Any]:
-    from services.sender.destinations import create_destination
-    from shared.config import OrthancConfig, parse_config
-    from shared.orthanc import OrthancClient
+    from sendqueue.services.sender.destinations import create_destination
+    from sendqueue.shared.config import OrthancConfig, parse_config
+    from sendqueue.shared.orthanc import OrthancClient
 
     source = OrthancConfig(**job["source"])
     dest_config = parse_config({"destinations": [job["destination"]]}, environ={}).destinations[0]

@@ -22,11 +22,16 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services import admin_render as render
-from services.admin_client import AdminApiError, AdminClient, AdminUnreachable, url_from_listen
-from shared.config import load_config
-from shared.durations import Duration
-from shared.errors import ConfigError
+from sendqueue.services import admin_render as render
+from sendqueue.services.admin_client import (
+    AdminApiError,
+    AdminClient,
+    AdminUnreachable,
+    url_from_listen,
+)
+from sendqueue.shared.config import load_config
+from sendqueue.shared.durations import Duration
+from sendqueue.shared.errors import ConfigError
 
 #: The `command` values these functions handle (the hook in services/cli.py checks it).
 ADMIN_COMMANDS = frozenset({"status", "parked", "pause", "resume"})
@@ -153,7 +158,7 @@ def _add(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The admin commands alone (`python -m services.admin_cli`)."""
+    """The admin commands alone (`python -m sendqueue.services.admin_cli`)."""
     parser = argparse.ArgumentParser(prog="sendqueue", description=__doc__.splitlines()[0])
     add_admin_commands(parser.add_subparsers(dest="command", required=True))
     return parser

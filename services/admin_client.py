@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from shared.config import parse_listen
-from shared.errors import SendQueueError
+from sendqueue.shared.config import parse_listen
+from sendqueue.shared.errors import SendQueueError
 
 #: A GET that takes longer than this is treated as "the admin API does not answer".
 QUERY_TIMEOUT = 30.0

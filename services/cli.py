@@ -13,10 +13,10 @@ from typing import Any
 
 from aiormq.exceptions import AMQPConnectionError
 
-from services.admin_cli import ADMIN_COMMANDS, add_admin_commands, run_admin_command
-from shared import logs
-from shared.config import Config, load_config, mask_url, with_listen
-from shared.errors import ConfigError, SendQueueError
+from sendqueue.services.admin_cli import ADMIN_COMMANDS, add_admin_commands, run_admin_command
+from sendqueue.shared import logs
+from sendqueue.shared.config import Config, load_config, mask_url, with_listen
+from sendqueue.shared.errors import ConfigError, SendQueueError
 
 log = logging.getLogger("sendqueue")
 
@@ -26,9 +26,9 @@ Service = Callable[..., Coroutine[Any, Any, None]]
 
 def _services() -> dict[str, Service]:
     # Imported here so `sendqueue check` does not pay for pynetdicom's import.
-    from services.ingest.app import run_ingest
-    from services.retry.app import run_retry
-    from services.sender.app import run_sender
+    from sendqueue.services.ingest.app import run_ingest
+    from sendqueue.services.retry.app import run_retry
+    from sendqueue.services.sender.app import run_sender
 
     return {"ingest": run_ingest, "sender": run_sender, "retry": run_retry}
 
@@ -51,11 +51,11 @@ async def _run(config: Config, names: Sequence[str]) -> None:
 
 async def _send(config: Config, destination: str, ids: Sequence[str]) -> int:
 
-    from shared.amqp import connect
-    from shared.orthanc import OrthancClient
-    from shared.resolver import Resolver
-    from shared.submit import queue_resources
-    from shared.topology import Names, prepare_bus
+    from sendqueue.shared.amqp import connect
+    from sendqueue.shared.orthanc import OrthancClient
+    from sendqueue.shared.resolver import Resolver
+    from sendqueue.shared.submit import queue_resources
+    from sendqueue.shared.topology import Names, prepare_bus
 
     if config.destination(destination) is None:
         raise ConfigError(f"unknown destination {destination!r}")
@@ -78,9 +78,9 @@ async def _send(config: Config, destination: str, ids: Sequence[str]) -> int:
 
 
 async def _check(config: Config) -> bool:
-    from services.sender.destinations import create_destination
-    from shared.amqp import connect
-    from shared.orthanc import OrthancClient
+    from sendqueue.services.sender.destinations import create_destination
+    from sendqueue.shared.amqp import connect
+    from sendqueue.shared.orthanc import OrthancClient
 
     results: list[tuple[str, bool, str]] = []
     orthanc = OrthancClient(config.orthanc)

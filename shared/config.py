@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from shared.durations import Duration
-from shared.errors import ConfigError
+from sendqueue.shared.durations import Duration
+from sendqueue.shared.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _AET = re.compile(r"^[\x20-\x7e]{1,16}$")

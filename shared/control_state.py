@@ -7,8 +7,8 @@ import logging
 import msgspec
 from aio_pika.abc import AbstractRobustConnection
 
-from shared.schemas import ControlState, decode_control
-from shared.topology import Names
+from sendqueue.shared.schemas import ControlState, decode_control
+from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from shared.config import parse_listen
+from sendqueue.shared.config import parse_listen
 
 HealthCheck = Callable[[], dict[str, bool]]
 

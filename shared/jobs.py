@@ -7,11 +7,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from shared.amqp import Publisher
-from shared.logs import job_event
-from shared.resolver import InstanceInfo
-from shared.schemas import Failure, SendJob, encode, job_headers, new_job_id
-from shared.topology import Names
+from sendqueue.shared.amqp import Publisher
+from sendqueue.shared.logs import job_event
+from sendqueue.shared.resolver import InstanceInfo
+from sendqueue.shared.schemas import Failure, SendJob, encode, job_headers, new_job_id
+from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
 

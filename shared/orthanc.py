@@ -11,8 +11,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from shared.config import OrthancConfig
-from shared.errors import InstanceNotFound, PermanentError, TransientError
+from sendqueue.shared.config import OrthancConfig
+from sendqueue.shared.errors import InstanceNotFound, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from shared.errors import InstanceNotFound
-from shared.orthanc import OrthancClient
+from sendqueue.shared.errors import InstanceNotFound
+from sendqueue.shared.orthanc import OrthancClient
 
 _CACHE_SIZE = 2048
 _LEVELS = ("instances", "series", "studies", "patients")

@@ -12,10 +12,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from shared.amqp import PUBLISH_ERRORS
-from shared.config import Config
-from shared.orthanc import SourceUnavailable
-from shared.submit import UnknownResources, queue_resources
+from sendqueue.shared.amqp import PUBLISH_ERRORS
+from sendqueue.shared.config import Config
+from sendqueue.shared.orthanc import SourceUnavailable
+from sendqueue.shared.submit import UnknownResources, queue_resources
 
 _MAX_RESOURCES = 10_000
 #: Orthanc IDs are dash-separated hex (SHA-1 based); anything else cannot be one.

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.errors import ConfigError
+from sendqueue.shared.errors import ConfigError
 
 
 @contextlib.contextmanager

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from shared.amqp import Publisher
-from shared.errors import InstanceNotFound, PermanentError
-from shared.jobs import make_job, publish_jobs
-from shared.resolver import InstanceInfo, Resolver
-from shared.schemas import SendJob
-from shared.topology import Names
+from sendqueue.shared.amqp import Publisher
+from sendqueue.shared.errors import InstanceNotFound, PermanentError
+from sendqueue.shared.jobs import make_job, publish_jobs
+from sendqueue.shared.resolver import InstanceInfo, Resolver
+from sendqueue.shared.schemas import SendJob
+from sendqueue.shared.topology import Names
 
 
 class UnknownResources(PermanentError):

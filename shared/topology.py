@@ -21,10 +21,10 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection, ExchangeType
 from aiormq.exceptions import ChannelPreconditionFailed
 
-from shared.amqp import Publisher
-from shared.config import Config
-from shared.durations import format_duration
-from shared.errors import ConfigError
+from sendqueue.shared.amqp import Publisher
+from sendqueue.shared.config import Config
+from sendqueue.shared.durations import format_duration
+from sendqueue.shared.errors import ConfigError
 
 #: A message redelivered this many times without an outcome (the consumer crashed or
 #: was killed with it each time) is dead-lettered to the failed queue, then parked.

@@ -1,7 +1,7 @@
-"""`python -m services.ingest --config FILE` runs the ingest service alone."""
+"""`python -m sendqueue.services.ingest --config FILE` runs the ingest service alone."""
 
 import sys
 
-from services.cli import main
+from sendqueue.services.cli import main
 
 sys.exit(main(["ingest", *sys.argv[1:]]))

@@ -8,17 +8,17 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
-from services.ingest.feed import ChangesFeed
-from services.ingest.metrics import IngestMetrics
-from services.ingest.routing import Router
-from shared.amqp import connect
-from shared.config import Config
-from shared.http import make_app, start_server
-from shared.orthanc import OrthancClient
-from shared.resolver import Resolver
-from shared.send_api import make_send_handler
-from shared.state_lock import hold_state_dir
-from shared.topology import Names, prepare_bus
+from sendqueue.services.ingest.feed import ChangesFeed
+from sendqueue.services.ingest.metrics import IngestMetrics
+from sendqueue.services.ingest.routing import Router
+from sendqueue.shared.amqp import connect
+from sendqueue.shared.config import Config
+from sendqueue.shared.http import make_app, start_server
+from sendqueue.shared.orthanc import OrthancClient
+from sendqueue.shared.resolver import Resolver
+from sendqueue.shared.send_api import make_send_handler
+from sendqueue.shared.state_lock import hold_state_dir
+from sendqueue.shared.topology import Names, prepare_bus
 
 log = logging.getLogger(__name__)
 

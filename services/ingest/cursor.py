@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.files import write_atomic
+from sendqueue.shared.files import write_atomic
 
 
 class CursorFile:

@@ -11,17 +11,17 @@ import contextlib
 import logging
 from typing import Any
 
-from services.ingest.cursor import CursorFile
-from services.ingest.metrics import IngestMetrics
-from services.ingest.routing import CHANGE_FOR_LEVEL, Router
-from shared.amqp import PUBLISH_ERRORS, Publisher
-from shared.config import IngestConfig
-from shared.errors import InstanceNotFound, PermanentError
-from shared.jobs import make_job, publish_failure, publish_jobs
-from shared.orthanc import OrthancClient, SourceUnavailable
-from shared.resolver import InstanceInfo, Resolver
-from shared.schemas import Failure, SendJob
-from shared.topology import Names
+from sendqueue.services.ingest.cursor import CursorFile
+from sendqueue.services.ingest.metrics import IngestMetrics
+from sendqueue.services.ingest.routing import CHANGE_FOR_LEVEL, Router
+from sendqueue.shared.amqp import PUBLISH_ERRORS, Publisher
+from sendqueue.shared.config import IngestConfig
+from sendqueue.shared.errors import InstanceNotFound, PermanentError
+from sendqueue.shared.jobs import make_job, publish_failure, publish_jobs
+from sendqueue.shared.orthanc import OrthancClient, SourceUnavailable
+from sendqueue.shared.resolver import InstanceInfo, Resolver
+from sendqueue.shared.schemas import Failure, SendJob
+from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
 

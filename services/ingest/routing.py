@@ -6,7 +6,7 @@ import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from shared.config import Level, RouteConfig
+from sendqueue.shared.config import Level, RouteConfig
 
 #: The Orthanc change that makes a resource of each level ready to send.
 CHANGE_FOR_LEVEL: dict[str, Level] = {

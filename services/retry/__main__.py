@@ -1,7 +1,7 @@
-"""`python -m services.retry --config FILE` runs the retry service alone."""
+"""`python -m sendqueue.services.retry --config FILE` runs the retry service alone."""
 
 import sys
 
-from services.cli import main
+from sendqueue.services.cli import main
 
 sys.exit(main(["retry", *sys.argv[1:]]))

@@ -27,16 +27,16 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from services.retry import admin_input as inp
-from services.retry.admin_input import BadRequest
-from services.retry.audit import AuditLog
-from services.retry.control import PauseStore
-from services.retry.index import Filters, ParkedItem
-from services.retry.openapi import OPENAPI
-from services.retry.parking import Action, Parking, Selector
-from services.retry.queues import QueueOverview
-from shared.amqp import PUBLISH_ERRORS
-from shared.config import Config
+from sendqueue.services.retry import admin_input as inp
+from sendqueue.services.retry.admin_input import BadRequest
+from sendqueue.services.retry.audit import AuditLog
+from sendqueue.services.retry.control import PauseStore
+from sendqueue.services.retry.index import Filters, ParkedItem
+from sendqueue.services.retry.openapi import OPENAPI
+from sendqueue.services.retry.parking import Action, Parking, Selector
+from sendqueue.services.retry.queues import QueueOverview
+from sendqueue.shared.amqp import PUBLISH_ERRORS
+from sendqueue.shared.config import Config
 
 log = logging.getLogger(__name__)
 

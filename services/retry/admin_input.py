@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from services.retry.index import ParkedItem
-from shared.durations import Duration
+from sendqueue.services.retry.index import ParkedItem
+from sendqueue.shared.durations import Duration
 
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_IDS = 100_000

@@ -10,26 +10,26 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from services.retry.admin import MAX_BODY, OPERATOR, AdminApi
-from services.retry.audit import AuditLog
-from services.retry.control import PauseStore, StatusBoard
-from services.retry.depth import QueueDepthMonitor
-from services.retry.index import ParkedIndex
-from services.retry.ledger import DelayLedger
-from services.retry.metrics import RetryMetrics
-from services.retry.parking import Parking
-from services.retry.queues import QueueOverview
-from services.retry.removed import RemovedDestinations, follow_unroutable
-from services.retry.router import FailureRouter
-from shared.amqp import connect
-from shared.config import Config, is_loopback, parse_listen
-from shared.errors import ConfigError
-from shared.http import make_app, start_server
-from shared.orthanc import OrthancClient
-from shared.resolver import Resolver
-from shared.send_api import make_send_handler
-from shared.state_lock import hold_state_dir
-from shared.topology import Names, prepare_bus
+from sendqueue.services.retry.admin import MAX_BODY, OPERATOR, AdminApi
+from sendqueue.services.retry.audit import AuditLog
+from sendqueue.services.retry.control import PauseStore, StatusBoard
+from sendqueue.services.retry.depth import QueueDepthMonitor
+from sendqueue.services.retry.index import ParkedIndex
+from sendqueue.services.retry.ledger import DelayLedger
+from sendqueue.services.retry.metrics import RetryMetrics
+from sendqueue.services.retry.parking import Parking
+from sendqueue.services.retry.queues import QueueOverview
+from sendqueue.services.retry.removed import RemovedDestinations, follow_unroutable
+from sendqueue.services.retry.router import FailureRouter
+from sendqueue.shared.amqp import connect
+from sendqueue.shared.config import Config, is_loopback, parse_listen
+from sendqueue.shared.errors import ConfigError
+from sendqueue.shared.http import make_app, start_server
+from sendqueue.shared.orthanc import OrthancClient
+from sendqueue.shared.resolver import Resolver
+from sendqueue.shared.send_api import make_send_handler
+from sendqueue.shared.state_lock import hold_state_dir
+from sendqueue.shared.topology import Names, prepare_bus
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.retry.sqlite import open_db
+from sendqueue.services.retry.sqlite import open_db
 
 
 class AuditLog:

@@ -10,11 +10,11 @@ from pathlib import Path
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from shared.amqp import Publisher, safe_ack
-from shared.control_state import read_control_state
-from shared.files import write_atomic
-from shared.schemas import ControlState, DestinationStatus, decode_status, encode
-from shared.topology import Names
+from sendqueue.shared.amqp import Publisher, safe_ack
+from sendqueue.shared.control_state import read_control_state
+from sendqueue.shared.files import write_atomic
+from sendqueue.shared.schemas import ControlState, DestinationStatus, decode_status, encode
+from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from aio_pika.exceptions import ChannelNotFoundEntity
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from yarl import URL
 
-from shared.config import Config
-from shared.topology import Names, jittered_ttls
+from sendqueue.shared.config import Config
+from sendqueue.shared.topology import Names, jittered_ttls
 
 log = logging.getLogger(__name__)
 

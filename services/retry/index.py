@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from services.retry.sqlite import open_db
+from sendqueue.services.retry.sqlite import open_db
 
 
 class ParkedItem(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from services.retry.sqlite import open_db
+from sendqueue.services.retry.sqlite import open_db
 
 
 class DelayLedger:

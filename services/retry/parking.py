@@ -21,12 +21,12 @@ from typing import Any, Literal
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from services.retry.index import ParkedIndex, ParkedItem
-from services.retry.metrics import RetryMetrics
-from shared.amqp import Publisher
-from shared.logs import job_event
-from shared.schemas import SendJob, decode_job, encode, fresh, job_headers
-from shared.topology import Names
+from sendqueue.services.retry.index import ParkedIndex, ParkedItem
+from sendqueue.services.retry.metrics import RetryMetrics
+from sendqueue.shared.amqp import Publisher
+from sendqueue.shared.logs import job_event
+from sendqueue.shared.schemas import SendJob, decode_job, encode, fresh, job_headers
+from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
 

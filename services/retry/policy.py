@@ -6,8 +6,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shared.durations import format_duration
-from shared.topology import jittered_ttls
+from sendqueue.shared.durations import format_duration
+from sendqueue.shared.topology import jittered_ttls
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.retry.control import PauseStore, StatusBoard
-from services.retry.depth import QueueStats, Source
-from services.retry.index import ParkedIndex
-from services.retry.ledger import DelayLedger
-from shared.config import Config
-from shared.durations import format_duration
-from shared.topology import Names, jittered_ttls
+from sendqueue.services.retry.control import PauseStore, StatusBoard
+from sendqueue.services.retry.depth import QueueStats, Source
+from sendqueue.services.retry.index import ParkedIndex
+from sendqueue.services.retry.ledger import DelayLedger
+from sendqueue.shared.config import Config
+from sendqueue.shared.durations import format_duration
+from sendqueue.shared.topology import Names, jittered_ttls
 
 
 class QueueOverview:

@@ -24,11 +24,11 @@ import msgspec
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelClosed
 
-from services.retry.parking import Parking
-from shared.amqp import PUBLISH_ERRORS, safe_ack, safe_nack_requeue
-from shared.files import write_atomic
-from shared.schemas import decode_job
-from shared.topology import Names
+from sendqueue.services.retry.parking import Parking
+from sendqueue.shared.amqp import PUBLISH_ERRORS, safe_ack, safe_nack_requeue
+from sendqueue.shared.files import write_atomic
+from sendqueue.shared.schemas import decode_job
+from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
 

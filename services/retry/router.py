@@ -17,15 +17,15 @@ from typing import Any
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
-from services.retry.ledger import DelayLedger
-from services.retry.metrics import RetryMetrics
-from services.retry.parking import Parking
-from services.retry.policy import Park, decide
-from shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack, safe_nack_requeue
-from shared.config import Config
-from shared.logs import job_event
-from shared.schemas import Failure, SendJob, decode_bus_message, encode, job_headers
-from shared.topology import Names
+from sendqueue.services.retry.ledger import DelayLedger
+from sendqueue.services.retry.metrics import RetryMetrics
+from sendqueue.services.retry.parking import Parking
+from sendqueue.services.retry.policy import Park, decide
+from sendqueue.shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack, safe_nack_requeue
+from sendqueue.shared.config import Config
+from sendqueue.shared.logs import job_event
+from sendqueue.shared.schemas import Failure, SendJob, decode_bus_message, encode, job_headers
+from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
 

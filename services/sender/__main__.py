@@ -1,7 +1,7 @@
-"""`python -m services.sender --config FILE` runs the sender service alone."""
+"""`python -m sendqueue.services.sender --config FILE` runs the sender service alone."""
 
 import sys
 
-from services.cli import main
+from sendqueue.services.cli import main
 
 sys.exit(main(["sender", *sys.argv[1:]]))

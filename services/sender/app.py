@@ -13,17 +13,17 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from services.sender.consumer import DestinationConsumer
-from services.sender.control import StatusReporter, follow_control
-from services.sender.destinations import create_destination
-from services.sender.metrics import SenderMetrics
-from shared.amqp import connect
-from shared.config import Config
-from shared.control_state import read_control_state
-from shared.http import make_app, start_server
-from shared.orthanc import OrthancClient
-from shared.schemas import ControlState
-from shared.topology import Names, prepare_bus
+from sendqueue.services.sender.consumer import DestinationConsumer
+from sendqueue.services.sender.control import StatusReporter, follow_control
+from sendqueue.services.sender.destinations import create_destination
+from sendqueue.services.sender.metrics import SenderMetrics
+from sendqueue.shared.amqp import connect
+from sendqueue.shared.config import Config
+from sendqueue.shared.control_state import read_control_state
+from sendqueue.shared.http import make_app, start_server
+from sendqueue.shared.orthanc import OrthancClient
+from sendqueue.shared.schemas import ControlState
+from sendqueue.shared.topology import Names, prepare_bus
 
 log = logging.getLogger(__name__)
 

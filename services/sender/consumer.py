@@ -23,22 +23,22 @@ from pathlib import Path
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from services.sender.destinations import Destination
-from services.sender.metrics import SenderMetrics
-from shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack, safe_nack_requeue
-from shared.config import SenderConfig
-from shared.errors import (
+from sendqueue.services.sender.destinations import Destination
+from sendqueue.services.sender.metrics import SenderMetrics
+from sendqueue.shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack, safe_nack_requeue
+from sendqueue.shared.config import SenderConfig
+from sendqueue.shared.errors import (
     TRANSIENT_IO_ERRORS,
     DestinationUnavailable,
     InstanceNotFound,
     PermanentError,
     SendQueueError,
 )
-from shared.jobs import publish_failure
-from shared.logs import job_event
-from shared.orthanc import OrthancClient, SourceUnavailable
-from shared.schemas import Failure, SendJob, decode_job, encode, fresh, job_headers
-from shared.topology import Names, declare_work_exchange, declare_work_queue
+from sendqueue.shared.jobs import publish_failure
+from sendqueue.shared.logs import job_event
+from sendqueue.shared.orthanc import OrthancClient, SourceUnavailable
+from sendqueue.shared.schemas import Failure, SendJob, decode_job, encode, fresh, job_headers
+from sendqueue.shared.topology import Names, declare_work_exchange, declare_work_queue
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from services.sender.consumer import DestinationConsumer
-from services.sender.metrics import SenderMetrics
-from shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack
-from shared.schemas import ControlState, DestinationStatus, decode_control, encode
-from shared.topology import Names
+from sendqueue.services.sender.consumer import DestinationConsumer
+from sendqueue.services.sender.metrics import SenderMetrics
+from sendqueue.shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack
+from sendqueue.shared.schemas import ControlState, DestinationStatus, decode_control, encode
+from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import pydicom
 import pytest
 from aiohttp import web
 
-from services.sender.destinations import Destination, create_destination
-from shared.config import DestinationConfig, OrthancConfig, parse_config
+from sendqueue.services.sender.destinations import Destination, create_destination
+from sendqueue.shared.config import DestinationConfig, OrthancConfig, parse_config
 from tests.destinations.pki import Pki, make_pki, openssl_available
 from tests.support.availability import unavailable
 from tests.support.orthanc import OrthancProcess, dicomweb_plugin_path

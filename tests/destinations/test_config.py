@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from shared.config import parse_config
-from shared.errors import ConfigError
+from sendqueue.shared.config import parse_config
+from sendqueue.shared.errors import ConfigError
 
 
 def config(*destinations: dict[str, Any], environ: dict[str, str] | None = None) -> Any:

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from shared.errors import DestinationUnavailable, PermanentError, TransientError
+from sendqueue.shared.errors import DestinationUnavailable, PermanentError, TransientError
 from tests.destinations.conftest import TlsSCP, destination_config
 from tests.support.availability import unavailable
 from tests.support.dicom_factory import make_instance, sop_instance_uid
-from tests.support.scp import StorescpProcess, always, fail_first
+from tests.support.scp import ScriptedSCP, StorescpProcess, always, fail_first
 
 
 def tls_config(scp: TlsSCP, **tls: Any) -> Any:
@@ -22,7 +22,7 @@ def tls_config(scp: TlsSCP, **tls: Any) -> Any:
 
 
 @pytest.fixture
-def tls_scp(pki) -> Iterator[TlsSCP]:
+def tls_scp(pki) -> Iterator[ScriptedSCP]:
     with TlsSCP(pki.server_context(), aet="TLSSCP") as scp:
         yield scp
 

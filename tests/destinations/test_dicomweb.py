@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from services.sender.destinations.http import parse_retry_after
-from shared.errors import DestinationUnavailable, PermanentError, TransientError
+from sendqueue.services.sender.destinations.http import parse_retry_after
+from sendqueue.shared.errors import DestinationUnavailable, PermanentError, TransientError
 from tests.destinations.conftest import HttpsStub, destination_config, status, stow_answer
 from tests.support.availability import unavailable
 from tests.support.dicom_factory import make_instance, make_study, sop_instance_uid

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from shared.errors import DestinationUnavailable, PermanentError, TransientError
+from sendqueue.shared.errors import DestinationUnavailable, PermanentError, TransientError
 from tests.destinations.conftest import HttpsStub, destination_config, status
 from tests.support.dicom_factory import make_instance, sop_instance_uid
 from tests.support.orthanc import OrthancProcess

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
-from services.sender.destinations.dicom import DicomDestination
-from shared.errors import PermanentError
+from sendqueue.services.sender.destinations.dicom import DicomDestination
+from sendqueue.shared.errors import PermanentError
 from tests.destinations.conftest import destination_config, source_config
 from tests.support.availability import unavailable
 from tests.support.dicom_factory import make_jpeg_instance, sop_instance_uid
@@ -126,7 +126,7 @@ async def test_implicit_only_peer_gets_implicit_vr(make_destination, spool):
 
 
 def test_fallback_contexts_survive_the_128_context_limit():
-    from services.sender.destinations.dicom import _proposals
+    from sendqueue.services.sender.destinations.dicom import _proposals
 
     contexts = [(f"1.2.3.{i}", JPEGBaseline8Bit) for i in range(100)]
     proposals = _proposals(contexts)

@@ -20,7 +20,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.config import Config, parse_config
+from sendqueue.shared.config import Config, parse_config
 from tests.support.orthanc import OrthancProcess
 from tests.support.ports import free_port
 from tests.support.processes import terminate
@@ -135,7 +135,7 @@ class Pipeline:
 
     # -- in-process services ---------------------------------------------------------------
     async def start(self, *names: str, wait_healthy: bool = True) -> None:
-        from services.cli import _services
+        from sendqueue.services.cli import _services
 
         services = _services()
         for name in names or ("ingest", "sender", "retry"):
@@ -170,7 +170,7 @@ class Pipeline:
         key = key or name
         log = open(self.tmp / f"{key}.log", "ab")  # noqa: SIM115 - owned by the process
         env = {**os.environ, "SENDQUEUE_LOG_LEVEL": "INFO"}
-        command = ["-m", "services.cli", name, "--config", str(self.config_path), *args]
+        command = ["-m", "sendqueue.services.cli", name, "--config", str(self.config_path), *args]
         proc = subprocess.Popen(
             [sys.executable, *command],
             stdout=log,

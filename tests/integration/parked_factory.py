@@ -8,7 +8,7 @@ import uuid
 
 import aio_pika
 
-from shared.schemas import SendJob, encode, job_headers
+from sendqueue.shared.schemas import SendJob, encode, job_headers
 
 
 def parked_job(index: int, destination: str, **fields: object) -> SendJob:
@@ -60,7 +60,7 @@ async def fill_parked(amqp_url: str, prefix: str, jobs: list[SendJob], window: i
 
 async def drain_job_ids(amqp_url: str, queue_name: str) -> list[str]:
     """Every SendJob id in a queue (consumed and acked)."""
-    from shared.schemas import decode_job
+    from sendqueue.shared.schemas import decode_job
 
     ids: list[str] = []
     connection = await aio_pika.connect(amqp_url)

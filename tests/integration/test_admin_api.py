@@ -351,7 +351,7 @@ async def test_calls_while_rabbitmq_is_away_answer_503_and_work_when_repeated(ma
 async def test_a_job_for_a_destination_without_a_queue_is_parked_not_dropped(make_pipeline, scp):
     import aio_pika
 
-    from shared.schemas import encode, job_headers
+    from sendqueue.shared.schemas import encode, job_headers
 
     pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
     await pipeline.start("retry")

@@ -17,7 +17,7 @@ ROOT = Path(__file__).parents[2]
 
 def sendqueue(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "sendqueue.services.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -45,11 +45,11 @@ def _dcmtk(tool: str, *args: str, data: bytes) -> bytes:
         return dst.read_bytes()
 
 
-def _document(sop_class: str, **elements: object) -> bytes:
+def _document(sop_class: str | pydicom.uid.UID, **elements: object) -> bytes:
     """A pixel-less instance (structured report, encapsulated PDF)."""
     ds = Dataset()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class)
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian

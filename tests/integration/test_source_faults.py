@@ -120,7 +120,7 @@ async def test_an_orthanc_whose_database_was_reset_is_followed_from_its_start(
 async def test_a_wrong_orthanc_url_pauses_instead_of_parking_everything_as_not_found(
     make_pipeline, orthanc, scp
 ):
-    from shared.config import parse_config
+    from sendqueue.shared.config import parse_config
 
     # Given jobs queued while no sender runs
     destinations = [dicom_destination("pacs", scp.port, scp.aet)]
@@ -153,7 +153,7 @@ async def test_a_wrong_orthanc_url_pauses_instead_of_parking_everything_as_not_f
 async def test_ingest_with_a_wrong_orthanc_url_keeps_retrying_instead_of_crashing(
     make_pipeline, orthanc, scp
 ):
-    from shared.config import parse_config
+    from sendqueue.shared.config import parse_config
 
     pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
     pipeline.data["orthanc"]["url"] = orthanc.url + "/not-orthanc"

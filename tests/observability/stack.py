@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from services.cli import _services
-from shared.config import Config, parse_config
+from sendqueue.services.cli import _services
+from sendqueue.shared.config import Config, parse_config
 from tests.support import rabbit
 from tests.support.orthanc import OrthancProcess
 from tests.support.ports import free_port

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.config import Config, load_config, parse_listen
+from sendqueue.shared.config import Config, load_config, parse_listen
 from tests.observability import assets
 
 SENDQUEUE_SERVICES = ("ingest", "sender", "retry")

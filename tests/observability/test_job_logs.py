@@ -135,7 +135,7 @@ class ServiceProcess:
         self.log = log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "run", "--config", str(config)],
+                [sys.executable, "-m", "sendqueue.services.cli", "run", "--config", str(config)],
                 cwd=ROOT,
                 env=environ,
                 stdin=subprocess.DEVNULL,

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from services import admin_cli
-from services.admin_cli import UsageError, build_parser, resolve_target, selection
-from services.admin_client import url_from_listen
-from services.admin_render import (
+from sendqueue.services import admin_cli
+from sendqueue.services.admin_cli import UsageError, build_parser, resolve_target, selection
+from sendqueue.services.admin_client import url_from_listen
+from sendqueue.services.admin_render import (
     format_age,
     format_time,
     progress_line,

@@ -136,7 +136,7 @@ class Browser:
         while True:
             for proc in self._procs:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{proc.args[0]} exited ({proc.returncode}); see log")
+                    raise RuntimeError(f"{proc.args!r} exited ({proc.returncode}); see log")
             with contextlib.suppress(aiohttp.ClientError):
                 async with self._http.get(url) as response:
                     if response.status == 200:

@@ -4,13 +4,14 @@ a CI run must never go green by skipping what it was meant to test."""
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Skip locally, fail in CI."""
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: missing components are failures)", pytrace=False)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.config import (
+from sendqueue.shared.config import (
     is_loopback,
     load_config,
     mask_url,
@@ -10,8 +10,8 @@ from shared.config import (
     parse_listen,
     with_listen,
 )
-from shared.durations import Duration, format_duration
-from shared.errors import ConfigError
+from sendqueue.shared.durations import Duration, format_duration
+from sendqueue.shared.errors import ConfigError
 
 MINIMAL = {
     "destinations": [{"name": "pacs", "host": "127.0.0.1", "port": 11112}],

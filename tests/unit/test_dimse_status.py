@@ -2,8 +2,8 @@
 
 import pytest
 
-from services.sender.destinations.dimse_status import Outcome, classify, raise_for_status
-from shared.errors import PermanentError, TransientError
+from sendqueue.services.sender.destinations.dimse_status import Outcome, classify, raise_for_status
+from sendqueue.shared.errors import PermanentError, TransientError
 
 
 @pytest.mark.parametrize("status", [0x0000, 0xB000, 0xB006, 0xB007, 0x0111, 0xB123])

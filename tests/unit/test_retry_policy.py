@@ -2,8 +2,8 @@
 
 import random
 
-from services.retry.policy import Park, Retry, decide
-from shared.topology import jittered_ttls
+from sendqueue.services.retry.policy import Park, Retry, decide
+from sendqueue.shared.topology import jittered_ttls
 
 LADDER = [10, 60, 300]
 

@@ -1,7 +1,7 @@
 """Routing rules: levels, globs, several destinations."""
 
-from services.ingest.routing import Router, matches
-from shared.config import RouteConfig
+from sendqueue.services.ingest.routing import Router, matches
+from sendqueue.shared.config import RouteConfig
 
 
 def test_globs_match_case_insensitively_and_missing_tags_are_empty():

@@ -3,7 +3,7 @@
 import msgspec
 import pytest
 
-from shared.schemas import Failure, SendJob, decode_bus_message, decode_job, encode, fresh
+from sendqueue.shared.schemas import Failure, SendJob, decode_bus_message, decode_job, encode, fresh
 
 
 def _job(**kw):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from shared.config import DestinationConfig, OrthancConfig
+from sendqueue.shared.config import DestinationConfig, OrthancConfig
 
 
 class Destination(Protocol):
@@ -38,14 +38,14 @@ def create_destination(
     peers refusing compressed syntaxes (without it, pydicom decodes locally)."""
     # Imported here so a sender without DICOM destinations never loads pynetdicom.
     if config.kind == "orthanc":
-        from services.sender.destinations.orthanc_peer import OrthancPeerDestination
+        from sendqueue.services.sender.destinations.orthanc_peer import OrthancPeerDestination
 
         return OrthancPeerDestination(config)
     if config.kind == "dicomweb":
-        from services.sender.destinations.dicomweb import DicomWebDestination
+        from sendqueue.services.sender.destinations.dicomweb import DicomWebDestination
 
         return DicomWebDestination(config)
-    from services.sender.destinations.dicom import DicomDestination
-    from services.sender.destinations.transcode import Transcoder
+    from sendqueue.services.sender.destinations.dicom import DicomDestination
+    from sendqueue.services.sender.destinations.transcode import Transcoder
 
     return DicomDestination(config, Transcoder(source))

@@ -30,12 +30,16 @@ from pydicom.uid import UID
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
-from services.sender.destinations.dimse_status import raise_for_status
-from services.sender.destinations.instance import InstanceMeta, pad_deflated_data_set, read_meta
-from services.sender.destinations.tls import client_context, handshake_error
-from services.sender.destinations.transcode import UNCOMPRESSED, Transcoder
-from shared.config import DestinationConfig
-from shared.errors import DestinationUnavailable, PermanentError, TransientError
+from sendqueue.services.sender.destinations.dimse_status import raise_for_status
+from sendqueue.services.sender.destinations.instance import (
+    InstanceMeta,
+    pad_deflated_data_set,
+    read_meta,
+)
+from sendqueue.services.sender.destinations.tls import client_context, handshake_error
+from sendqueue.services.sender.destinations.transcode import UNCOMPRESSED, Transcoder
+from sendqueue.shared.config import DestinationConfig
+from sendqueue.shared.errors import DestinationUnavailable, PermanentError, TransientError
 
 __all__ = ["DicomDestination", "InstanceMeta", "NeedsTranscode", "read_meta"]
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.sender.destinations import stow
-from services.sender.destinations.http import HttpPeer, StreamedBody, raise_for_http
-from services.sender.destinations.instance import read_meta, read_study_uid
-from shared.config import DestinationConfig
-from shared.errors import PermanentError, SendQueueError, TransientError
+from sendqueue.services.sender.destinations import stow
+from sendqueue.services.sender.destinations.http import HttpPeer, StreamedBody, raise_for_http
+from sendqueue.services.sender.destinations.instance import read_meta, read_study_uid
+from sendqueue.shared.config import DestinationConfig
+from sendqueue.shared.errors import PermanentError, SendQueueError, TransientError
 
 _ACCEPT = {"Accept": "application/dicom+json"}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-from shared.errors import PermanentError, TransientError
+from sendqueue.shared.errors import PermanentError, TransientError
 
 
 class Outcome(enum.Enum):

@@ -24,9 +24,9 @@ from typing import Any, BinaryIO
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
-from services.sender.destinations.tls import client_context
-from shared.config import DestinationConfig
-from shared.errors import DestinationUnavailable, PermanentError, TransientError
+from sendqueue.services.sender.destinations.tls import client_context
+from sendqueue.shared.config import DestinationConfig
+from sendqueue.shared.errors import DestinationUnavailable, PermanentError, TransientError
 
 #: Bytes read from the spool file per write: the only part of an instance held in memory.
 CHUNK = 256 * 1024

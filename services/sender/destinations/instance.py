@@ -13,7 +13,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from shared.errors import PermanentError
+from sendqueue.shared.errors import PermanentError
 
 _STUDY_INSTANCE_UID = Tag(0x0020, 0x000D)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import aiohttp
 
-from services.sender.destinations.http import HttpPeer, StreamedBody, raise_for_http
-from shared.config import DestinationConfig
-from shared.errors import PermanentError, TransientError
+from sendqueue.services.sender.destinations.http import HttpPeer, StreamedBody, raise_for_http
+from sendqueue.shared.config import DestinationConfig
+from sendqueue.shared.errors import PermanentError, TransientError
 
 _STORED = {"Success": "Success", "AlreadyStored": "Already stored"}
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.sender.destinations.dimse_status import Outcome, classify
-from services.sender.destinations.http import Part
-from shared.errors import PermanentError, SendQueueError, TransientError
+from sendqueue.services.sender.destinations.dimse_status import Outcome, classify
+from sendqueue.services.sender.destinations.http import Part
+from sendqueue.shared.errors import PermanentError, SendQueueError, TransientError
 
 _REFERENCED = "00081199"
 _FAILED = "00081198"

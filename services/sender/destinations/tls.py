@@ -9,8 +9,8 @@ from __future__ import annotations
 import socket
 import ssl
 
-from shared.config import TlsConfig
-from shared.errors import ConfigError
+from sendqueue.shared.config import TlsConfig
+from sendqueue.shared.errors import ConfigError
 
 
 def client_context(tls: TlsConfig, destination: str) -> ssl.SSLContext:

@@ -21,9 +21,9 @@ import aiohttp
 from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from services.sender.destinations.instance import InstanceMeta, read_meta
-from shared.config import OrthancConfig
-from shared.errors import PermanentError
+from sendqueue.services.sender.destinations.instance import InstanceMeta, read_meta
+from sendqueue.shared.config import OrthancConfig
+from sendqueue.shared.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
