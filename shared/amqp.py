@@ -94,18 +94,3 @@ class Publisher:
         # reconnects, and publish(timeout=) does not cover that wait.
         async with asyncio.timeout(self._timeout):
             await target.publish(message, routing_key=routing_key, mandatory=mandatory)
-
-
-async def safe_ack(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-    """Ack, tolerating a channel that died meanwhile: the broker will redeliver."""
-    try:
-        await message.ack()
-    except Exception as exc:
-        log.warning("ack failed (%s); the message will be redelivered", exc)
-
-
-async def safe_nack_requeue(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-    try:
-        await message.nack(requeue=True)
-    except Exception as exc:
-        log.warning("nack failed (%s); the message will be redelivered", exc)

@@ -9,6 +9,7 @@ that destination instead of spending the message's attempts.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import aiohttp
 
@@ -55,6 +56,12 @@ class DestinationUnavailable(TransientError):
     reason_class = "destination-down"
 
 
+class SourceUnavailable(TransientError):
+    """The source Orthanc cannot be reached or answers 5xx: nothing is wrong with the job."""
+
+    reason_class = "source-down"
+
+
 class PermanentError(SendQueueError):
     """Retrying cannot help: the message is parked at once with this reason."""
 
@@ -67,16 +74,30 @@ class InstanceNotFound(PermanentError):
     reason_class = "not-found"
 
 
-class UndecodableMessage(PermanentError):
-    """A message body that is not a valid sendqueue message."""
+class UnknownResources(PermanentError):
+    """Orthanc knows none of these IDs (POST /api/send, `sendqueue send`): nothing queued."""
 
-    reason_class = "decode-error"
+    reason_class = "not-found"
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        super().__init__(f"unknown Orthanc resource(s): {', '.join(ids)}")
+        self.ids = list(ids)
 
 
-class UnknownDestination(PermanentError):
-    """A job names a destination that is not configured."""
+class AssociationRejected(PermanentError):
+    """The DICOM peer rejected the association permanently (A-ASSOCIATE-RJ, result 1)."""
 
-    reason_class = "unknown-destination"
+
+class AdminApiError(SendQueueError):
+    """The admin API answered with an error status (the CLI's view)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AdminUnreachable(SendQueueError):
+    """Nothing answered at the admin API's URL (or it stopped answering)."""
 
 
 #: I/O failures that say nothing about the message: worth another try.

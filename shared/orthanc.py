@@ -12,17 +12,16 @@ from urllib.parse import quote
 import aiohttp
 
 from sendqueue.shared.config import OrthancConfig
-from sendqueue.shared.errors import InstanceNotFound, PermanentError, TransientError
+from sendqueue.shared.errors import (
+    InstanceNotFound,
+    PermanentError,
+    SourceUnavailable,
+    TransientError,
+)
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
-
-
-class SourceUnavailable(TransientError):
-    """Orthanc itself cannot be reached or answers 5xx: nothing is wrong with the job."""
-
-    reason_class = "source-down"
 
 
 class OrthancClient:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -87,7 +86,3 @@ class Resolver:
         while len(self._parents) > _CACHE_SIZE:
             self._parents.popitem(last=False)
         return tags
-
-
-def missing_tags(infos: Iterable[InstanceInfo], needed: set[str]) -> bool:
-    return any(not needed <= info.tags.keys() for info in infos)

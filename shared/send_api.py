@@ -14,8 +14,8 @@ from aiohttp import web
 
 from sendqueue.shared.amqp import PUBLISH_ERRORS
 from sendqueue.shared.config import Config
-from sendqueue.shared.orthanc import SourceUnavailable
-from sendqueue.shared.submit import UnknownResources, queue_resources
+from sendqueue.shared.errors import SourceUnavailable, UnknownResources
+from sendqueue.shared.submit import queue_resources
 
 _MAX_RESOURCES = 10_000
 #: Orthanc IDs are dash-separated hex (SHA-1 based); anything else cannot be one.

@@ -5,17 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from sendqueue.shared.amqp import Publisher
-from sendqueue.shared.errors import InstanceNotFound, PermanentError
+from sendqueue.shared.errors import InstanceNotFound, UnknownResources
 from sendqueue.shared.jobs import make_job, publish_jobs
 from sendqueue.shared.resolver import InstanceInfo, Resolver
 from sendqueue.shared.schemas import SendJob
 from sendqueue.shared.topology import Names
-
-
-class UnknownResources(PermanentError):
-    def __init__(self, ids: Sequence[str]) -> None:
-        super().__init__(f"unknown Orthanc resource(s): {', '.join(ids)}")
-        self.ids = list(ids)
 
 
 async def queue_resources(

@@ -7,6 +7,7 @@ A component that is missing makes its tests skip locally, with the reason, but f
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,23 @@ INTEGRATION_FIXTURES = {
 }
 
 _LOGS = pytest.StashKey[dict[str, Path]]()
+_OWN_BASETEMP = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each run gets a base temp dir of its own, removed at the end: pytest's shared
+    /tmp/pytest-of-<user>/ is pruned by whichever run starts next, under a concurrent
+    run's feet."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        own = Path(tempfile.mkdtemp(prefix="sq-pytest-"))
+        config.option.basetemp = str(own)
+        config.stash[_OWN_BASETEMP] = own
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from prometheus_client import CollectorRegistry
@@ -11,9 +10,9 @@ from prometheus_client import CollectorRegistry
 from sendqueue.services.ingest.feed import ChangesFeed
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import Router
-from sendqueue.shared.amqp import connect
 from sendqueue.shared.config import Config
-from sendqueue.shared.http import make_app, start_server
+from sendqueue.shared.lifecycle import ServiceParts
+from sendqueue.shared.metrics_server import make_app
 from sendqueue.shared.orthanc import OrthancClient
 from sendqueue.shared.resolver import Resolver
 from sendqueue.shared.send_api import make_send_handler
@@ -27,45 +26,37 @@ async def run_ingest(
     config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
 ) -> None:
     with hold_state_dir(config.ingest.state_dir, "ingest"):
-        await _serve(config, stop, registry)
+        async with ServiceParts() as parts:
+            await _serve(parts, config, stop, registry or CollectorRegistry())
 
 
-async def _serve(config: Config, stop: asyncio.Event, registry: CollectorRegistry | None) -> None:
-    registry = registry or CollectorRegistry()
+async def _serve(
+    parts: ServiceParts, config: Config, stop: asyncio.Event, registry: CollectorRegistry
+) -> None:
     metrics = IngestMetrics(registry)
     names = Names(config.amqp.prefix)
-    conn = await connect(config.amqp.url, "sendqueue-ingest")
-    orthanc = OrthancClient(config.orthanc)
-    runner = None
-    try:
-        publisher = await prepare_bus(conn, config)
-        resolver = Resolver(orthanc)
-        feed = ChangesFeed(
-            config=config.ingest,
-            orthanc=orthanc,
-            resolver=resolver,
-            router=Router(config.routes),
-            publisher=publisher,
-            names=names,
-            metrics=metrics,
-        )
-        app = make_app(registry, lambda: {"amqp": not conn.is_closed, "orthanc": feed.healthy})
-        app.router.add_post(
-            "/api/send",
-            make_send_handler(
-                config,
-                resolver=resolver,
-                publisher=publisher,
-                names=names,
-                on_queued=lambda job: metrics.queued.labels(job.destination, "api").inc(),
-            ),
-        )
-        runner = await start_server(app, config.ingest.listen)
-        log.info("ingest running: %d route(s)", len(config.routes))
-        await feed.run(stop)
-    finally:
-        if runner:
-            await runner.cleanup()
-        await orthanc.close()
-        with contextlib.suppress(Exception):
-            await conn.close()
+    conn = await parts.connection(config.amqp.url, "sendqueue-ingest")
+    orthanc = parts.closing(OrthancClient(config.orthanc))
+    publisher = await prepare_bus(conn, config)
+    resolver = Resolver(orthanc)
+    feed = ChangesFeed(
+        config=config.ingest,
+        orthanc=orthanc,
+        resolver=resolver,
+        router=Router(config.routes),
+        publisher=publisher,
+        names=names,
+        metrics=metrics,
+    )
+    app = make_app(registry, lambda: {"amqp": not conn.is_closed, "orthanc": feed.healthy})
+    send = make_send_handler(
+        config,
+        resolver=resolver,
+        publisher=publisher,
+        names=names,
+        on_queued=lambda job: metrics.queued.labels(job.destination, "api").inc(),
+    )
+    app.router.add_post("/api/send", send)
+    await parts.server(app, config.ingest.listen)
+    log.info("ingest running: %d route(s)", len(config.routes))
+    await feed.run(stop)

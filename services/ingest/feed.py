@@ -16,9 +16,9 @@ from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import CHANGE_FOR_LEVEL, Router
 from sendqueue.shared.amqp import PUBLISH_ERRORS, Publisher
 from sendqueue.shared.config import IngestConfig
-from sendqueue.shared.errors import InstanceNotFound, PermanentError
+from sendqueue.shared.errors import InstanceNotFound, PermanentError, SourceUnavailable
 from sendqueue.shared.jobs import make_job, publish_failure, publish_jobs
-from sendqueue.shared.orthanc import OrthancClient, SourceUnavailable
+from sendqueue.shared.orthanc import OrthancClient
 from sendqueue.shared.resolver import InstanceInfo, Resolver
 from sendqueue.shared.schemas import Failure, SendJob
 from sendqueue.shared.topology import Names

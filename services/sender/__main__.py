@@ -2,6 +2,6 @@
 
 import sys
 
-from sendqueue.services.cli import main
+from sendqueue.services.cli.main import main
 
 sys.exit(main(["sender", *sys.argv[1:]]))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -14,13 +13,13 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from sendqueue.services.sender.consumer import DestinationConsumer
-from sendqueue.services.sender.control import StatusReporter, follow_control
 from sendqueue.services.sender.destinations import create_destination
 from sendqueue.services.sender.metrics import SenderMetrics
-from sendqueue.shared.amqp import connect
+from sendqueue.services.sender.status import StatusReporter
 from sendqueue.shared.config import Config
-from sendqueue.shared.control_state import read_control_state
-from sendqueue.shared.http import make_app, start_server
+from sendqueue.shared.control import follow_control, read_control_state
+from sendqueue.shared.lifecycle import ServiceParts
+from sendqueue.shared.metrics_server import make_app
 from sendqueue.shared.orthanc import OrthancClient
 from sendqueue.shared.schemas import ControlState
 from sendqueue.shared.topology import Names, prepare_bus
@@ -53,78 +52,70 @@ def _pid_alive(pid: int) -> bool:
 async def run_sender(
     config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
 ) -> None:
-    registry = registry or CollectorRegistry()
+    async with ServiceParts() as parts:
+        await _serve(parts, config, stop, registry or CollectorRegistry())
+
+
+async def _serve(
+    parts: ServiceParts, config: Config, stop: asyncio.Event, registry: CollectorRegistry
+) -> None:
     metrics = SenderMetrics(registry)
     names = Names(config.amqp.prefix)
-    consume_conn = await connect(config.amqp.url, "sendqueue-sender-consume")
-    publish_conn = await connect(config.amqp.url, "sendqueue-sender-publish")
-    orthanc = OrthancClient(config.orthanc)
+    consume_conn = await parts.connection(config.amqp.url, "sendqueue-sender-consume")
+    publish_conn = await parts.connection(config.amqp.url, "sendqueue-sender-publish")
+    orthanc = parts.closing(OrthancClient(config.orthanc))
     spool = prepare_spool(config.sender.spool_dir)
+    parts.callback(shutil.rmtree, spool, ignore_errors=True)
+    publisher = await prepare_bus(publish_conn, config)
+    control = await read_control_state(consume_conn, names)
     consumers: list[DestinationConsumer] = []
-    tasks: list[asyncio.Task[None]] = []
-    runner = None
-    try:
-        publisher = await prepare_bus(publish_conn, config)
-        control = await read_control_state(consume_conn, names)
-        for dest_config in config.destinations:
-            consumer = DestinationConsumer(
-                create_destination(dest_config, source=config.orthanc),
-                names=names,
-                publisher=publisher,
-                orthanc=orthanc,
-                config=config.sender,
-                spool_dir=spool,
-                metrics=metrics,
-            )
-            await consumer.start(
-                await consume_conn.channel(), paused=dest_config.name in control.paused
-            )
-            consumers.append(consumer)
-        reporter = StatusReporter(
-            connection=consume_conn,
+    for dest_config in config.destinations:
+        destination = parts.closing(create_destination(dest_config, source=config.orthanc))
+        consumer = DestinationConsumer(
+            destination,
             names=names,
             publisher=publisher,
-            consumers=consumers,
+            orthanc=orthanc,
+            config=config.sender,
+            spool_dir=spool,
             metrics=metrics,
-            interval=config.amqp.depth_interval,
         )
-        for consumer in consumers:
-            consumer.on_change = functools.partial(reporter.report, consumer)
+        paused = dest_config.name in control.paused
+        await consumer.start(await consume_conn.channel(), paused=paused)
+        consumers.append(consumer)
+    reporter = StatusReporter(
+        connection=consume_conn,
+        names=names,
+        publisher=publisher,
+        consumers=consumers,
+        metrics=metrics,
+        interval=config.amqp.depth_interval,
+    )
+    for consumer in consumers:
+        consumer.on_change = functools.partial(reporter.report, consumer)
+    await follow_control(consume_conn, names, functools.partial(_apply, consumers, reporter))
+    parts.task(reporter.run(), "status-reporter")
 
-        async def apply(state: ControlState) -> None:
-            for consumer in consumers:
-                if (consumer.name in state.paused) != (consumer.state == "paused"):
-                    log.warning(
-                        "%s: %s by an operator",
-                        consumer.name,
-                        "paused" if consumer.name in state.paused else "resumed",
-                    )
-                    await consumer.set_paused(consumer.name in state.paused)
-            # A broadcast also means a retry service (re)started: tell it how we are.
-            for consumer in consumers:
-                await reporter.report(consumer)
+    def health() -> dict[str, bool]:
+        return {"amqp": not consume_conn.is_closed and not publish_conn.is_closed}
 
-        await follow_control(consume_conn, names, apply)
-        tasks.append(asyncio.create_task(reporter.run()))
+    await parts.server(make_app(registry, health), config.sender.listen)
+    log.info("sender running: %d destination(s)", len(consumers))
+    await stop.wait()
+    log.info("sender stopping: finishing in-flight sends")
+    grace = config.sender.shutdown_grace
+    await asyncio.gather(*(c.stop(grace) for c in consumers))
 
-        def health() -> dict[str, bool]:
-            return {"amqp": not consume_conn.is_closed and not publish_conn.is_closed}
 
-        runner = await start_server(make_app(registry, health), config.sender.listen)
-        log.info("sender running: %d destination(s)", len(consumers))
-        await stop.wait()
-        log.info("sender stopping: finishing in-flight sends")
-        grace = config.sender.shutdown_grace
-        await asyncio.gather(*(c.stop(grace) for c in consumers))
-    finally:
-        for task in tasks:
-            task.cancel()
-        for consumer in consumers:
-            await consumer.destination.close()
-        if runner:
-            await runner.cleanup()
-        await orthanc.close()
-        for conn in (consume_conn, publish_conn):
-            with contextlib.suppress(Exception):
-                await conn.close()
-        shutil.rmtree(spool, ignore_errors=True)
+async def _apply(
+    consumers: list[DestinationConsumer], reporter: StatusReporter, state: ControlState
+) -> None:
+    """An operator's pause/resume broadcast by the retry service."""
+    for consumer in consumers:
+        paused = consumer.name in state.paused
+        if paused != (consumer.state == "paused"):
+            log.warning("%s: %s by an operator", consumer.name, "paused" if paused else "resumed")
+            await consumer.set_paused(paused)
+    # A broadcast also means a retry service (re)started: tell it how we are.
+    for consumer in consumers:
+        await reporter.report(consumer)

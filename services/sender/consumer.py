@@ -1,13 +1,15 @@
-"""One destination's consumer: the ONLY place the sender acks, reports or returns a job.
+"""One destination's consumer: the ONLY place the sender decides what becomes of a job.
 
     delivered                      -> ack
     PermanentError                 -> report to retry (permanent: parked), ack
     TransientError / I/O error     -> report to retry (retried after a delay), ack
-    destination or Orthanc down    -> put the job back untouched, ack, pause and probe
+    destination or Orthanc down    -> pause and probe, put the job back untouched, ack
+    anything unexpected            -> report to retry as "internal" (retried, then parked)
     CancelledError (shutdown)      -> leave unacked: the broker redelivers it
 
-Reports and returns are published (confirmed) before the ack, so a crash at any point
-loses nothing: at worst the job is sent twice.
+Reports and returns are published (confirmed) before the ack, which
+sendqueue.shared.settle does for every consumer: a crash at any point loses nothing, at
+worst the job is sent twice.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from sendqueue.services.sender.destinations import Destination
 from sendqueue.services.sender.metrics import SenderMetrics
-from sendqueue.shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack, safe_nack_requeue
+from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.config import SenderConfig
 from sendqueue.shared.errors import (
     TRANSIENT_IO_ERRORS,
@@ -33,11 +35,13 @@ from sendqueue.shared.errors import (
     InstanceNotFound,
     PermanentError,
     SendQueueError,
+    SourceUnavailable,
 )
 from sendqueue.shared.jobs import publish_failure
 from sendqueue.shared.logs import job_event
-from sendqueue.shared.orthanc import OrthancClient, SourceUnavailable
+from sendqueue.shared.orthanc import OrthancClient
 from sendqueue.shared.schemas import Failure, SendJob, decode_job, encode, fresh, job_headers
+from sendqueue.shared.settle import settle
 from sendqueue.shared.topology import Names, declare_work_exchange, declare_work_queue
 
 log = logging.getLogger(__name__)
@@ -151,8 +155,17 @@ class DestinationConsumer:
         if message.timestamp is not None:
             self._head_since = message.timestamp.timestamp()
         self._metrics.in_flight.labels(self.name).inc()
+
+        async def report_crash(exc: BaseException) -> None:
+            await self._report(_crash_report(self.name, message.body, exc), None)
+
         try:
-            await self._handle(message)
+            await settle(
+                message,
+                lambda: self._handle(message),
+                what=f"{self.name}: job",
+                on_crash=report_crash,
+            )
         finally:
             self._in_flight -= 1
             self._metrics.in_flight.labels(self.name).dec()
@@ -170,42 +183,40 @@ class DestinationConsumer:
                 reason=f"message could not be decoded: {exc}",
                 reason_class="decode-error",
             )
-            await self._report(message, failure, None)
+            await self._report(failure, None)
             return
         if job.parked_at is not None:
             job = fresh(job)  # moved back from parking by hand: a new start
         if job.destination != self.name:
             job = msgspec.structs.replace(job, destination=self.name)
-        await self._attempt(message, job)
+        await self._attempt(job)
 
-    async def _attempt(self, message: AbstractIncomingMessage, job: SendJob) -> None:
+    async def _attempt(self, job: SendJob) -> None:
         path = self._spool / f"{job.id}-{uuid.uuid4().hex[:8]}.dcm"
         try:
             size = await self._orthanc.download_instance(job.orthanc_id, path)
             started = time.monotonic()
             detail = await self.destination.send(path)
         except DestinationUnavailable as exc:
-            await self._return_and_pause(message, job, exc)
+            await self._return_and_pause(job, exc)
         except (InstanceNotFound, SourceUnavailable) as exc:
-            await self._source_failed(message, job, exc)
+            await self._source_failed(job, exc)
         except SendQueueError as exc:
             permanent = isinstance(exc, PermanentError)
             retry_after = getattr(exc, "retry_after", None)  # HTTP Retry-After
             failure = _failure(job, str(exc), exc.reason_class, permanent, retry_after)
-            await self._report(message, failure, job)
+            await self._report(failure, job)
         except TRANSIENT_IO_ERRORS as exc:
-            await self._report(message, _failure(job, f"I/O error: {exc!r}", "io-error"), job)
+            await self._report(_failure(job, f"I/O error: {exc!r}", "io-error"), job)
         except Exception as exc:
             log.exception("%s: unexpected error sending %s", self.name, job.orthanc_id)
-            await self._report(message, _failure(job, f"internal error: {exc!r}", "internal"), job)
+            await self._report(_failure(job, f"internal error: {exc!r}", "internal"), job)
         else:
-            await self._delivered(message, job, size, time.monotonic() - started, detail)
+            self._delivered(job, size, time.monotonic() - started, detail)
         finally:
             path.unlink(missing_ok=True)
 
-    async def _source_failed(
-        self, message: AbstractIncomingMessage, job: SendJob, exc: SendQueueError
-    ) -> None:
+    async def _source_failed(self, job: SendJob, exc: SendQueueError) -> None:
         """Orthanc failed on this job: the instance's fault only if Orthanc itself answers.
 
         Orthanc up but failing on one file (missing from its storage) is a failed attempt,
@@ -215,17 +226,14 @@ class DestinationConsumer:
         """
         if await self._orthanc.answers():
             permanent = isinstance(exc, PermanentError)
-            await self._report(message, _failure(job, str(exc), exc.reason_class, permanent), job)
+            await self._report(_failure(job, str(exc), exc.reason_class, permanent), job)
         elif isinstance(exc, SourceUnavailable):
-            await self._return_and_pause(message, job, exc)
+            await self._return_and_pause(job, exc)
         else:
             why = SourceUnavailable(f"{exc}, and Orthanc's GET /system fails too")
-            await self._return_and_pause(message, job, why)
+            await self._return_and_pause(job, why)
 
-    async def _delivered(
-        self, message: AbstractIncomingMessage, job: SendJob, size: int, took: float, detail: str
-    ) -> None:
-        await safe_ack(message)
+    def _delivered(self, job: SendJob, size: int, took: float, detail: str) -> None:
         protocol = self.destination.protocol
         self._metrics.sent.labels(self.name, protocol).inc()
         self._metrics.duration.labels(self.name, protocol).observe(took)
@@ -244,21 +252,12 @@ class DestinationConsumer:
             reason=detail if detail != "Success" else "",
         )
 
-    async def _report(
-        self, message: AbstractIncomingMessage, failure: Failure, job: SendJob | None
-    ) -> None:
-        """Hand the failure to the retry service, then ack."""
+    async def _report(self, failure: Failure, job: SendJob | None) -> None:
+        """Hand the failure to the retry service (confirmed; the ack follows)."""
+        await publish_failure(self._publisher, self._names, failure)
         self._metrics.failed.labels(
             self.name, self.destination.protocol, failure.reason_class
         ).inc()
-        try:
-            await publish_failure(self._publisher, self._names, failure)
-        except PUBLISH_ERRORS as exc:
-            log.error("%s: cannot report a failure (%r); job stays queued", self.name, exc)
-            await asyncio.sleep(1)
-            await safe_nack_requeue(message)
-            return
-        await safe_ack(message)
         job_event(
             log,
             "failed",
@@ -272,26 +271,22 @@ class DestinationConsumer:
             reason_class=failure.reason_class,
         )
 
-    async def _return_and_pause(
-        self, message: AbstractIncomingMessage, job: SendJob, exc: SendQueueError
-    ) -> None:
-        """Unreachable: the job was not attempted, so it goes back as it was."""
-        try:
-            await self._publisher.publish(
-                self._names.work_exchange, self.name, encode(job), headers=job_headers(job)
-            )
-        except PUBLISH_ERRORS as publish_error:
-            log.error("%s: cannot return a job (%r)", self.name, publish_error)
-            await safe_nack_requeue(message)
-        else:
-            await safe_ack(message)
-            self._metrics.returned.labels(self.name).inc()
+    async def _return_and_pause(self, job: SendJob, exc: SendQueueError) -> None:
+        """Unreachable: the job was not attempted, so it goes back as it was.
+
+        Paused first: if the return is not confirmed, the job goes back by a nack instead,
+        and the paused consumer does not take it again at once.
+        """
         probe = (
             self._probe_destination
             if isinstance(exc, DestinationUnavailable)
             else (self._probe_orthanc)
         )
         await self._pause(str(exc), probe)
+        await self._publisher.publish(
+            self._names.work_exchange, self.name, encode(job), headers=job_headers(job)
+        )
+        self._metrics.returned.labels(self.name).inc()
 
     # -- pausing and probing ------------------------------------------------------------
     async def _pause(self, why: str, probe: Probe) -> None:
@@ -336,6 +331,23 @@ class DestinationConsumer:
     async def _probe_orthanc(self) -> None:
         if not await self._orthanc.answers():
             raise SourceUnavailable("Orthanc does not answer GET /system")
+
+
+def _crash_report(destination: str, body: bytes, exc: BaseException) -> Failure:
+    """What the retry service gets when handling a job crashed outside the decision table:
+    the message verbatim, so it is retried (decodable) or parked, never lost."""
+    try:
+        job: SendJob | None = decode_job(body)
+    except msgspec.DecodeError:
+        job = None
+    return Failure(
+        destination=destination,
+        job=job,
+        raw=None if job else body,
+        permanent=job is None,
+        reason=f"internal error: {exc!r}",
+        reason_class="internal",
+    )
 
 
 def _failure(

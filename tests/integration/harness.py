@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
@@ -27,6 +28,15 @@ from tests.support.processes import terminate
 
 PREFIX = "sq"
 ADMIN_TOKEN = "test-admin-token"
+
+
+def _stack_of(task: asyncio.Task[Any]) -> str:
+    out = io.StringIO()
+    task.print_stack(file=out)
+    for other in asyncio.all_tasks():
+        if other is not task and not other.done():
+            other.print_stack(limit=3, file=out)
+    return out.getvalue()
 
 
 def toml_value(value: Any) -> str:
@@ -121,6 +131,9 @@ class Pipeline:
             else [{"destinations": [d["name"] for d in destinations]}],
         }
         self.config: Config = parse_config(self.data, environ={})
+        #: How `spawn` starts `sendqueue`, and where (a test of an installed copy sets both).
+        self.command: list[str] = [sys.executable, "-m", "sendqueue.services.cli"]
+        self.cwd: Path = Path(__file__).parents[2]
         self.config_path = tmp / "sendqueue.toml"
         self.config_path.write_text(to_toml(self.data))
         self.registries: dict[str, CollectorRegistry] = {}
@@ -135,7 +148,7 @@ class Pipeline:
 
     # -- in-process services ---------------------------------------------------------------
     async def start(self, *names: str, wait_healthy: bool = True) -> None:
-        from sendqueue.services.cli import _services
+        from sendqueue.services.cli.main import _services
 
         services = _services()
         for name in names or ("ingest", "sender", "retry"):
@@ -147,8 +160,14 @@ class Pipeline:
         if wait_healthy:
             await self.wait_healthy(*(names or ("ingest", "sender", "retry")))
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 60.0) -> None:
         self._stop.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks.values(), timeout=timeout)
+            if pending:
+                stuck = [name for name, task in self._tasks.items() if task in pending]
+                stacks = "\n".join(_stack_of(task) for task in pending)
+                raise AssertionError(f"services did not stop in {timeout}s: {stuck}\n{stacks}")
         results = await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
         self._stop = asyncio.Event()
@@ -170,13 +189,12 @@ class Pipeline:
         key = key or name
         log = open(self.tmp / f"{key}.log", "ab")  # noqa: SIM115 - owned by the process
         env = {**os.environ, "SENDQUEUE_LOG_LEVEL": "INFO"}
-        command = ["-m", "sendqueue.services.cli", name, "--config", str(self.config_path), *args]
         proc = subprocess.Popen(
-            [sys.executable, *command],
+            [*self.command, name, "--config", str(self.config_path), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=Path(__file__).parents[2],
+            cwd=self.cwd,
         )
         self._procs[key] = proc
         return proc

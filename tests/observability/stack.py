@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from sendqueue.services.cli import _services
+from sendqueue.services.cli.main import _services
 from sendqueue.shared.config import Config, parse_config
 from tests.support import rabbit
 from tests.support.orthanc import OrthancProcess

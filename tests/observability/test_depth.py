@@ -12,7 +12,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
-from sendqueue.services.retry.depth import (
+from sendqueue.services.retry.queue_gauges import (
     ManagementSource,
     QueueDepthMonitor,
     QueueStats,
@@ -199,7 +199,7 @@ async def test_a_failed_refresh_empties_the_gauges_and_warns_once(
     assert _value(registry, "sendqueue_queue_messages", **work("ready")) == 5
     assert _value(registry, "sendqueue_queue_consumers", **work()) == 2
     # When the next two refreshes fail
-    caplog.set_level(logging.DEBUG, logger="sendqueue.services.retry.depth")
+    caplog.set_level(logging.DEBUG, logger="sendqueue.services.retry.queue_gauges")
     await monitor.refresh()
     await monitor.refresh()
     # Then no stale series remain, both failures are counted, and one warning is logged
@@ -216,7 +216,7 @@ async def test_a_broker_without_statistics_is_reported_once(
     config = make_config("amqp://g:g@127.0.0.1/")
     blank = FakeSource([QueueStats(f"{PREFIX}.work.pacs1", None, None, None)])
     monitor = QueueDepthMonitor(config, None, CollectorRegistry(), source=blank)  # type: ignore[arg-type]
-    caplog.set_level(logging.WARNING, logger="sendqueue.services.retry.depth")
+    caplog.set_level(logging.WARNING, logger="sendqueue.services.retry.queue_gauges")
     # When it refreshes for a while
     for _ in range(10):
         await monitor.refresh()

@@ -13,7 +13,7 @@ import json
 import pydicom
 import pytest
 
-from sendqueue.services import admin_cli
+from sendqueue.services.cli import admin_commands as admin_cli
 from tests.integration.harness import dicom_destination, wait_for, wait_received
 from tests.support.dicom_factory import make_study, sop_instance_uid
 from tests.support.ports import free_port
@@ -206,7 +206,7 @@ async def test_an_unreachable_admin_api_exits_3(capsys):
 
 def test_the_sendqueue_command_has_the_admin_commands():
     # services/cli.py hooks them in: build_parser() adds them, main() runs them.
-    from sendqueue.services import cli
+    from sendqueue.services.cli import main as cli
 
     args = cli.build_parser().parse_args(["parked", "list", "--url", "http://127.0.0.1:1"])
     assert (args.command, args.parked_action) == ("parked", "list")

@@ -8,10 +8,15 @@ import time
 
 import pytest
 
-from sendqueue.services import admin_cli
-from sendqueue.services.admin_cli import UsageError, build_parser, resolve_target, selection
-from sendqueue.services.admin_client import url_from_listen
-from sendqueue.services.admin_render import (
+from sendqueue.services.cli import admin_commands as admin_cli
+from sendqueue.services.cli.admin_client import url_from_listen
+from sendqueue.services.cli.admin_commands import (
+    UsageError,
+    build_parser,
+    resolve_target,
+    selection,
+)
+from sendqueue.services.cli.render import (
     format_age,
     format_time,
     progress_line,

@@ -7,8 +7,8 @@ from contextlib import closing
 
 import pytest
 
-from sendqueue.services.retry import ledger as ledger_module
-from sendqueue.services.retry.ledger import DelayLedger
+from sendqueue.services.retry import delays as ledger_module
+from sendqueue.services.retry.delays import DelayLedger
 
 
 @pytest.fixture

@@ -39,7 +39,12 @@ from sendqueue.services.sender.destinations.instance import (
 from sendqueue.services.sender.destinations.tls import client_context, handshake_error
 from sendqueue.services.sender.destinations.transcode import UNCOMPRESSED, Transcoder
 from sendqueue.shared.config import DestinationConfig
-from sendqueue.shared.errors import DestinationUnavailable, PermanentError, TransientError
+from sendqueue.shared.errors import (
+    AssociationRejected,
+    DestinationUnavailable,
+    PermanentError,
+    TransientError,
+)
 
 __all__ = ["DicomDestination", "InstanceMeta", "NeedsTranscode", "read_meta"]
 
@@ -76,10 +81,6 @@ class NeedsTranscode(PermanentError):
         super().__init__(message)
         self.meta = meta
         self.target = target
-
-
-class AssociationRejected(PermanentError):
-    """The peer rejected the association permanently (A-ASSOCIATE-RJ, result 1)."""
 
 
 @dataclass

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sendqueue.services.retry.control import PauseStore, StatusBoard
-from sendqueue.services.retry.depth import QueueStats, Source
-from sendqueue.services.retry.index import ParkedIndex
-from sendqueue.services.retry.ledger import DelayLedger
+from sendqueue.services.retry.delays import DelayLedger
+from sendqueue.services.retry.parking.index import ParkedIndex
+from sendqueue.services.retry.pauses import PauseStore
+from sendqueue.services.retry.queue_gauges import QueueStats, Source
+from sendqueue.services.retry.status_board import StatusBoard
 from sendqueue.shared.config import Config
 from sendqueue.shared.durations import format_duration
 from sendqueue.shared.topology import Names, jittered_ttls

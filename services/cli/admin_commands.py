@@ -22,16 +22,11 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sendqueue.services import admin_render as render
-from sendqueue.services.admin_client import (
-    AdminApiError,
-    AdminClient,
-    AdminUnreachable,
-    url_from_listen,
-)
+from sendqueue.services.cli import render
+from sendqueue.services.cli.admin_client import AdminClient, url_from_listen
 from sendqueue.shared.config import load_config
 from sendqueue.shared.durations import Duration
-from sendqueue.shared.errors import ConfigError
+from sendqueue.shared.errors import AdminApiError, AdminUnreachable, ConfigError
 
 #: The `command` values these functions handle (the hook in services/cli.py checks it).
 ADMIN_COMMANDS = frozenset({"status", "parked", "pause", "resume"})
@@ -158,7 +153,7 @@ def _add(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The admin commands alone (`python -m sendqueue.services.admin_cli`)."""
+    """The admin commands alone (`python -m sendqueue.services.cli.admin_commands`)."""
     parser = argparse.ArgumentParser(prog="sendqueue", description=__doc__.splitlines()[0])
     add_admin_commands(parser.add_subparsers(dest="command", required=True))
     return parser

@@ -1,4 +1,5 @@
-"""The audit log: who did what to the queues, when, and to how many items (SQLite)."""
+"""The audit log: who did what to the queues, when, and to how many items (SQLite), and
+GET /api/audit, which shows it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
+from sendqueue.services.retry.admin import input as inp
 from sendqueue.services.retry.sqlite import open_db
 
 
@@ -51,3 +55,16 @@ class AuditLog:
             }
             for r in rows
         ]
+
+
+def add_audit_route(app: web.Application, audit: AuditLog) -> None:
+    async def show(request: web.Request) -> web.Response:
+        query = request.query
+        limit = inp.bounded_int(query.get("limit", "100"), "limit", 1, 1000)
+        cursor = query.get("cursor")
+        before = inp.bounded_int(cursor, "cursor", 1, 2**62) if cursor is not None else None
+        items = audit.page(limit, before)
+        next_cursor = str(items[-1]["id"]) if len(items) == limit else None
+        return web.json_response({"items": items, "next_cursor": next_cursor})
+
+    app.router.add_get("/api/audit", show)

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from sendqueue.services.retry.index import ParkedItem
+from sendqueue.services.retry.parking.index import ParkedItem
 from sendqueue.shared.durations import Duration
 
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import aiohttp
 
 from sendqueue.shared.config import parse_listen
-from sendqueue.shared.errors import SendQueueError
+from sendqueue.shared.errors import AdminApiError, AdminUnreachable
 
 #: A GET that takes longer than this is treated as "the admin API does not answer".
 QUERY_TIMEOUT = 30.0
@@ -24,18 +24,6 @@ QUERY_TIMEOUT = 30.0
 BULK_TIMEOUT = 3600.0
 #: Connecting is quick on any network an operator can use; fail fast when nothing listens.
 CONNECT_TIMEOUT = 5.0
-
-
-class AdminApiError(SendQueueError):
-    """The admin API answered with an error status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class AdminUnreachable(SendQueueError):
-    """Nothing answered at the admin API's URL (or it stopped answering)."""
 
 
 def url_from_listen(listen: str) -> str:

@@ -1,49 +1,23 @@
-"""The sender's link to the operator: pause state in, destination health out.
-
-Both travel over RabbitMQ (services never call each other): the retry service publishes
-the whole control state to a fanout exchange whose state queue keeps only the newest
-message, and each sender reports its destinations' health to the status exchange.
-"""
+"""The sender's half of the operator link: each destination's health, reported to the
+retry service (the protocol is sendqueue.shared.control)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
-import msgspec
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 
 from sendqueue.services.sender.consumer import DestinationConsumer
 from sendqueue.services.sender.metrics import SenderMetrics
-from sendqueue.shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack
-from sendqueue.shared.schemas import ControlState, DestinationStatus, decode_control, encode
+from sendqueue.shared.amqp import PUBLISH_ERRORS, Publisher
+from sendqueue.shared.control import publish_status
+from sendqueue.shared.schemas import DestinationStatus
 from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
-
-OnState = Callable[[ControlState], Awaitable[None]]
-
-
-async def follow_control(
-    connection: AbstractRobustConnection, names: Names, on_state: OnState
-) -> None:
-    """Apply every control state broadcast from now on (own exclusive queue)."""
-    channel = await connection.channel()
-    queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
-    await queue.bind(names.control_exchange)
-
-    async def on_message(message: AbstractIncomingMessage) -> None:
-        try:
-            state = decode_control(message.body)
-        except msgspec.DecodeError:
-            log.error("unreadable control message ignored")
-        else:
-            await on_state(state)
-        await safe_ack(message)
-
-    await queue.consume(on_message)
 
 
 class StatusReporter:
@@ -96,12 +70,6 @@ class StatusReporter:
             in_flight=consumer.in_flight,
         )
         try:
-            await self._publisher.publish(
-                self._names.status_exchange,
-                consumer.name,
-                encode(status),
-                persistent=False,
-                mandatory=False,
-            )
+            await publish_status(self._publisher, self._names, status)
         except PUBLISH_ERRORS as exc:
             log.debug("status report not sent: %r", exc)

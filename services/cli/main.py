@@ -6,25 +6,25 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from aiormq.exceptions import AMQPConnectionError
 
-from sendqueue.services.admin_cli import ADMIN_COMMANDS, add_admin_commands, run_admin_command
+from sendqueue.services.cli.admin_commands import (
+    ADMIN_COMMANDS,
+    add_admin_commands,
+    run_admin_command,
+)
 from sendqueue.shared import logs
 from sendqueue.shared.config import Config, load_config, mask_url, with_listen
 from sendqueue.shared.errors import ConfigError, SendQueueError
+from sendqueue.shared.lifecycle import ServiceMain, run_until_signalled
 
 log = logging.getLogger("sendqueue")
 
-#: run_x(config, stop, registry=None): each service's entry point.
-Service = Callable[..., Coroutine[Any, Any, None]]
 
-
-def _services() -> dict[str, Service]:
+def _services() -> dict[str, ServiceMain]:
     # Imported here so `sendqueue check` does not pay for pynetdicom's import.
     from sendqueue.services.ingest.app import run_ingest
     from sendqueue.services.retry.app import run_retry
@@ -34,19 +34,8 @@ def _services() -> dict[str, Service]:
 
 
 async def _run(config: Config, names: Sequence[str]) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     services = _services()
-    tasks = [asyncio.create_task(services[name](config, stop), name=name) for name in names]
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    stop.set()  # one service failed or all stopped: stop the others too
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            raise result
-    log.info("stopped: %s", ", ".join(names))
+    await run_until_signalled({name: services[name] for name in names}, config)
 
 
 async def _send(config: Config, destination: str, ids: Sequence[str]) -> int:
@@ -180,7 +169,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> None:
     with contextlib.suppress(BrokenPipeError):
         sys.exit(main())
-
-
-if __name__ == "__main__":
-    entry()

@@ -14,7 +14,6 @@ its sender consumes the queue as before.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -24,10 +23,10 @@ import msgspec
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelClosed
 
-from sendqueue.services.retry.parking import Parking
-from sendqueue.shared.amqp import PUBLISH_ERRORS, safe_ack, safe_nack_requeue
+from sendqueue.services.retry.parking.queue import Parking
 from sendqueue.shared.files import write_atomic
 from sendqueue.shared.schemas import decode_job
+from sendqueue.shared.settle import settle
 from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
@@ -119,7 +118,8 @@ def parker(
             job = decode_job(message.body)
         except msgspec.DecodeError:
             job = None
-        try:
+
+        async def park_it() -> None:
             await parking.park(
                 job,
                 raw=None if job else message.body,
@@ -127,11 +127,9 @@ def parker(
                 reason=reason,
                 reason_class="unknown-destination",
             )
-        except PUBLISH_ERRORS as exc:
-            log.error("%s: cannot park a job (%r); it stays queued", for_destination, exc)
-            await asyncio.sleep(1)
-            await safe_nack_requeue(message)
-            return
-        await safe_ack(message)
+
+        # No fallback: parking is the fallback. If it keeps failing, the queue's delivery
+        # limit dead-letters the message (docs/architecture.md, "Topology").
+        await settle(message, park_it, what=f"{for_destination}: job with nowhere to go")
 
     return park

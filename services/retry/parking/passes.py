@@ -1,4 +1,4 @@
-"""The parking queue: park a job, and requeue or delete parked jobs by selection.
+"""One pass over the parking queue: requeue, delete or keep each message it holds.
 
 AMQP cannot take one message out of the middle of a queue, so requeue and delete make
 one pass over the whole queue: each message is either acted on (published to the work
@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import msgspec
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from sendqueue.services.retry.index import ParkedIndex, ParkedItem
 from sendqueue.services.retry.metrics import RetryMetrics
+from sendqueue.services.retry.parking.index import ParkedIndex, ParkedItem
+from sendqueue.services.retry.parking.items import item_from_message, plain_headers, requeue_body
 from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.logs import job_event
-from sendqueue.shared.schemas import SendJob, decode_job, encode, fresh, job_headers
 from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
@@ -53,7 +50,9 @@ class PassResult:
     by_destination: dict[str, int] = field(default_factory=dict)
 
 
-class Parking:
+class ParkingPass:
+    """One pass, numbered `seq`: index rows it must keep (items parked meanwhile) carry it."""
+
     def __init__(
         self,
         *,
@@ -63,6 +62,7 @@ class Parking:
         index: ParkedIndex,
         metrics: RetryMetrics,
         destinations: Iterable[str],
+        seq: int,
     ) -> None:
         self._names = names
         self._conn = consume_conn
@@ -71,106 +71,10 @@ class Parking:
         self._metrics = metrics
         #: Where a requeue may send a job (a dead-letter to anywhere else would be stuck).
         self._destinations = set(destinations)
-        #: One pass over the parking queue at a time.
-        self.lock = asyncio.Lock()
-        #: The pass under way, for progress reports.
-        self.current: PassResult | None = None
-        #: Its number (0 when none runs): rows it must keep carry it.
-        self._active_seq = 0
-        #: Items parked since start (the index check skips a round with parks in it).
-        self.parks = 0
+        self._seq = seq
 
-    @property
-    def index(self) -> ParkedIndex:
-        return self._index
-
-    async def park(
-        self,
-        job: SendJob | None,
-        *,
-        raw: bytes | None,
-        destination: str,
-        reason: str,
-        reason_class: str,
-    ) -> ParkedItem:
-        """Publish to the parking queue (confirmed), then index it. Raises PUBLISH_ERRORS."""
-        now = time.time()
-        item_id = uuid.uuid4().hex
-        if job is not None:
-            job = msgspec.structs.replace(
-                job, parked_at=now, last_error=reason, reason_class=reason_class
-            )
-            body = encode(job)
-            item = _item_from_job(item_id, job)
-        else:
-            body = raw or b""
-            item = ParkedItem(
-                id=item_id,
-                destination=destination,
-                parked_at=now,
-                reason=reason,
-                reason_class=reason_class,
-            )
-        headers = {
-            **(job_headers(job) if job else {"destination": destination}),
-            "reason": reason[:500],
-            "reason_class": reason_class,
-            "parked_at": now,
-        }
-        # No lock: parking goes on during a pass. The new message lands behind the pass's
-        # end, and its row carries the pass's number so the pass does not drop it.
-        await self._publisher.publish(
-            self._names.parked_exchange,
-            destination,
-            body,
-            headers=headers,
-            message_id=item_id,
-        )
-        self._index.add([item], pass_seq=self._active_seq)
-        self.parks += 1
-        self._metrics.parked.labels(destination, reason_class).inc()
-        job_event(
-            log,
-            "parked",
-            logging.WARNING,
-            destination=destination,
-            orthanc_id=item.orthanc_id,
-            sop_instance_uid=item.sop_instance_uid,
-            attempt=item.attempts,
-            outcome="parked",
-            reason=reason,
-            reason_class=reason_class,
-        )
-        return item
-
-    async def queue_depth(self) -> int:
-        async with self._conn.channel() as channel:
-            queue = await channel.declare_queue(self._names.parked_queue, passive=True)
-            return int(queue.declaration_result.message_count or 0)
-
-    async def run_pass(self, select: Selector, *, action: str, to: str | None = None) -> PassResult:
-        """One pass over the parking queue, applying `select` to every message.
-
-        Memory stays flat whatever the queue holds: a batch at a time, straight into the
-        index (a 100k-item pass keeps ~200 messages in hand).
-        """
-        async with self.lock:
-            self.current = PassResult(action=action)
-            try:
-                return await self._pass(select, to, self.current)
-            finally:
-                self.current = None
-
-    async def _pass(self, select: Selector, to: str | None, result: PassResult) -> PassResult:
-        seq = self._active_seq = self._index.next_pass()
-        try:
-            return await self._pass_numbered(select, to, result, seq)
-        finally:
-            self._active_seq = 0
-
-    async def _pass_numbered(
-        self, select: Selector, to: str | None, result: PassResult, seq: int
-    ) -> PassResult:
+    async def run(self, select: Selector, to: str | None, result: PassResult) -> PassResult:
+        seq = self._seq
         channel = await self._conn.channel()
         try:
             await channel.set_qos(prefetch_count=_BATCH)
@@ -200,7 +104,7 @@ class Parking:
         to: str | None,
         result: PassResult,
     ) -> list[ParkedItem]:
-        items = [_item_from_message(m) for m in batch]
+        items = [item_from_message(m) for m in batch]
         actions = self._actions(items, select)
         outcomes = await asyncio.gather(
             *(self._act(m, i, a, to) for m, i, a in zip(batch, items, actions, strict=True)),
@@ -236,7 +140,7 @@ class Parking:
         that died before its acks reached the broker, or a second copy of an item (a pass
         that died after re-parking it but before acking the original)."""
         ids = [item.id for item in items]
-        gone = self._index.requeued_before(ids) | self._index.seen_in_pass(ids, self._active_seq)
+        gone = self._index.requeued_before(ids) | self._index.seen_in_pass(ids, self._seq)
         actions: list[Action | Literal["drop"]] = []
         for item in items:
             actions.append("drop" if item.id in gone else select(item))
@@ -277,7 +181,7 @@ class Parking:
                 self._names.parked_exchange,
                 item.destination,
                 message.body,
-                headers=_plain_headers(message.headers),
+                headers=plain_headers(message.headers),
                 message_id=item.id,
             )
             return "ack"
@@ -290,7 +194,7 @@ class Parking:
             # sender sees parked_at and starts the job afresh.
             await message.reject(requeue=False)
             return "dead-lettered"
-        body, headers = _requeue_body(message.body, destination)
+        body, headers = requeue_body(message.body, destination)
         await self._publisher.publish(self._names.work_exchange, destination, body, headers=headers)
         return "copied"
 
@@ -303,76 +207,3 @@ async def _take(messages: Any, count: int) -> list[AbstractIncomingMessage]:
         except (TimeoutError, StopAsyncIteration):
             break
     return batch
-
-
-def _requeue_body(body: bytes, destination: str) -> tuple[bytes, dict[str, Any]]:
-    try:
-        job = decode_job(body)
-    except msgspec.DecodeError:
-        return body, {"destination": destination}  # raw: let the sender judge it again
-    job = msgspec.structs.replace(fresh(job), destination=destination)
-    return encode(job), job_headers(job)
-
-
-def _plain_headers(headers: Any) -> dict[str, Any]:
-    # x- headers belong to the broker; copying them into a new publish confuses it.
-    return {k: v for k, v in (headers or {}).items() if not str(k).startswith("x-")}
-
-
-def _item_from_job(item_id: str, job: SendJob) -> ParkedItem:
-    return ParkedItem(
-        id=item_id,
-        destination=job.destination,
-        orthanc_id=job.orthanc_id,
-        sop_instance_uid=job.sop_instance_uid,
-        series_instance_uid=job.series_instance_uid,
-        study_instance_uid=job.study_instance_uid,
-        patient_id=job.patient_id,
-        modality=job.modality,
-        attempts=job.attempts,
-        first_failed_at=job.first_failed_at,
-        last_failed_at=job.last_failed_at,
-        parked_at=job.parked_at or 0.0,
-        reason=job.last_error,
-        reason_class=job.reason_class,
-    )
-
-
-def _item_from_message(message: AbstractIncomingMessage) -> ParkedItem:
-    headers = message.headers or {}
-    item_id = message.message_id or uuid.uuid4().hex
-    try:
-        job = decode_job(message.body)
-    except msgspec.DecodeError:
-        job = None
-    if job is not None and job.parked_at is not None:
-        return _item_from_job(item_id, job)
-    reason, reason_class = _reason_from_headers(headers, job is None)
-    destination = str(
-        headers.get("destination") or (job.destination if job else "") or message.routing_key or ""
-    )
-    parked_at = headers.get("parked_at")
-    base = _item_from_job(item_id, job) if job else ParkedItem(id=item_id, destination="")
-    return msgspec.structs.replace(
-        base,
-        destination=destination,
-        reason=reason,
-        reason_class=reason_class,
-        parked_at=float(parked_at) if isinstance(parked_at, int | float) else time.time(),
-    )
-
-
-def _reason_from_headers(headers: Any, undecodable: bool) -> tuple[str, str]:
-    if headers.get("reason"):
-        return str(headers["reason"]), str(headers.get("reason_class") or "unknown")
-    deaths = headers.get("x-death") or []
-    if deaths:
-        death = deaths[0]
-        why = death.get("reason", "dead-lettered")
-        return (
-            f"dead-lettered by RabbitMQ ({why}) from {death.get('queue', '?')}",
-            "delivery-limit" if why == "delivery_limit" else "dead-lettered",
-        )
-    if undecodable:
-        return "message could not be decoded", "decode-error"
-    return "parked without a recorded reason", "unknown"

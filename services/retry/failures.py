@@ -4,12 +4,12 @@
     permanent, or attempts exhausted   -> park (with the reason), ack
     dead-lettered job (delivery limit) -> park: it crashed its consumer repeatedly
     undecodable message                -> park verbatim
-Publish first, ack after: a crash in between only duplicates.
+    anything unexpected                -> park verbatim, with the error as the reason
+Publish first, ack after (sendqueue.shared.settle): a crash in between only duplicates.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -17,14 +17,15 @@ from typing import Any
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
-from sendqueue.services.retry.ledger import DelayLedger
+from sendqueue.services.retry.delays import DelayLedger
 from sendqueue.services.retry.metrics import RetryMetrics
-from sendqueue.services.retry.parking import Parking
+from sendqueue.services.retry.parking.queue import Parking
 from sendqueue.services.retry.policy import Park, decide
-from sendqueue.shared.amqp import PUBLISH_ERRORS, Publisher, safe_ack, safe_nack_requeue
+from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.config import Config
 from sendqueue.shared.logs import job_event
 from sendqueue.shared.schemas import Failure, SendJob, decode_bus_message, encode, job_headers
+from sendqueue.shared.settle import settle
 from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
@@ -49,17 +50,21 @@ class FailureRouter:
         self.ledger = ledger
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        try:
-            await self._route(message)
-        except PUBLISH_ERRORS as exc:
-            log.error("cannot forward a failure (%r); it stays queued", exc)
-            await asyncio.sleep(1)
-            await safe_nack_requeue(message)
-            return
-        await safe_ack(message)
+        async def park_verbatim(exc: BaseException) -> None:
+            await self._parking.park(
+                None,
+                raw=message.body,
+                destination=_destination_of(message),
+                reason=f"internal error while routing this failure: {exc!r}",
+                reason_class="internal",
+            )
+
+        await settle(
+            message, lambda: self._route(message), what="failure report", on_crash=park_verbatim
+        )
 
     async def _route(self, message: AbstractIncomingMessage) -> None:
-        destination = str((message.headers or {}).get("destination") or message.routing_key)
+        destination = _destination_of(message)
         try:
             decoded = decode_bus_message(message.body)
         except msgspec.DecodeError as exc:
@@ -157,3 +162,7 @@ class FailureRouter:
             reason=failure.reason,
             reason_class=failure.reason_class,
         )
+
+
+def _destination_of(message: AbstractIncomingMessage) -> str:
+    return str((message.headers or {}).get("destination") or message.routing_key)

@@ -1,0 +1,87 @@
+"""The one way a consumed message is settled: every consumer of sendqueue goes through here.
+
+In the spirit of aio-pika's ``message.process()``, with sendqueue's rule that a message is
+acked only once whatever replaces it is confirmed:
+
+    handler returned                   -> ack (what replaces it was confirmed)
+    a publish was not confirmed        -> nack with requeue, after a pause: it stays queued
+    CancelledError (shutdown)          -> left unacked: the broker returns it on close
+    any other exception                -> on_crash(exc), which publishes the message where an
+                                          operator sees it (a failure report, the parking
+                                          queue), then ack; without one, or if it fails
+                                          too: nack with requeue, and the queue's delivery
+                                          limit dead-letters it after a bounded number of
+                                          tries, so it neither stalls a slot nor loops
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from sendqueue.shared.amqp import PUBLISH_ERRORS
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[], Awaitable[None]]
+#: Publishes the message somewhere visible after `handler` crashed; raises if it cannot.
+OnCrash = Callable[[BaseException], Awaitable[None]]
+
+#: Before a message whose replacement was not confirmed goes back: without a pause, a
+#: broker that refuses publishes (an alarm) would get it back at once, in a tight loop.
+PUBLISH_RETRY_PAUSE = 1.0
+
+
+async def settle(
+    message: AbstractIncomingMessage,
+    handler: Handler,
+    *,
+    what: str,
+    on_crash: OnCrash | None = None,
+) -> None:
+    """Run `handler` for `message` and settle it; never raises (but CancelledError)."""
+    try:
+        await handler()
+    except PUBLISH_ERRORS as exc:
+        log.error("%s: RabbitMQ did not confirm (%r); the message stays queued", what, exc)
+        await asyncio.sleep(PUBLISH_RETRY_PAUSE)
+        await nack_requeue(message)
+        return
+    except Exception as exc:
+        log.exception("%s: unexpected error", what)
+        if not await _crashed(message, exc, what, on_crash):
+            return
+    await ack(message)
+
+
+async def _crashed(
+    message: AbstractIncomingMessage, exc: Exception, what: str, on_crash: OnCrash | None
+) -> bool:
+    """True when the message is safely elsewhere (ack it); False when it went back."""
+    if on_crash is not None:
+        try:
+            await on_crash(exc)
+            return True
+        except Exception as second:
+            log.error("%s: cannot set the message aside either (%r)", what, second)
+    await asyncio.sleep(PUBLISH_RETRY_PAUSE)
+    await nack_requeue(message)
+    return False
+
+
+async def ack(message: AbstractIncomingMessage) -> None:
+    """Ack, tolerating a channel that died meanwhile: the broker will redeliver."""
+    try:
+        await message.ack()
+    except Exception as exc:
+        log.warning("ack failed (%s); the message will be redelivered", exc)
+
+
+async def nack_requeue(message: AbstractIncomingMessage) -> None:
+    try:
+        await message.nack(requeue=True)
+    except Exception as exc:
+        log.warning("nack failed (%s); the message will be redelivered", exc)
