@@ -16,6 +16,7 @@ import pytest
 
 from tests.support import rabbit
 from tests.support.availability import unavailable
+from tests.support.broker_lock import using_broker
 from tests.support.orthanc import OrthancProcess, orthanc_available
 from tests.support.scp import ScriptedSCP, StorescpProcess
 
@@ -100,8 +101,11 @@ def require_rabbitmq() -> None:
 
 @pytest.fixture
 def rabbit_vhost(require_rabbitmq: None) -> Iterator[rabbit.RabbitVhost]:
-    """A fresh vhost (sq-test-<8 hex>), guest has full rights, deleted after the test."""
-    with rabbit.temp_vhost() as vhost:
+    """A fresh vhost (sq-test-<8 hex>), guest has full rights, deleted after the test.
+
+    Held with a shared lock on the machine's broker (tests/support/broker_lock.py): a test
+    that stops the broker or raises an alarm waits for the others, and they for it."""
+    with using_broker(), rabbit.temp_vhost() as vhost:
         yield vhost
 
 
