@@ -16,6 +16,7 @@ from sendqueue.services.cli.admin_commands import (
     add_admin_commands,
     run_admin_command,
 )
+from sendqueue.services.cli.healthz import add_healthz_command, run_healthz
 from sendqueue.shared import logs
 from sendqueue.shared.config import Config, load_config, mask_url, with_listen
 from sendqueue.shared.errors import ConfigError, SendQueueError
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sendqueue", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_admin_commands(sub)
+    add_healthz_command(sub)
     for name, text in (
         ("ingest", "follow Orthanc's changes and queue send jobs"),
         ("sender", "send queued instances to their destinations"),
@@ -136,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ADMIN_COMMANDS:
         return run_admin_command(args)  # talks to the admin API; --config is optional
+    if args.command == "healthz":
+        return run_healthz(args)
     logs.configure()
     amqp_url = "?"
     try:
