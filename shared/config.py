@@ -365,6 +365,12 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
 def _apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
     password = environ.get("SENDQUEUE_ORTHANC_PASSWORD")
     token = environ.get("SENDQUEUE_ADMIN_TOKEN")
+    amqp_url = environ.get("SENDQUEUE_AMQP_URL")
+    if amqp_url:
+        # The broker's password stays out of the TOML file (an environment file instead).
+        config = msgspec.structs.replace(
+            config, amqp=msgspec.structs.replace(config.amqp, url=amqp_url)
+        )
     if password:
         config = msgspec.structs.replace(
             config, orthanc=msgspec.structs.replace(config.orthanc, password=password)

@@ -70,7 +70,7 @@ async def follow_control(
 
         await settle(message, apply, what="control state", on_crash=_superseded)
 
-    await _follow(connection, names.control_exchange, on_message)
+    await _follow(connection, names.control_exchange, names.listener("control"), on_message)
 
 
 async def publish_status(publisher: Publisher, names: Names, status: DestinationStatus) -> None:
@@ -100,7 +100,7 @@ async def follow_status(
 
         await settle(message, record, what="status report", on_crash=_superseded)
 
-    await _follow(connection, names.status_exchange, on_message)
+    await _follow(connection, names.status_exchange, names.listener("status"), on_message)
 
 
 async def _superseded(_exc: BaseException) -> None:
@@ -112,9 +112,12 @@ async def _superseded(_exc: BaseException) -> None:
 async def _follow(
     connection: AbstractRobustConnection,
     exchange: str,
+    queue_name: str,
     on_message: Callable[[AbstractIncomingMessage], Awaitable[None]],
 ) -> None:
     channel = await connection.channel()
-    queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+    # Named under the prefix (not server- or client-generated), so that RabbitMQ
+    # permissions on "<prefix>." cover every queue sendqueue declares.
+    queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
     await queue.bind(exchange)
     await queue.consume(on_message)

@@ -14,6 +14,7 @@ so mixed per-message TTLs would block short delays behind long ones.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,6 +54,10 @@ class Names:
         #: destination without a queue (a removed one, a hand-moved message) lands here.
         self.unroutable_exchange = f"{prefix}.unroutable"
         self.unroutable_queue = f"{prefix}.unroutable"
+
+    def listener(self, what: str) -> str:
+        """A private, exclusive queue of one process following a broadcast exchange."""
+        return f"{self.prefix}.{what}.listener.{uuid.uuid4().hex[:12]}"
 
     def work_queue(self, destination: str) -> str:
         return f"{self.prefix}.work.{destination}"

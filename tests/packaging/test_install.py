@@ -4,7 +4,6 @@ site-packages, and that every service runs from there (console and OpenAPI inclu
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import sysconfig
 import tomllib
@@ -15,36 +14,12 @@ import aiohttp
 import pytest
 
 from tests.integration.harness import dicom_destination, wait_received
+from tests.packaging.tree import ROOT
+from tests.packaging.tree import run as _run
+from tests.packaging.tree import tracked_tree as _tracked_tree
 from tests.support.dicom_factory import make_study, sop_instance_uid
 
-ROOT = Path(__file__).parents[2]
-
 pytestmark = pytest.mark.slow
-
-
-def _run(*command: str | Path, cwd: Path | None = None, timeout: float = 180) -> str:
-    done = subprocess.run(
-        [str(c) for c in command],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def _tracked_tree(target: Path) -> Path:
-    """The files git tracks or would (not ignored), as they are in the working tree: in a
-    CI checkout, exactly the commit."""
-    listing = _run("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=ROOT)
-    files = listing.split("\0")
-    for name in filter(None, files):
-        source = ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
 
 
 @pytest.fixture(scope="module")
