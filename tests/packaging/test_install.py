@@ -16,30 +16,16 @@ import pytest
 from tests.integration.harness import dicom_destination, wait_received
 from tests.packaging.tree import ROOT
 from tests.packaging.tree import run as _run
-from tests.packaging.tree import tracked_tree as _tracked_tree
 from tests.support.dicom_factory import make_study, sop_instance_uid
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh venv with the wheel built from the tracked tree installed (no deps: they
-    come from the test's own environment, added behind it by a .pth file)."""
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh venv with the wheel installed (no deps: they come from the test's own
+    environment, added behind it by a .pth file)."""
     work = tmp_path_factory.mktemp("install")
-    tree = _tracked_tree(work / "tree")
-    _run(
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "--no-build-isolation",
-        "--wheel-dir",
-        work / "dist",
-        tree,
-    )
-    (wheel,) = (work / "dist").glob("sendqueue-*.whl")
     venv = work / "venv"
     _run(sys.executable, "-m", "venv", "--without-pip", venv)
     site = Path(
