@@ -26,10 +26,14 @@ OTHER_VERSIONS = ("3.12", "3.13")
 def _interpreter(version: str) -> str:
     """python<version> on PATH, or one that pyenv installed but does not put first."""
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    candidates = [shutil.which(f"python{version}"), *sorted(pyenv.glob(f"{version}.*/bin/python3"))]
-    for candidate in filter(None, candidates):
+    on_path = shutil.which(f"python{version}")
+    candidates = [
+        *([on_path] if on_path else []),
+        *map(str, pyenv.glob(f"{version}.*/bin/python3")),
+    ]
+    for candidate in candidates:
         if subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
-            return str(candidate)
+            return candidate
     pytest.skip(f"no Python {version} on this machine (the suite itself runs on 3.11)")
 
 
