@@ -132,7 +132,8 @@ class ParkingPass:
             removed.append(item.id)
             if action != "drop":
                 self._count(result, action, item, to)
-        self._index.remove(removed)
+        # A second copy dropped must not take the row of the copy this pass kept with it.
+        self._index.remove(set(removed) - self._index.seen_in_pass(removed, self._seq))
         return kept
 
     def _actions(self, items: list[ParkedItem], select: Selector) -> list[Action | Literal["drop"]]:
