@@ -318,6 +318,46 @@ async def test_a_pass_over_a_queue_that_goes_silent_ends_incomplete(room, monkey
     assert room.ids() == {"stale"} and room.index.has_requeued()
 
 
+async def test_a_pass_that_comes_round_to_its_own_copies_leaves_them_parked(room, monkeypatch):
+    # Given a queue said to hold 3 messages, of which only one is still there (a shovel
+    # took the others meanwhile)
+    monkeypatch.setattr(passes, "_IDLE_END", 0.05)
+    item = await room.park()
+    room.queue.reported_count = 3
+
+    # When a pass keeps everything, and so meets the copy it published itself
+    result = await room.run_pass(keep)
+
+    # Then it stops there: the copy stays parked and listed, the pass is incomplete
+    assert [m.message_id for m in room.queue.ready] == [item.id]
+    assert not room.queue.ready[0].settled
+    assert (result.done, result.kept, result.complete) == (1, 1, False)
+    assert room.ids() == {item.id}
+
+
+async def test_a_job_parked_during_a_pass_that_reads_past_its_end_stays_parked(room, monkeypatch):
+    # Given a queue said to hold 2 messages, of which only one is still there, and a job
+    # parked while the pass acks that one
+    monkeypatch.setattr(passes, "_IDLE_END", 0.05)
+    await room.park("job-1")
+    room.queue.reported_count = 2
+    parked_meanwhile = []
+
+    async def park_another() -> None:
+        parked_meanwhile.append(await room.park("job-2"))
+
+    room.queue.ready[0].on_ack = park_another
+
+    # When a pass deletes what it finds
+    result = await room.run_pass(delete)
+
+    # Then the newcomer, though the pass reached it, is neither deleted nor dropped
+    (newcomer,) = parked_meanwhile
+    assert [m.message_id for m in room.queue.ready] == [newcomer.id]
+    assert (result.deleted, result.complete) == (1, False)
+    assert room.ids() == {newcomer.id}
+
+
 async def test_items_parked_during_a_pass_keep_their_index_rows(room):
     # Given one parked job, and another parked while the pass is acking the first
     await room.park("job-1")
