@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,6 +35,9 @@ Selector = Callable[[ParkedItem], Action]
 _BATCH = 200
 #: A pass ends early when the queue stays silent this long (someone else drained it).
 _IDLE_END = 3.0
+#: Header carried by what reaches the parking queue while a pass runs (its own copies, jobs
+#: parked meanwhile), with the pass's mark: meeting it, the pass has gone past the end.
+PASS_MARK = "sendqueue-pass"
 
 
 @dataclass
@@ -72,6 +76,8 @@ class ParkingPass:
         #: Where a requeue may send a job (a dead-letter to anywhere else would be stuck).
         self._destinations = set(destinations)
         self._seq = seq
+        #: Stamped on what is published to the parking queue while this pass runs.
+        self.mark = uuid.uuid4().hex
 
     async def run(self, select: Selector, to: str | None, result: PassResult) -> PassResult:
         seq = self._seq
@@ -81,11 +87,17 @@ class ParkingPass:
             queue = await channel.declare_queue(self._names.parked_queue, passive=True)
             result.total = remaining = int(queue.declaration_result.message_count or 0)
             async with queue.iterator() as messages:
-                while remaining > 0:
+                while remaining > 0 and result.complete:
                     batch = await _take(messages, min(_BATCH, remaining))
                     if not batch:
                         result.complete = False
                         break
+                    mine = [(m.headers or {}).get(PASS_MARK) == self.mark for m in batch]
+                    if any(mine):
+                        # Published after the pass began: the queue held fewer messages than
+                        # it said (someone else took some). What is past the end stays
+                        # unacked (closing the channel returns it); the pass ends here.
+                        batch, result.complete = batch[: mine.index(True)], False
                     remaining -= len(batch)
                     kept = await self._apply(batch, select, to, result)
                     self._index.add(kept, pass_seq=seq)
@@ -132,7 +144,8 @@ class ParkingPass:
             removed.append(item.id)
             if action != "drop":
                 self._count(result, action, item, to)
-        self._index.remove(removed)
+        # A second copy dropped must not take the row of the copy this pass kept with it.
+        self._index.remove(set(removed) - self._index.seen_in_pass(removed, self._seq))
         return kept
 
     def _actions(self, items: list[ParkedItem], select: Selector) -> list[Action | Literal["drop"]]:
@@ -181,7 +194,7 @@ class ParkingPass:
                 self._names.parked_exchange,
                 item.destination,
                 message.body,
-                headers=plain_headers(message.headers),
+                headers={**plain_headers(message.headers), PASS_MARK: self.mark},
                 message_id=item.id,
             )
             return "ack"

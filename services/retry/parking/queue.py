@@ -18,7 +18,7 @@ from aio_pika.abc import AbstractRobustConnection
 from sendqueue.services.retry.metrics import RetryMetrics
 from sendqueue.services.retry.parking.index import ParkedIndex, ParkedItem
 from sendqueue.services.retry.parking.items import item_from_job
-from sendqueue.services.retry.parking.passes import ParkingPass, PassResult, Selector
+from sendqueue.services.retry.parking.passes import PASS_MARK, ParkingPass, PassResult, Selector
 from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.logs import job_event
 from sendqueue.shared.schemas import SendJob, encode, job_headers
@@ -51,6 +51,8 @@ class Parking:
         self.current: PassResult | None = None
         #: Its number (0 when none runs): rows it must keep carry it.
         self._active_seq = 0
+        #: Its mark ("" when none runs): messages parked meanwhile carry it.
+        self._active_mark = ""
         #: Items parked since start (the index check skips a round with parks in it).
         self.parks = 0
 
@@ -91,6 +93,8 @@ class Parking:
             "reason_class": reason_class,
             "parked_at": now,
         }
+        if self._active_mark:
+            headers[PASS_MARK] = self._active_mark
         # No lock: parking goes on during a pass. The new message lands behind the pass's
         # end, and its row carries the pass's number so the pass does not drop it.
         await self._publisher.publish(
@@ -146,7 +150,9 @@ class Parking:
             destinations=self._destinations,
             seq=seq,
         )
+        self._active_mark = one_pass.mark
         try:
             return await one_pass.run(select, to, result)
         finally:
             self._active_seq = 0
+            self._active_mark = ""

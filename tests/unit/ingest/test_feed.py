@@ -1,0 +1,355 @@
+"""ChangesFeed against an in-memory Orthanc: where it starts, when the cursor moves, and
+what a round that fails leaves behind."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sendqueue.services.ingest.cursor import CursorFile
+from sendqueue.services.ingest.feed import ChangesFeed
+from sendqueue.services.ingest.metrics import IngestMetrics
+from sendqueue.services.ingest.routing import Router
+from sendqueue.shared.config import IngestConfig, RouteConfig
+from sendqueue.shared.durations import Duration
+from sendqueue.shared.errors import PermanentError, SourceUnavailable
+from sendqueue.shared.resolver import Resolver
+from sendqueue.shared.schemas import Failure, SendJob, decode_bus_message, decode_job
+from sendqueue.shared.topology import Names
+from tests.unit.fakes import FakeOrthanc, FakePublisher, eventually
+
+pytestmark = pytest.mark.timeout(10)
+
+NAMES = Names("t")
+EVERYTHING_TO_PACS = [RouteConfig(destinations=["pacs"])]
+
+
+@dataclass
+class Ingest:
+    """A changes feed on fakes, run in the background by `run_until`."""
+
+    feed: ChangesFeed
+    orthanc: FakeOrthanc
+    publisher: FakePublisher
+    registry: CollectorRegistry
+    cursor_file: CursorFile
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def cursor(self) -> int | None:
+        return self.cursor_file.load()
+
+    async def run_until(self, condition: Callable[[], bool]) -> None:
+        if self.task is None:
+            self.task = asyncio.create_task(self.feed.run(self.stop))
+        await eventually(condition)
+        assert not self.task.done(), "the feed stopped on its own"
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 5)
+
+    def jobs(self) -> list[SendJob]:
+        return [decode_job(p.body) for p in self.publisher.to(NAMES.work_exchange)]
+
+    def queued(self) -> list[tuple[str, str]]:
+        return [(job.orthanc_id, job.destination) for job in self.jobs()]
+
+    def failures(self) -> list[Failure]:
+        decoded = [decode_bus_message(p.body) for p in self.publisher.to(NAMES.failed_exchange)]
+        return [f for f in decoded if isinstance(f, Failure)]
+
+    def errors(self, stage: str) -> float:
+        labels = {"stage": stage}
+        return self.registry.get_sample_value("sendqueue_ingest_errors_total", labels) or 0.0
+
+
+MakeIngest = Callable[..., Awaitable[Ingest]]
+
+
+@pytest.fixture
+async def make_ingest(tmp_path: Path) -> AsyncIterator[MakeIngest]:
+    made: list[Ingest] = []
+
+    async def make(
+        orthanc: FakeOrthanc,
+        *,
+        start_from: str = "now",
+        routes: list[RouteConfig] | None = None,
+        batch_size: int = 100,
+        poll_interval: float = 0.01,
+        saved_cursor: int | None = None,
+    ) -> Ingest:
+        config = IngestConfig(
+            state_dir=str(tmp_path / "ingest"),
+            poll_interval=Duration(poll_interval),
+            start_from=start_from,  # type: ignore[arg-type]
+            batch_size=batch_size,
+        )
+        cursor_file = CursorFile(config.state_dir)
+        if saved_cursor is not None:
+            cursor_file.save(saved_cursor)
+        publisher = FakePublisher()
+        registry = CollectorRegistry()
+        feed = ChangesFeed(
+            config=config,
+            orthanc=orthanc,  # type: ignore[arg-type]
+            resolver=Resolver(orthanc),  # type: ignore[arg-type]
+            router=Router(routes or EVERYTHING_TO_PACS),
+            publisher=publisher,  # type: ignore[arg-type]
+            names=NAMES,
+            metrics=IngestMetrics(registry),
+        )
+        ingest = Ingest(feed, orthanc, publisher, registry, cursor_file)
+        made.append(ingest)
+        return ingest
+
+    yield make
+    for ingest in made:
+        await ingest.close()
+
+
+def _orthanc(*ids: str, **tags: Any) -> FakeOrthanc:
+    orthanc = FakeOrthanc()
+    for orthanc_id in ids:
+        orthanc.store(orthanc_id, {"SOPInstanceUID": f"1.2.{orthanc_id}", **tags})
+    return orthanc
+
+
+# -- where it starts ------------------------------------------------------------------------
+
+
+async def test_a_first_start_from_now_skips_what_orthanc_already_holds(make_ingest):
+    # Given an Orthanc with two instances, and no saved cursor
+    ingest = await make_ingest(_orthanc("old-1", "old-2"), start_from="now")
+
+    # When the feed starts, then a new instance arrives
+    await ingest.run_until(lambda: ingest.cursor == 2)
+    ingest.orthanc.store("new-1")
+    await ingest.run_until(lambda: ingest.cursor == 3)
+
+    # Then only the new instance is queued
+    assert ingest.queued() == [("new-1", "pacs")]
+
+
+async def test_a_first_start_from_the_beginning_queues_everything_orthanc_holds(make_ingest):
+    # Given an Orthanc with two instances, and no saved cursor
+    ingest = await make_ingest(_orthanc("old-1", "old-2"), start_from="beginning")
+
+    # When the feed starts
+    await ingest.run_until(lambda: ingest.cursor == 2)
+
+    # Then both are queued, with their tags
+    assert ingest.queued() == [("old-1", "pacs"), ("old-2", "pacs")]
+    assert [job.sop_instance_uid for job in ingest.jobs()] == ["1.2.old-1", "1.2.old-2"]
+
+
+async def test_a_restart_resumes_after_the_saved_cursor(make_ingest):
+    # Given a cursor saved after the first of three changes
+    ingest = await make_ingest(_orthanc("o1", "o2", "o3"), start_from="beginning", saved_cursor=1)
+
+    # When the feed starts
+    await ingest.run_until(lambda: ingest.cursor == 3)
+
+    # Then it queues what came after, and not the first one again
+    assert ingest.queued() == [("o2", "pacs"), ("o3", "pacs")]
+
+
+# -- when the cursor moves ------------------------------------------------------------------
+
+
+async def test_the_cursor_is_saved_only_after_every_job_of_the_page_is_confirmed(make_ingest):
+    # Given a page of three changes, and a look at the cursor file at every publish
+    ingest = await make_ingest(_orthanc("o1", "o2", "o3"), start_from="beginning")
+    cursor_while_publishing = []
+    ingest.publisher.on_publish = lambda _p: cursor_while_publishing.append(ingest.cursor)
+
+    # When the page is queued
+    await ingest.run_until(lambda: ingest.cursor == 3)
+
+    # Then the cursor stayed before the page until all three were confirmed
+    assert cursor_while_publishing == [0, 0, 0]
+    assert len(ingest.jobs()) == 3
+
+
+async def test_a_publish_not_confirmed_keeps_the_cursor_and_the_round_is_retried(make_ingest):
+    # Given a broker that does not confirm publishes
+    ingest = await make_ingest(_orthanc("o1", "o2"), start_from="beginning")
+    ingest.publisher.refuse()
+
+    # When the feed runs a few rounds
+    await ingest.run_until(lambda: ingest.errors("amqp") >= 2)
+
+    # Then the cursor has not moved, and the feed says it is unhealthy
+    assert ingest.cursor == 0 and not ingest.feed.healthy
+    assert ingest.jobs() == []
+
+    # And once the broker confirms again, the page is queued and the cursor moves
+    ingest.publisher.confirm()
+    await ingest.run_until(lambda: ingest.cursor == 2)
+    assert ingest.queued() == [("o1", "pacs"), ("o2", "pacs")]
+    assert ingest.feed.healthy
+
+
+async def test_a_page_confirmed_in_part_is_queued_again_whole(make_ingest):
+    # Given a broker that refuses one publish of the page
+    ingest = await make_ingest(_orthanc("o1", "o2"), start_from="beginning")
+    ingest.publisher.refuse(1)
+
+    # When the feed runs
+    await ingest.run_until(lambda: ingest.cursor == 2)
+
+    # Then every instance is queued; the one confirmed the first time twice (never a gap)
+    assert Counter(ingest.queued()) == {("o1", "pacs"): 1, ("o2", "pacs"): 2}
+    assert ingest.errors("amqp") == 1
+
+
+async def test_an_orthanc_whose_changes_restart_below_the_cursor_is_followed_from_zero(
+    make_ingest, caplog
+):
+    # Given a cursor at 50, and an Orthanc whose database was replaced (3 changes)
+    ingest = await make_ingest(_orthanc("o1", "o2", "o3"), saved_cursor=50)
+
+    # When the feed runs
+    with caplog.at_level(logging.WARNING):
+        await ingest.run_until(lambda: ingest.cursor == 3)
+
+    # Then it follows the new database from its first change, and says why
+    assert ingest.queued() == [("o1", "pacs"), ("o2", "pacs"), ("o3", "pacs")]
+    assert "database was reset" in caplog.text
+
+
+async def test_pages_that_are_not_done_are_followed_at_once(make_ingest):
+    # Given five changes, read two at a time, and a poll interval far beyond the test's
+    ingest = await make_ingest(
+        _orthanc("o1", "o2", "o3", "o4", "o5"),
+        start_from="beginning",
+        batch_size=2,
+        poll_interval=60,
+    )
+
+    # When the feed runs
+    await ingest.run_until(lambda: ingest.cursor == 5)
+
+    # Then it read the three pages without waiting, and knows it has caught up
+    assert [orthanc_id for orthanc_id, _ in ingest.queued()] == ["o1", "o2", "o3", "o4", "o5"]
+    assert ingest.orthanc.asked("/changes") >= 3
+    assert ingest.registry.get_sample_value("sendqueue_ingest_lag_changes") == 0
+    assert ingest.registry.get_sample_value("sendqueue_ingest_orthanc_last_seq") == 5
+
+
+# -- an instance Orthanc cannot read --------------------------------------------------------
+
+
+async def test_an_unreadable_instance_is_tried_three_rounds_then_parked_where_it_may_go(
+    make_ingest,
+):
+    # Given routes on a tag Orthanc does not index, and an instance whose file Orthanc,
+    # though up, cannot read (next to one it reads)
+    routes = [
+        RouteConfig(destinations=["thin"], match={"Modality": "CT", "SliceThickness": "0.*"}),
+        RouteConfig(destinations=["mr"], match={"Modality": "MR", "SliceThickness": "*"}),
+        RouteConfig(destinations=["all"]),
+    ]
+    orthanc = FakeOrthanc()
+    orthanc.store("bad", {"Modality": "CT"})
+    orthanc.store("good", {"Modality": "CT"}, file_tags={"SliceThickness": "0.5"})
+    orthanc.errors["/instances/bad/simplified-tags"] = SourceUnavailable(
+        "Orthanc answered HTTP 500 on GET /instances/bad/simplified-tags",
+        reason_class="source-error",
+    )
+    ingest = await make_ingest(orthanc, start_from="beginning", routes=routes)
+
+    # When the feed runs
+    await ingest.run_until(lambda: ingest.cursor == 2)
+
+    # Then the file was tried in three rounds, the changes behind it were not held up for
+    # longer, and the instance is parked for each destination its indexed tags allow
+    assert orthanc.asked("/instances/bad/simplified-tags") == 3
+    assert ingest.errors("orthanc") == 2
+    assert ingest.queued() == [("good", "thin"), ("good", "all")]
+    failures = ingest.failures()
+    assert [f.destination for f in failures] == ["thin", "all"]
+    for failure in failures:
+        assert failure.permanent and failure.reason_class == "source-unreadable"
+        assert failure.job is not None and failure.job.orthanc_id == "bad"
+        assert failure.job.destination == failure.destination
+
+
+async def test_a_file_failing_while_orthanc_itself_is_down_is_waited_for_and_never_parked(
+    make_ingest,
+):
+    # Given routes on a tag Orthanc does not index, and Orthanc failing the file's tags
+    # while its GET /system fails too (it went down between two calls)
+    routes = [RouteConfig(destinations=["thin"], match={"SliceThickness": "0.*"})]
+    orthanc = FakeOrthanc()
+    orthanc.store("o1", file_tags={"SliceThickness": "0.5"})
+    orthanc.errors["/instances/o1/simplified-tags"] = SourceUnavailable("HTTP 503")
+    orthanc.errors["/system"] = SourceUnavailable("Orthanc unreachable on GET /system")
+    ingest = await make_ingest(orthanc, start_from="beginning", routes=routes)
+
+    # When the feed runs more rounds than an unreadable file gets
+    await ingest.run_until(lambda: orthanc.asked("/instances/o1/simplified-tags") >= 5)
+
+    # Then nothing is parked and the cursor waits
+    assert ingest.failures() == [] and ingest.cursor == 0
+
+    # And once Orthanc is back, the instance is routed on its tags
+    orthanc.errors.clear()
+    await ingest.run_until(lambda: ingest.cursor == 1)
+    assert ingest.queued() == [("o1", "thin")] and ingest.failures() == []
+
+
+# -- Orthanc down or misconfigured ----------------------------------------------------------
+
+
+async def test_an_orthanc_that_is_down_leaves_the_cursor_and_the_round_is_retried(make_ingest):
+    # Given a cursor at 2, and an Orthanc that is down
+    orthanc = _orthanc("o1", "o2", "o3")
+    orthanc.up = False
+    ingest = await make_ingest(orthanc, saved_cursor=2)
+
+    # When the feed runs a few rounds
+    await ingest.run_until(lambda: ingest.errors("orthanc") >= 2)
+
+    # Then nothing moved, and the feed says it is unhealthy
+    assert ingest.cursor == 2 and not ingest.feed.healthy and ingest.jobs() == []
+
+    # And when Orthanc is back, the feed goes on where it was
+    orthanc.up = True
+    await ingest.run_until(lambda: ingest.cursor == 3)
+    assert ingest.queued() == [("o3", "pacs")] and ingest.feed.healthy
+
+
+async def test_a_4xx_on_changes_is_retried_with_an_error_that_points_at_the_url(
+    make_ingest, caplog
+):
+    # Given an [orthanc] url that is not Orthanc's: /changes answers 404
+    orthanc = _orthanc("o1")
+    orthanc.errors["/changes"] = PermanentError(
+        "Orthanc answered HTTP 404 on GET /changes", reason_class="source-4xx"
+    )
+    ingest = await make_ingest(orthanc, saved_cursor=0)
+
+    # When the feed runs
+    with caplog.at_level(logging.WARNING):
+        await ingest.run_until(lambda: orthanc.asked("/changes") >= 3)
+
+    # Then it keeps retrying (it does not crash), saying what to check
+    assert "is [orthanc] url right?" in caplog.text
+    assert not ingest.feed.healthy and ingest.errors("orthanc") >= 2 and ingest.cursor == 0
+
+    # And once the url answers, the feed goes on
+    del orthanc.errors["/changes"]
+    await ingest.run_until(lambda: ingest.cursor == 1)
+    assert ingest.queued() == [("o1", "pacs")]
