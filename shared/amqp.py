@@ -18,15 +18,22 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 from yarl import URL
 
+from sendqueue.shared.errors import NotConfirmed
+
 log = logging.getLogger(__name__)
 
-#: Errors a publish can end with; all mean "not confirmed, do not ack the source".
-PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+#: What aio-pika raises for a publish that was not confirmed; Publisher.publish turns
+#: each into NotConfirmed, so that nothing else (an OSError of a file, a RuntimeError of a
+#: bug) is ever taken for "the broker did not confirm".
+_PUBLISH_FAILURES: tuple[type[BaseException], ...] = (
     *CONNECTION_EXCEPTIONS,
     DeliveryError,
     PublishError,
     asyncio.TimeoutError,
 )
+#: RabbitMQ unavailable, for callers that talk to it beyond publishing (declares, passes):
+#: a publish not confirmed, or the connection's own errors.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (NotConfirmed, *CONNECTION_EXCEPTIONS)
 
 
 async def connect(url: str, name: str) -> AbstractRobustConnection:
@@ -74,7 +81,7 @@ class Publisher:
         persistent: bool = True,
         mandatory: bool = True,
     ) -> None:
-        """Returns once the broker confirmed; raises one of PUBLISH_ERRORS otherwise."""
+        """Returns once the broker confirmed; raises NotConfirmed otherwise."""
         message = aio_pika.Message(
             body,
             content_type="application/json",
@@ -89,8 +96,13 @@ class Publisher:
             message_id=message_id or uuid.uuid4().hex,
             headers=dict(headers or {}),
         )
-        target = await self._exchange(exchange)
         # The whole call is bounded: a robust channel waits without limit while it
         # reconnects, and publish(timeout=) does not cover that wait.
-        async with asyncio.timeout(self._timeout):
-            await target.publish(message, routing_key=routing_key, mandatory=mandatory)
+        try:
+            target = await self._exchange(exchange)
+            async with asyncio.timeout(self._timeout):
+                await target.publish(message, routing_key=routing_key, mandatory=mandatory)
+        except _PUBLISH_FAILURES as exc:
+            raise NotConfirmed(
+                f"RabbitMQ did not confirm the publish to {exchange}: {exc!r}"
+            ) from exc

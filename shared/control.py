@@ -35,7 +35,7 @@ OnStatus = Callable[[DestinationStatus], None]
 
 
 async def broadcast_control(publisher: Publisher, names: Names, state: ControlState) -> None:
-    """To every sender, and to the state queue (confirmed; raises PUBLISH_ERRORS)."""
+    """To every sender, and to the state queue (confirmed; raises NotConfirmed)."""
     await publisher.publish(names.control_exchange, "", encode(state))
 
 
@@ -74,7 +74,7 @@ async def follow_control(
 
 
 async def publish_status(publisher: Publisher, names: Names, status: DestinationStatus) -> None:
-    """One destination's health; raises PUBLISH_ERRORS (callers may ignore them)."""
+    """One destination's health; raises NotConfirmed (callers may ignore it)."""
     await publisher.publish(
         names.status_exchange,
         status.destination,

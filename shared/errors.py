@@ -45,6 +45,13 @@ class TransientError(SendQueueError):
         self.retry_after = retry_after
 
 
+class NotConfirmed(TransientError):
+    """RabbitMQ did not confirm a publish (connection lost, nacked, unroutable, timed out):
+    whatever the publish was to replace must stay where it is."""
+
+    reason_class = "broker"
+
+
 class DestinationUnavailable(TransientError):
     """The destination cannot be reached at all: pause it, do not burn attempts.
 

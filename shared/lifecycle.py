@@ -75,10 +75,21 @@ async def _quietly(close: Callable[[], Awaitable[Any]]) -> None:
         await close()
 
 
+#: How long a stopping service waits for one of its tasks to end.
+_TASK_STOP_TIMEOUT = 5.0
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    """Cancel until it ends: a library may turn a cancellation into an error of its own,
+    which a loop that tolerates errors then swallows. Never hang a shutdown on it."""
+    deadline = asyncio.get_running_loop().time() + _TASK_STOP_TIMEOUT
+    while not task.done() and asyncio.get_running_loop().time() < deadline:
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.2)
+    if not task.done():
+        log.warning("task %s did not stop within %.0fs", task.get_name(), _TASK_STOP_TIMEOUT)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("task %s ended with %r", task.get_name(), task.exception())
 
 
 async def run_until_signalled(mains: Mapping[str, ServiceMain], config: Any) -> None:

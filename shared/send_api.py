@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from sendqueue.shared.amqp import PUBLISH_ERRORS
+from sendqueue.shared.amqp import BROKER_ERRORS
 from sendqueue.shared.config import Config
 from sendqueue.shared.errors import SourceUnavailable, UnknownResources
 from sendqueue.shared.submit import queue_resources
@@ -58,7 +58,7 @@ def make_send_handler(
             return web.json_response({"error": str(exc), "unknown": exc.ids}, status=404)
         except SourceUnavailable as exc:
             return _error(f"Orthanc unavailable: {exc}", 503)
-        except PUBLISH_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             return _error(f"RabbitMQ did not confirm the jobs: {exc!r}", 503)
         if on_done is not None:
             on_done(request, destination, queued)

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from sendqueue.shared.amqp import PUBLISH_ERRORS
+from sendqueue.shared.errors import NotConfirmed
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ async def settle(
     """Run `handler` for `message` and settle it; never raises (but CancelledError)."""
     try:
         await handler()
-    except PUBLISH_ERRORS as exc:
+    except NotConfirmed as exc:
         log.error("%s: RabbitMQ did not confirm (%r); the message stays queued", what, exc)
         await asyncio.sleep(PUBLISH_RETRY_PAUSE)
         await nack_requeue(message)

@@ -14,7 +14,7 @@ from typing import Any
 from sendqueue.services.ingest.cursor import CursorFile
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import CHANGE_FOR_LEVEL, Router
-from sendqueue.shared.amqp import PUBLISH_ERRORS, Publisher
+from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
 from sendqueue.shared.config import IngestConfig
 from sendqueue.shared.errors import InstanceNotFound, PermanentError, SourceUnavailable
 from sendqueue.shared.jobs import make_job, publish_failure, publish_jobs
@@ -32,7 +32,7 @@ _MAX_BACKOFF = 30.0
 #: Rounds an unreadable file is retried before its jobs are parked.
 _UNREADABLE_ROUNDS = 3
 #: A round that fails with these is retried after a backoff; the cursor stays put.
-_ROUND_ERRORS: tuple[type[BaseException], ...] = (SourceUnavailable, *PUBLISH_ERRORS)
+_ROUND_ERRORS: tuple[type[BaseException], ...] = (SourceUnavailable, *BROKER_ERRORS)
 
 
 class ChangesFeed:

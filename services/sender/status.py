@@ -4,7 +4,6 @@ retry service (the protocol is sendqueue.shared.control)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -12,8 +11,9 @@ from aio_pika.abc import AbstractRobustConnection
 
 from sendqueue.services.sender.consumer import DestinationConsumer
 from sendqueue.services.sender.metrics import SenderMetrics
-from sendqueue.shared.amqp import PUBLISH_ERRORS, Publisher
+from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.control import publish_status
+from sendqueue.shared.errors import NotConfirmed
 from sendqueue.shared.schemas import DestinationStatus
 from sendqueue.shared.topology import Names
 
@@ -43,8 +43,12 @@ class StatusReporter:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 await self._refresh_ready()
+            except Exception:
+                # aio-pika may report a cancellation as a channel error: do not loop on.
+                if _being_cancelled():
+                    raise asyncio.CancelledError from None
             for consumer in self._consumers:
                 await self.report(consumer)
             await asyncio.sleep(self._interval)
@@ -71,5 +75,10 @@ class StatusReporter:
         )
         try:
             await publish_status(self._publisher, self._names, status)
-        except PUBLISH_ERRORS as exc:
+        except NotConfirmed as exc:
             log.debug("status report not sent: %r", exc)
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -23,6 +23,7 @@ from pamqp.commands import Basic
 from sendqueue.shared.config import DestinationConfig
 from sendqueue.shared.errors import (
     InstanceNotFound,
+    NotConfirmed,
     PermanentError,
     SourceUnavailable,
     TransientError,
@@ -33,9 +34,11 @@ Journal = list[str]
 Callback = Callable[["FakeMessage"], Awaitable[None]]
 
 
-def broker_nack() -> DeliveryError:
+def broker_nack() -> NotConfirmed:
     """What a publish raises when the broker refuses to confirm it."""
-    return DeliveryError(None, Basic.Nack(delivery_tag=1))
+    return NotConfirmed(
+        f"RabbitMQ did not confirm: {DeliveryError(None, Basic.Nack(delivery_tag=1))!r}"
+    )
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 3.0) -> None:

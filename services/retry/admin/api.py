@@ -30,7 +30,7 @@ from sendqueue.services.retry.admin.overview import QueueOverview
 from sendqueue.services.retry.admin.parked import ParkedRoutes
 from sendqueue.services.retry.parking.queue import Parking
 from sendqueue.services.retry.pauses import PauseStore
-from sendqueue.shared.amqp import PUBLISH_ERRORS
+from sendqueue.shared.amqp import BROKER_ERRORS
 from sendqueue.shared.config import Config
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status >= 400 and request.path.startswith("/api/"):
             return error(exc.reason, exc.status)
         raise
-    except PUBLISH_ERRORS as exc:
+    except BROKER_ERRORS as exc:
         # RabbitMQ went away (it reconnects by itself). A bulk pass stops where it was:
         # what it already requeued or deleted stays so, the rest stays parked.
         log.warning("%s %s: RabbitMQ unavailable: %r", request.method, request.path, exc)

@@ -69,7 +69,7 @@ class Parking:
         reason: str,
         reason_class: str,
     ) -> ParkedItem:
-        """Publish to the parking queue (confirmed), then index it. Raises PUBLISH_ERRORS."""
+        """Publish to the parking queue (confirmed), then index it. Raises NotConfirmed."""
         now = time.time()
         item_id = uuid.uuid4().hex
         if job is not None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import pytest
+from aiormq.exceptions import DeliveryError
+from pamqp.commands import Basic
 
 from sendqueue.shared import settle as settle_module
-from sendqueue.shared.amqp import PUBLISH_ERRORS
+from sendqueue.shared.amqp import Publisher
+from sendqueue.shared.errors import NotConfirmed
 from sendqueue.shared.settle import settle
 from tests.unit.fakes import FakeMessage, broker_nack, dead_channel
 
@@ -35,16 +39,39 @@ async def test_a_handler_that_returns_gets_its_message_acked():
     assert journal == ["handled", "ack"]
 
 
-@pytest.mark.parametrize(
-    "error",
-    [broker_nack(), TimeoutError("no confirm within 30s"), ConnectionResetError("gone")],
-    ids=["broker-nack", "confirm-timeout", "connection-lost"],
-)
+CAUSES = [
+    DeliveryError(None, Basic.Nack(delivery_tag=1)),
+    TimeoutError("no confirm within 30s"),
+    ConnectionResetError("gone"),
+]
+CAUSE_IDS = ["broker-nack", "confirm-timeout", "connection-lost"]
+
+
+class _RefusingExchange:
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+
+    async def publish(self, *_args: Any, **_kwargs: Any) -> None:
+        raise self.cause
+
+
+@pytest.mark.parametrize("cause", CAUSES, ids=CAUSE_IDS)
+async def test_the_publisher_reports_every_unconfirmed_publish_as_not_confirmed(cause):
+    # Given a publisher whose exchange fails the way aio-pika does
+    publisher = Publisher(connection=None, timeout=1.0)
+    publisher._exchanges["x"] = _RefusingExchange(cause)
+    # When it publishes, Then the failure is NotConfirmed, with the cause kept
+    with pytest.raises(NotConfirmed) as raised:
+        await publisher.publish("x", "key", b"{}")
+    assert raised.value.__cause__ is cause
+
+
+@pytest.mark.parametrize("cause", CAUSES, ids=CAUSE_IDS)
 async def test_a_publish_not_confirmed_goes_back_with_a_nack_and_is_not_set_aside(
-    error, no_publish_pause
+    cause, no_publish_pause
 ):
     # Given a handler whose publish was not confirmed
-    assert isinstance(error, PUBLISH_ERRORS)
+    error = NotConfirmed(f"not confirmed: {cause!r}")
     crashes = []
 
     async def handler() -> None:
@@ -189,3 +216,24 @@ async def test_a_nack_on_a_dead_channel_is_tolerated(caplog, no_publish_pause):
     # Then settle returns and says why
     assert not message.settled
     assert "nack failed" in caplog.text
+
+
+async def test_an_os_error_of_the_handler_is_set_aside_not_taken_for_the_broker(
+    no_publish_pause,
+):
+    # Given a handler failing on a full disk (an OSError, as aio-pika's connection errors are)
+    crashes: list[BaseException] = []
+
+    async def handler() -> None:
+        raise OSError(28, "No space left on device")
+
+    async def on_crash(exc: BaseException) -> None:
+        crashes.append(exc)
+
+    journal: list[str] = []
+    message = _message(journal)
+    # When the message is settled
+    await settle(message, handler, what="job", on_crash=on_crash)
+    # Then it is set aside and acked, not nacked back in a loop
+    assert [type(c) for c in crashes] == [OSError]
+    assert journal == ["ack"]

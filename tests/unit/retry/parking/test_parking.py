@@ -17,7 +17,7 @@ from sendqueue.services.retry.parking import passes
 from sendqueue.services.retry.parking.index import Filters, ParkedIndex, ParkedItem
 from sendqueue.services.retry.parking.passes import Selector
 from sendqueue.services.retry.parking.queue import Parking
-from sendqueue.shared.amqp import PUBLISH_ERRORS
+from sendqueue.shared.errors import NotConfirmed
 from sendqueue.shared.schemas import SendJob, decode_job, encode
 from sendqueue.shared.topology import Names
 from tests.unit.fakes import FakeConnection, FakeMessage, FakePublisher, FakeQueue
@@ -134,7 +134,7 @@ async def test_a_park_not_confirmed_raises_and_indexes_nothing(room):
     room.publisher.refuse()
 
     # When a job is parked, then the caller learns it failed, and nothing is indexed
-    with pytest.raises(PUBLISH_ERRORS):
+    with pytest.raises(NotConfirmed):
         await room.park()
     assert room.index.count() == 0 and room.parking.parks == 0
 
