@@ -3,6 +3,8 @@
 Key names under [orthanc], [amqp], [ingest], [sender], [retry], [[destinations]] and
 [[routes]] are a contract: scripts outside sendqueue write them. Add keys, never rename.
 Unknown keys are errors, so a typo is caught at start-up instead of silently ignored.
+Every key documents itself (shared/config_fields.py `doc()`), readable at run time.
+The [[destinations]] Structs, one per kind, are in shared/destination_config.py.
 """
 
 from __future__ import annotations
@@ -13,15 +15,48 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
+from sendqueue.shared.config_fields import doc
+from sendqueue.shared.destination_config import (
+    NAME,
+    DestinationConfig,
+    DestinationConfigBase,
+    DicomDestinationConfig,
+    DicomWebDestinationConfig,
+    HttpDestinationConfig,
+    OrthancDestinationConfig,
+    TlsConfig,
+    destination_tables,
+)
 from sendqueue.shared.durations import Duration
 from sendqueue.shared.errors import ConfigError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_AET = re.compile(r"^[\x20-\x7e]{1,16}$")
+__all__ = [
+    "AmqpConfig",
+    "Config",
+    "DestinationConfig",
+    "DestinationConfigBase",
+    "DicomDestinationConfig",
+    "DicomWebDestinationConfig",
+    "HttpDestinationConfig",
+    "IngestConfig",
+    "Level",
+    "OrthancConfig",
+    "OrthancDestinationConfig",
+    "RetryConfig",
+    "RouteConfig",
+    "SenderConfig",
+    "TlsConfig",
+    "is_loopback",
+    "load_config",
+    "mask_url",
+    "parse_config",
+    "parse_listen",
+    "with_listen",
+]
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -46,13 +81,17 @@ def _check_listen(listen: str) -> None:
 
 
 class OrthancConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    #: Base URL of Orthanc's REST API.
-    url: str = "http://127.0.0.1:8042"
-    username: str = ""
-    #: Also read from the environment variable SENDQUEUE_ORTHANC_PASSWORD.
-    password: str = ""
-    #: Timeout of one REST call (a whole file download may take longer: see sender).
-    timeout: Duration = Duration(60)
+    """[orthanc]: the Orthanc whose changes are followed and whose files are sent."""
+
+    url: Annotated[str, doc("base URL of Orthanc's REST API")] = "http://127.0.0.1:8042"
+    username: Annotated[str, doc("HTTP basic auth")] = ""
+    password: Annotated[
+        str, doc("the password of `username`; also env `SENDQUEUE_ORTHANC_PASSWORD`")
+    ] = ""
+    timeout: Annotated[
+        Duration,
+        doc("read timeout of one REST call (a whole file download may take longer)"),
+    ] = Duration(60)
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -60,30 +99,51 @@ class OrthancConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 class AmqpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    #: Namespaces every exchange and queue name, so several installs share a broker.
-    prefix: str = "sendqueue"
-    #: RabbitMQ management API (for unacked counts in metrics); "" = use AMQP only.
-    #: Example: "http://guest:guest@127.0.0.1:15672". The vhost comes from `url`.
-    management_url: str = ""
-    #: How often queue depths are refreshed for the metrics.
-    depth_interval: Duration = Duration(10)
+    """[amqp]: the RabbitMQ broker every service talks through."""
+
+    url: Annotated[str, doc("RabbitMQ (vhost in the path)")] = "amqp://guest:guest@127.0.0.1:5672/"
+    prefix: Annotated[
+        str,
+        doc("namespaces every exchange and queue; several installs can share a broker"),
+    ] = "sendqueue"
+    management_url: Annotated[
+        str,
+        doc(
+            "RabbitMQ management API (e.g. `http://user:pw@host:15672`): adds unacked counts"
+            ' to metrics and `/api/queues`; `""` = AMQP only. The vhost comes from `url`'
+        ),
+    ] = ""
+    depth_interval: Annotated[
+        Duration, doc("how often queue depths and destination status are refreshed")
+    ] = Duration(10)
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.prefix):
-            raise ValueError(f"amqp prefix must match {_NAME.pattern}, got {self.prefix!r}")
+        if not NAME.match(self.prefix):
+            raise ValueError(f"amqp prefix must match {NAME.pattern}, got {self.prefix!r}")
 
 
 class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    listen: str = "127.0.0.1:8100"
-    #: How long to wait before asking Orthanc's /changes again when it had nothing new.
-    poll_interval: Duration = Duration(1)
-    #: Where the /changes cursor is kept (written atomically).
-    state_dir: str = "./state/ingest"
-    #: Where a first start begins: "now" (only new changes) or "beginning" (all of them).
-    start_from: Literal["now", "beginning"] = "now"
-    #: Changes read per /changes call.
-    batch_size: int = 100
+    """[ingest]: follows Orthanc's /changes and queues a job per instance and destination."""
+
+    listen: Annotated[str, doc("metrics, healthz, `POST /api/send`")] = "127.0.0.1:8100"
+    poll_interval: Annotated[Duration, doc("wait between `/changes` calls when nothing is new")] = (
+        Duration(1)
+    )
+    state_dir: Annotated[
+        str,
+        doc(
+            "where the `/changes` cursor is kept (written atomically); one ingest process"
+            " per directory (locked)"
+        ),
+    ] = "./state/ingest"
+    start_from: Annotated[
+        Literal["now", "beginning"],
+        doc(
+            'first start only: `"now"` (new changes) or `"beginning"` (everything in'
+            " Orthanc's log)"
+        ),
+    ] = "now"
+    batch_size: Annotated[int, doc("changes per `/changes` call (1..10000)")] = 100
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)
@@ -92,14 +152,23 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class SenderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    listen: str = "127.0.0.1:8101"
-    #: Where instance files are spooled while they are sent ("" = the system temp dir).
-    spool_dir: str = ""
-    #: Probing a destination that is down: first and longest wait between C-ECHOs.
-    probe_min: Duration = Duration(1)
-    probe_max: Duration = Duration(30)
-    #: How long a shutdown waits for in-flight sends before returning them to the queue.
-    shutdown_grace: Duration = Duration(10)
+    """[sender]: sends queued instances to their destinations."""
+
+    listen: Annotated[str, doc("metrics, healthz")] = "127.0.0.1:8101"
+    spool_dir: Annotated[
+        str,
+        doc('where instance files wait while they are sent; `""` = the system temp dir'),
+    ] = ""
+    probe_min: Annotated[
+        Duration, doc("first wait between probes of an unreachable destination")
+    ] = Duration(1)
+    probe_max: Annotated[
+        Duration, doc("longest wait between probes (the wait doubles up to it)")
+    ] = Duration(30)
+    shutdown_grace: Annotated[
+        Duration,
+        doc("how long SIGTERM waits for in-flight sends before returning them to the queue"),
+    ] = Duration(10)
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)
@@ -109,19 +178,39 @@ _DEFAULT_DELAYS = [Duration(s) for s in (10, 60, 300, 1800, 7200)]
 
 
 class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    listen: str = "127.0.0.1:8102"
-    #: The backoff ladder: the wait before the 1st, 2nd, ... retry (the last repeats).
-    delays: list[Duration] = msgspec.field(default_factory=lambda: list(_DEFAULT_DELAYS))
-    #: Send attempts before a job is parked (1 = never retry).
-    max_attempts: int = 10
-    #: Bearer token for the admin API's mutating calls; also SENDQUEUE_ADMIN_TOKEN.
-    admin_token: str = ""
-    #: Several operators: name -> token; the name is written to the audit log.
-    admin_tokens: dict[str, str] = msgspec.field(default_factory=dict)
-    #: Where the parked-items index is kept.
-    state_dir: str = "./state/retry"
-    #: Each delay is spread over this fraction (0.2 = up to +20 %) to avoid retry storms.
-    jitter: float = 0.2
+    """[retry]: retries failed sends, parks the hopeless, serves the admin API."""
+
+    listen: Annotated[str, doc("admin API, console page, metrics, healthz")] = "127.0.0.1:8102"
+    delays: Annotated[
+        list[Duration], doc("wait before the 1st, 2nd, … retry; the last repeats")
+    ] = msgspec.field(default_factory=lambda: list(_DEFAULT_DELAYS))
+    max_attempts: Annotated[int, doc("send attempts before a job is parked (1 = never retry)")] = 10
+    admin_token: Annotated[
+        str,
+        doc(
+            "bearer token for mutating admin calls; also env `SENDQUEUE_ADMIN_TOKEN`."
+            " Without any token the admin API refuses to start on a non-loopback address"
+        ),
+    ] = ""
+    admin_tokens: Annotated[
+        dict[str, str],
+        doc(
+            'several operators: `name = "token"` (8 characters or more); the name goes to'
+            " the audit log"
+        ),
+    ] = msgspec.field(default_factory=dict)
+    state_dir: Annotated[
+        str,
+        doc(
+            "parked-items index, audit log, pause state, per-destination counts of delayed"
+            " jobs, the destinations seen (to park the jobs of removed ones); one retry"
+            " process per directory (locked)"
+        ),
+    ] = "./state/retry"
+    jitter: Annotated[
+        float,
+        doc("each delay is spread over `d … d * (1 + jitter)` (0..1), against retry storms"),
+    ] = 0.2
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)
@@ -144,162 +233,27 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         return named
 
 
-class TlsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """[destinations.tls]: DICOM TLS for kind "dicom"; the HTTPS trust for HTTP kinds."""
-
-    #: PEM bundle of the CAs trusted for the peer's certificate; "" = the system's CAs.
-    ca_file: str = ""
-    #: Our client certificate and its private key (PEM), for peers requiring mutual TLS.
-    cert_file: str = ""
-    key_file: str = ""
-    #: Check the peer's certificate and host name. Only a test set-up turns this off.
-    verify: bool = True
-    #: The name the peer's certificate must carry (also sent as SNI); "" = host or URL host.
-    server_name: str = ""
-
-
-_HTTP_KINDS = ("orthanc", "dicomweb")
-#: Keys that only make sense for one family of kinds: named in the start-up error.
-_HTTP_ONLY_KEYS = ("url", "username", "password", "token", "headers")
-_MIB = 1024 * 1024
-
-
-class DestinationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    #: "dicom" (C-STORE), "orthanc" (POST /instances of a peer Orthanc), "dicomweb" (STOW-RS).
-    kind: Literal["dicom", "orthanc", "dicomweb"] = "dicom"
-    host: str = ""
-    port: int = 104
-    called_aet: str = "ANY-SCP"
-    calling_aet: str = "SENDQUEUE"
-    #: Parallel sends (= associations = prefetch of its work queue).
-    concurrency: int = 2
-    #: Per-destination overrides of [retry] max_attempts and delays.
-    max_attempts: int | None = None
-    delays: list[Duration] | None = None
-    connect_timeout: Duration = Duration(10)
-    acse_timeout: Duration = Duration(30)
-    #: Wait for one C-STORE response; large instances on slow links need more.
-    dimse_timeout: Duration = Duration(120)
-    #: An association idle this long is released (and re-opened on demand).
-    idle_timeout: Duration = Duration(30)
-    #: HTTP kinds: the Orthanc base URL, or the DICOMweb root ("/studies" is appended).
-    url: str = ""
-    #: HTTP basic auth; the password may also come from SENDQUEUE_DEST_<NAME>_PASSWORD.
-    username: str = ""
-    password: str = ""
-    #: HTTP bearer token (instead of username); also SENDQUEUE_DEST_<NAME>_TOKEN.
-    token: str = ""
-    #: Extra HTTP headers sent with every request.
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    #: TLS: for kind "dicom" its presence turns DICOM TLS on; HTTP kinds use https:// URLs.
-    tls: TlsConfig | None = None
-    #: HTTP kinds: the longest wait for the peer (its answer, or its reading of our body).
-    http_timeout: Duration = Duration(120)
-    #: kind "dicom": send an uncompressed copy when the peer refuses the stored transfer
-    #: syntax; false parks such instances instead.
-    transcode: bool = True
-    #: kind "dicomweb": instances of one study sent together in one STOW-RS request.
-    batch_max_instances: int = 1
-    #: kind "dicomweb": a batch stops growing at this many bytes (a bigger instance goes alone).
-    batch_max_bytes: int = 64 * _MIB
-
-    def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise ValueError(f"destination name must match {_NAME.pattern}, got {self.name!r}")
-        if self.kind == "dicom":
-            self._check_dicom()
-        else:
-            self._check_http()
-        if not 1 <= self.concurrency <= 64:
-            raise ValueError(f"destination {self.name!r}: concurrency must be 1..64")
-        if self.max_attempts is not None and self.max_attempts < 1:
-            raise ValueError(f"destination {self.name!r}: max_attempts must be at least 1")
-        if self.delays is not None and not self.delays:
-            raise ValueError(f"destination {self.name!r}: delays must not be empty")
-        for key in ("connect_timeout", "acse_timeout", "dimse_timeout", "http_timeout"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"destination {self.name!r}: {key} must be more than 0")
-        if self.tls is not None:
-            self._check_tls(self.tls)
-
-    def _error(self, message: str) -> ValueError:
-        return ValueError(f"destination {self.name!r} (kind {self.kind!r}): {message}")
-
-    def _check_dicom(self) -> None:
-        if not self.host:
-            raise self._error("host is required")
-        if not 0 < self.port < 65536:
-            raise self._error("port out of range")
-        for key in ("called_aet", "calling_aet"):
-            if not _AET.match(getattr(self, key)):
-                raise self._error(f"{key} must be 1-16 ASCII chars")
-        for key in _HTTP_ONLY_KEYS:
-            if getattr(self, key):
-                raise self._error(f"{key} is for kinds {' and '.join(_HTTP_KINDS)} only")
-        self._check_batching(allowed=False)
-
-    def _check_http(self) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise self._error(f"url must start with http:// or https://, got {self.url!r}")
-        if self.host:
-            raise self._error("host is for kind 'dicom'; HTTP kinds take url")
-        if self.token and self.username:
-            raise self._error("set either username (basic auth) or token (bearer), not both")
-        if self.password and not self.username:
-            raise self._error("password needs username")
-        if self.tls is not None and not self.url.startswith("https://"):
-            raise self._error("tls needs an https:// url")
-        for header in self.headers:
-            if header.lower() in ("content-type", "content-length", "transfer-encoding"):
-                raise self._error(f"headers must not set {header} (the sender does)")
-        self._check_batching(allowed=self.kind == "dicomweb")
-
-    def _check_batching(self, *, allowed: bool) -> None:
-        if not allowed and (self.batch_max_instances != 1 or self.batch_max_bytes != 64 * _MIB):
-            raise self._error("batch_max_instances and batch_max_bytes are for kind 'dicomweb'")
-        if not 1 <= self.batch_max_instances <= 1000:
-            raise self._error("batch_max_instances must be 1..1000")
-        if self.batch_max_bytes < _MIB:
-            raise self._error("batch_max_bytes must be at least 1048576 (1 MiB)")
-
-    def _check_tls(self, tls: TlsConfig) -> None:
-        if bool(tls.cert_file) != bool(tls.key_file):
-            raise self._error("tls.cert_file and tls.key_file go together")
-        for key in ("ca_file", "cert_file", "key_file"):
-            path = getattr(tls, key)
-            if path and not os.access(path, os.R_OK):
-                raise self._error(f"tls.{key}: cannot read {path!r}")
-
-    def with_environment(self, environ: Mapping[str, str]) -> DestinationConfig:
-        """Secrets from SENDQUEUE_DEST_<NAME>_PASSWORD / _TOKEN (NAME upper-cased, [.-] -> _)."""
-        prefix = "SENDQUEUE_DEST_" + re.sub(r"[^A-Z0-9]", "_", self.name.upper()) + "_"
-        changes = {
-            key: environ[prefix + key.upper()]
-            for key in ("password", "token")
-            if environ.get(prefix + key.upper())
-        }
-        if not changes:
-            return self
-        if self.kind == "dicom":
-            raise ConfigError(f"destination {self.name!r}: {prefix}* is for HTTP kinds only")
-        try:
-            updated = msgspec.structs.replace(self, **changes)
-            updated.__post_init__()  # recent msgspec runs it in replace(), older ones do not
-        except ValueError as exc:
-            raise ConfigError(f"invalid config: {exc}") from None
-        return updated
-
-
 Level = Literal["instance", "series", "study"]
 
 
 class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    destinations: list[str]
-    #: When a resource is sent: each new instance, or once its series/study is stable.
-    level: Level = "instance"
-    #: DICOM keyword -> glob ("CT*", "1.2.840.*"); all must match (case-insensitive).
-    match: dict[str, str] = msgspec.field(default_factory=dict)
+    """[[routes]]: which destinations a resource goes to."""
+
+    destinations: Annotated[list[str], doc("names of configured destinations")]
+    level: Annotated[
+        Level,
+        doc(
+            '`"instance"` (each new instance), `"series"` or `"study"` (once Orthanc marks'
+            " it stable)"
+        ),
+    ] = "instance"
+    match: Annotated[
+        dict[str, str],
+        doc(
+            'DICOM keyword → glob (`"CT*"`, `"1.2.840.*"`); all must match, case-insensitive,'
+            ' `"A|B"` for alternatives; a missing tag is `""`'
+        ),
+    ] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.destinations:
@@ -307,13 +261,27 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    orthanc: OrthancConfig = msgspec.field(default_factory=OrthancConfig)
-    amqp: AmqpConfig = msgspec.field(default_factory=AmqpConfig)
-    ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
-    sender: SenderConfig = msgspec.field(default_factory=SenderConfig)
-    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
-    destinations: list[DestinationConfig] = msgspec.field(default_factory=list)
-    routes: list[RouteConfig] = msgspec.field(default_factory=list)
+    """The whole file."""
+
+    orthanc: Annotated[OrthancConfig, doc("the source Orthanc")] = msgspec.field(
+        default_factory=OrthancConfig
+    )
+    amqp: Annotated[AmqpConfig, doc("the broker")] = msgspec.field(default_factory=AmqpConfig)
+    ingest: Annotated[IngestConfig, doc("the ingest service")] = msgspec.field(
+        default_factory=IngestConfig
+    )
+    sender: Annotated[SenderConfig, doc("the sender service")] = msgspec.field(
+        default_factory=SenderConfig
+    )
+    retry: Annotated[RetryConfig, doc("the retry service")] = msgspec.field(
+        default_factory=RetryConfig
+    )
+    destinations: Annotated[list[DestinationConfig], doc("where instances go")] = msgspec.field(
+        default_factory=list
+    )
+    routes: Annotated[list[RouteConfig], doc("which instances go where")] = msgspec.field(
+        default_factory=list
+    )
 
     def __post_init__(self) -> None:
         names = [d.name for d in self.destinations]
@@ -356,10 +324,16 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
     """Validate a decoded TOML document; secrets may come from the environment."""
     environ = os.environ if environ is None else environ
     try:
-        config = msgspec.convert(dict(data), Config, dec_hook=_dec_hook)
+        config = msgspec.convert(_with_destination_kinds(data), Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
     return _apply_environment(config, environ)
+
+
+def _with_destination_kinds(data: Mapping[str, Any]) -> dict[str, Any]:
+    if "destinations" not in data:
+        return dict(data)
+    return {**data, "destinations": destination_tables(data["destinations"])}
 
 
 def _apply_environment(config: Config, environ: Mapping[str, str]) -> Config:

@@ -20,7 +20,7 @@ from typing import Any
 from aiormq.exceptions import ChannelInvalidStateError, DeliveryError
 from pamqp.commands import Basic
 
-from sendqueue.shared.config import DestinationConfig
+from sendqueue.shared.config import DicomDestinationConfig
 from sendqueue.shared.errors import (
     InstanceNotFound,
     NotConfirmed,
@@ -343,7 +343,7 @@ class FakeDestination:
 
     def __init__(self, name: str = "pacs", *, concurrency: int = 2) -> None:
         self.name = name
-        self.config = DestinationConfig(name=name, host="127.0.0.1", concurrency=concurrency)
+        self.config = DicomDestinationConfig(name=name, host="127.0.0.1", concurrency=concurrency)
         self.answers: deque[Answer] = deque()
         self.probe_answers: deque[BaseException] = deque()
         #: The bytes of every file delivered.

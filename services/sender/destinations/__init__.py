@@ -10,14 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from sendqueue.shared.config import DestinationConfig, OrthancConfig
+from sendqueue.shared.config import (
+    DestinationConfig,
+    DicomWebDestinationConfig,
+    OrthancConfig,
+    OrthancDestinationConfig,
+)
 
 
 class Destination(Protocol):
     name: str
     #: Metric label: "dicom", "orthanc", "dicomweb".
     protocol: str
-    config: DestinationConfig
+
+    @property
+    def config(self) -> DestinationConfig:
+        """Read-only here: each kind holds the config Struct of its own kind."""
 
     async def send(self, path: Path) -> str:
         """Deliver one Part-10 file; returns a short description of the peer's answer."""
@@ -34,14 +42,14 @@ class Destination(Protocol):
 def create_destination(
     config: DestinationConfig, *, source: OrthancConfig | None = None
 ) -> Destination:
-    """The destination of config.kind. source: the Orthanc that transcodes for "dicom"
+    """The destination of the config's kind. source: the Orthanc that transcodes for "dicom"
     peers refusing compressed syntaxes (without it, pydicom decodes locally)."""
     # Imported here so a sender without DICOM destinations never loads pynetdicom.
-    if config.kind == "orthanc":
+    if isinstance(config, OrthancDestinationConfig):
         from sendqueue.services.sender.destinations.orthanc_peer import OrthancPeerDestination
 
         return OrthancPeerDestination(config)
-    if config.kind == "dicomweb":
+    if isinstance(config, DicomWebDestinationConfig):
         from sendqueue.services.sender.destinations.dicomweb import DicomWebDestination
 
         return DicomWebDestination(config)

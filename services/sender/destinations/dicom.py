@@ -38,7 +38,7 @@ from sendqueue.services.sender.destinations.instance import (
 )
 from sendqueue.services.sender.destinations.tls import client_context, handshake_error
 from sendqueue.services.sender.destinations.transcode import UNCOMPRESSED, Transcoder
-from sendqueue.shared.config import DestinationConfig
+from sendqueue.shared.config import DicomDestinationConfig
 from sendqueue.shared.errors import (
     AssociationRejected,
     DestinationUnavailable,
@@ -96,7 +96,9 @@ class _Link:
 class DicomDestination:
     protocol = "dicom"
 
-    def __init__(self, config: DestinationConfig, transcoder: Transcoder | None = None) -> None:
+    def __init__(
+        self, config: DicomDestinationConfig, transcoder: Transcoder | None = None
+    ) -> None:
         self.config = config
         self.name = config.name
         self._transcoder = transcoder or Transcoder(None)

@@ -22,7 +22,7 @@ from typing import Any
 from sendqueue.services.sender.destinations import stow
 from sendqueue.services.sender.destinations.http import HttpPeer, StreamedBody, raise_for_http
 from sendqueue.services.sender.destinations.instance import read_meta, read_study_uid
-from sendqueue.shared.config import DestinationConfig
+from sendqueue.shared.config import DicomWebDestinationConfig
 from sendqueue.shared.errors import PermanentError, SendQueueError, TransientError
 
 _ACCEPT = {"Accept": "application/dicom+json"}
@@ -51,7 +51,7 @@ def _read(path: Path, with_study: bool) -> tuple[str, str, int]:
 class DicomWebDestination:
     protocol = "dicomweb"
 
-    def __init__(self, config: DestinationConfig) -> None:
+    def __init__(self, config: DicomWebDestinationConfig) -> None:
         self.config = config
         self.name = config.name
         self._peer = HttpPeer(config)

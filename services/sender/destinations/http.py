@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
 from sendqueue.services.sender.destinations.tls import client_context
-from sendqueue.shared.config import DestinationConfig
+from sendqueue.shared.config import HttpDestinationConfig
 from sendqueue.shared.errors import DestinationUnavailable, PermanentError, TransientError
 
 #: Bytes read from the spool file per write: the only part of an instance held in memory.
@@ -98,7 +98,7 @@ class StreamedBody(aiohttp.payload.Payload):
 class HttpPeer:
     """One destination's aiohttp session: auth, extra headers, TLS and timeouts applied."""
 
-    def __init__(self, config: DestinationConfig) -> None:
+    def __init__(self, config: HttpDestinationConfig) -> None:
         self.config = config
         self.base = config.url.rstrip("/")
         self._ssl = client_context(config.tls, config.name) if config.tls else True

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from sendqueue.services.sender.destinations.http import HttpPeer, StreamedBody, raise_for_http
-from sendqueue.shared.config import DestinationConfig
+from sendqueue.shared.config import OrthancDestinationConfig
 from sendqueue.shared.errors import PermanentError, TransientError
 
 _STORED = {"Success": "Success", "AlreadyStored": "Already stored"}
@@ -23,7 +23,7 @@ _STORED = {"Success": "Success", "AlreadyStored": "Already stored"}
 class OrthancPeerDestination:
     protocol = "orthanc"
 
-    def __init__(self, config: DestinationConfig) -> None:
+    def __init__(self, config: OrthancDestinationConfig) -> None:
         self.config = config
         self.name = config.name
         self._peer = HttpPeer(config)

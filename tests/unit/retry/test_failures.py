@@ -16,7 +16,7 @@ from sendqueue.services.retry.failures import FailureRouter
 from sendqueue.services.retry.metrics import RetryMetrics
 from sendqueue.services.retry.parking.index import Filters, ParkedIndex, ParkedItem
 from sendqueue.services.retry.parking.queue import Parking
-from sendqueue.shared.config import Config, DestinationConfig, RetryConfig
+from sendqueue.shared.config import Config, DicomDestinationConfig, RetryConfig
 from sendqueue.shared.durations import Duration
 from sendqueue.shared.schemas import Failure, SendJob, decode_job, encode
 from sendqueue.shared.topology import Names, jittered_ttls
@@ -28,8 +28,10 @@ NAMES = Names("t")
 PARKED = NAMES.parked_exchange
 CONFIG = Config(
     destinations=[
-        DestinationConfig(name="pacs", host="127.0.0.1"),
-        DestinationConfig(name="slow", host="127.0.0.1", delays=[Duration(300)], max_attempts=2),
+        DicomDestinationConfig(name="pacs", host="127.0.0.1"),
+        DicomDestinationConfig(
+            name="slow", host="127.0.0.1", delays=[Duration(300)], max_attempts=2
+        ),
     ],
     retry=RetryConfig(delays=[Duration(10), Duration(60)], max_attempts=3, jitter=0.2),
 )
