@@ -3,7 +3,8 @@
 Key names under [orthanc], [amqp], [ingest], [sender], [retry], [[destinations]] and
 [[routes]] are a contract: scripts outside sendqueue write them. Add keys, never rename.
 Unknown keys are errors, so a typo is caught at start-up instead of silently ignored.
-Every key documents itself (shared/config_fields.py `doc()`), readable at run time.
+Every key documents itself (shared/config_fields.py `doc()`): the key tables of
+docs/configuration.md and docs/destinations.md are generated from these Structs.
 The [[destinations]] Structs, one per kind, are in shared/destination_config.py.
 """
 
@@ -101,7 +102,13 @@ class OrthancConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class AmqpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """[amqp]: the RabbitMQ broker every service talks through."""
 
-    url: Annotated[str, doc("RabbitMQ (vhost in the path)")] = "amqp://guest:guest@127.0.0.1:5672/"
+    url: Annotated[
+        str,
+        doc(
+            "RabbitMQ (vhost in the path); also env `SENDQUEUE_AMQP_URL`, which wins (keeps"
+            " the password out of the file)"
+        ),
+    ] = "amqp://guest:guest@127.0.0.1:5672/"
     prefix: Annotated[
         str,
         doc("namespaces every exchange and queue; several installs can share a broker"),

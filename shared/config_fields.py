@@ -1,8 +1,9 @@
 """Each config key carries its documentation: doc() writes it, key_docs() reads it back.
 
 A key is declared `Annotated[type, doc("what it means")] = default`. The description lives
-in msgspec's Meta, so it is there at run time, next to the key it describes: key_docs()
-gives every key of a Struct with its description and its default as written in TOML.
+in msgspec's Meta, so it is there at run time and docs/configuration.md and
+docs/destinations.md are generated from it (`python -m sendqueue.shared.config_docs`):
+the reference cannot say one thing while the code does another.
 """
 
 from __future__ import annotations
