@@ -32,6 +32,7 @@ from sendqueue.shared.destination_config import (
     TlsConfig,
     destination_tables,
 )
+from sendqueue.shared.dicom_keywords import close_keywords, unknown_tag_names
 from sendqueue.shared.durations import Duration
 from sendqueue.shared.errors import ConfigError
 
@@ -93,6 +94,14 @@ class OrthancConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         Duration,
         doc("read timeout of one REST call (a whole file download may take longer)"),
     ] = Duration(60)
+    tag_names: Annotated[
+        list[str],
+        doc(
+            "tag names `[[routes]] match` may use although pydicom's DICOM dictionary lacks"
+            " them: private tags (as this Orthanc's /simplified-tags spells them), entries of"
+            " its `Dictionary` option, keywords newer than pydicom"
+        ),
+    ] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -258,7 +267,8 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         dict[str, str],
         doc(
             'DICOM keyword → glob (`"CT*"`, `"1.2.840.*"`); all must match, case-insensitive,'
-            ' `"A|B"` for alternatives; a missing tag is `""`'
+            ' `"A|B"` for alternatives; a missing tag is `""`. A name that is not a DICOM'
+            " keyword is a start-up error (see [Route keywords](#route-keywords))"
         ),
     ] = msgspec.field(default_factory=dict)
 
@@ -299,6 +309,20 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             unknown = [d for d in route.destinations if d not in names]
             if unknown:
                 raise ValueError(f"routes[{index}] names unknown destinations: {unknown}")
+            self._check_match_keys(index, route)
+
+    def _check_match_keys(self, index: int, route: RouteConfig) -> None:
+        """A misspelt keyword would silently never match: it stops the start-up instead."""
+        unknown = unknown_tag_names(route.match, also=self.orthanc.tag_names)
+        if not unknown:
+            return
+        name = unknown[0]
+        close = close_keywords(name)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ValueError(
+            f"routes[{index}].match: {name!r} is not a DICOM keyword{hint}; a private tag's"
+            " name, as Orthanc spells it, goes in [orthanc] tag_names"
+        )
 
     def destination(self, name: str) -> DestinationConfig | None:
         return next((d for d in self.destinations if d.name == name), None)
