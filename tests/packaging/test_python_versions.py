@@ -50,8 +50,10 @@ async def test_installs_passes_the_unit_tests_and_forwards(
     reported = run(venv / "bin/python", "-c", "import sys; print(sys.version_info[:2])")
     assert reported.strip() == str(tuple(int(p) for p in version.split(".")))
 
-    # The unit tests, against the installed package (run from a copy of tests/ only)
+    # The unit tests, against the installed package (run from a copy of tests/ only, and of
+    # docs/: a unit test checks that the docs' key tables say what the config code says)
     shutil.copytree(ROOT / "tests", tmp_path / "suite" / "tests")
+    shutil.copytree(ROOT / "docs", tmp_path / "suite" / "docs")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "suite")
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     done = subprocess.run(
