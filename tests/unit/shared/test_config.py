@@ -85,6 +85,13 @@ def test_secrets_come_from_the_environment():
     assert config.retry.admin_token == "tok"
 
 
+def test_the_broker_url_from_the_environment_wins_over_the_file():
+    data = {**MINIMAL, "amqp": {"url": "amqp://guest:guest@127.0.0.1:5672/"}}
+    env = {"SENDQUEUE_AMQP_URL": "amqp://sq:pw@10.0.0.9:5672/site"}
+    assert parse_config(data, environ=env).amqp.url == "amqp://sq:pw@10.0.0.9:5672/site"
+    assert parse_config(data, environ={}).amqp.url == "amqp://guest:guest@127.0.0.1:5672/"
+
+
 def test_per_destination_overrides():
     data = {
         "retry": {"delays": ["1s"], "max_attempts": 3},
