@@ -25,8 +25,12 @@ _CHUNK = 1024 * 1024
 
 
 class OrthancClient:
-    def __init__(self, config: OrthancConfig) -> None:
+    def __init__(
+        self, config: OrthancConfig, *, on_answer: Callable[[bool], None] | None = None
+    ) -> None:
         self._config = config
+        #: Told what every answers() found (sendqueue.shared.source_health's gauge).
+        self._on_answer = on_answer
         self._base = config.url.rstrip("/")
         # Debian's Orthanc gzips responses when asked: ~60x slower for DICOM files.
         headers = {"Accept-Encoding": "identity"}
@@ -56,8 +60,12 @@ class OrthancClient:
         try:
             await self.get_json("/system")
         except (TransientError, PermanentError):
-            return False
-        return True
+            up = False
+        else:
+            up = True
+        if self._on_answer is not None:
+            self._on_answer(up)
+        return up
 
     async def exists(self, path: str) -> bool:
         try:

@@ -66,7 +66,8 @@ class DestinationStatus(msgspec.Struct, frozen=True, kw_only=True, tag="status")
     """A sender's view of one destination, sent on changes and periodically."""
 
     destination: str
-    #: "up", "down" (unreachable, probing) or "paused" (by an operator).
+    #: "up", "down" (unreachable, probing), "source-down" (Orthanc does not answer: its
+    #: jobs wait, Orthanc is probed) or "paused" (by an operator).
     state: str
     reason: str = ""
     oldest_waiting_seconds: float = 0.0

@@ -16,6 +16,7 @@ from sendqueue.shared.metrics_server import make_app
 from sendqueue.shared.orthanc import OrthancClient
 from sendqueue.shared.resolver import Resolver
 from sendqueue.shared.send_api import make_send_handler
+from sendqueue.shared.source_health import OrthancHealth
 from sendqueue.shared.state_lock import hold_state_dir
 from sendqueue.shared.topology import Names, prepare_bus
 
@@ -36,7 +37,9 @@ async def _serve(
     metrics = IngestMetrics(registry)
     names = Names(config.amqp.prefix)
     conn = await parts.connection(config.amqp.url, "sendqueue-ingest")
-    orthanc = parts.closing(OrthancClient(config.orthanc))
+    source_health = OrthancHealth(registry)
+    orthanc = parts.closing(OrthancClient(config.orthanc, on_answer=source_health.saw))
+    parts.task(source_health.watch(orthanc), "orthanc-health")
     publisher = await prepare_bus(conn, config)
     resolver = Resolver(orthanc)
     feed = ChangesFeed(

@@ -73,13 +73,20 @@ class ChangesFeed:
                     continue
                 wait: float = self._config.poll_interval
             except _ROUND_ERRORS as exc:
-                stage = "orthanc" if isinstance(exc, SourceUnavailable) else "amqp"
-                self._metrics.errors.labels(stage).inc()
-                self.healthy = False
-                log.warning("ingest round failed (%s: %r); retrying in %.1fs", stage, exc, backoff)
+                await self._round_failed(exc, backoff)
                 wait, backoff = backoff, min(backoff * 2 or 1.0, _MAX_BACKOFF)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
+
+    async def _round_failed(self, exc: BaseException, backoff: float) -> None:
+        stage = "orthanc" if isinstance(exc, SourceUnavailable) else "amqp"
+        if stage == "orthanc":
+            # Asked before the error is counted, so sendqueue_orthanc_up is 0 by then when
+            # Orthanc is down: the alert on ingest errors leaves that to the Orthanc alert.
+            await self._orthanc.answers()
+        self._metrics.errors.labels(stage).inc()
+        self.healthy = False
+        log.warning("ingest round failed (%s: %r); retrying in %.1fs", stage, exc, backoff)
 
     def _on_queued(self, job: SendJob) -> None:
         self._metrics.queued.labels(job.destination, "changes").inc()

@@ -12,16 +12,19 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from sendqueue.services.sender.certificates import watch_destination_certificates
 from sendqueue.services.sender.consumer import DestinationConsumer
 from sendqueue.services.sender.destinations import create_destination
 from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.services.sender.status import StatusReporter
+from sendqueue.shared.cert_expiry import CertificateExpiry
 from sendqueue.shared.config import Config
 from sendqueue.shared.control import follow_control, read_control_state
 from sendqueue.shared.lifecycle import ServiceParts
 from sendqueue.shared.metrics_server import make_app
 from sendqueue.shared.orthanc import OrthancClient
 from sendqueue.shared.schemas import ControlState
+from sendqueue.shared.source_health import OrthancHealth
 from sendqueue.shared.topology import Names, prepare_bus
 
 log = logging.getLogger(__name__)
@@ -60,12 +63,17 @@ async def _serve(
     parts: ServiceParts, config: Config, stop: asyncio.Event, registry: CollectorRegistry
 ) -> None:
     metrics = SenderMetrics(registry)
+    expiry = CertificateExpiry(registry, service="sender")
+    watch_destination_certificates(expiry, config.destinations)
     names = Names(config.amqp.prefix)
     consume_conn = await parts.connection(config.amqp.url, "sendqueue-sender-consume")
     publish_conn = await parts.connection(config.amqp.url, "sendqueue-sender-publish")
-    orthanc = parts.closing(OrthancClient(config.orthanc))
+    source_health = OrthancHealth(registry)
+    orthanc = parts.closing(OrthancClient(config.orthanc, on_answer=source_health.saw))
+    parts.task(source_health.watch(orthanc), "orthanc-health")
     spool = prepare_spool(config.sender.spool_dir)
     parts.callback(shutil.rmtree, spool, ignore_errors=True)
+    metrics.watch_spool(spool)
     publisher = await prepare_bus(publish_conn, config)
     control = await read_control_state(consume_conn, names)
     consumers: list[DestinationConsumer] = []

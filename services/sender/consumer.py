@@ -74,6 +74,8 @@ class DestinationConsumer:
         #: Unreachable (or Orthanc is): probing until it answers.
         self._down = False
         self._down_reason = ""
+        #: While down: because Orthanc, not the destination, does not answer.
+        self._source_down = False
         #: Paused by an operator (admin API); survives restarts via the control state.
         self._operator_paused = False
         #: Called after every state change (the status reporter publishes it).
@@ -87,13 +89,18 @@ class DestinationConsumer:
         self._idle = asyncio.Event()
         self._idle.set()
         metrics.up.labels(self.name).set(1)
+        metrics.show_state(self.name, self.state)
         metrics.associations.labels(self.name).set_function(destination.connections_open)
 
     @property
     def state(self) -> str:
         if self._operator_paused:
             return "paused"
-        return "down" if self._down else "up"
+        if not self._down:
+            return "up"
+        # Orthanc down is no fault of the destination: named apart, so that neither the
+        # operator nor an alert blames the destination (or a missing consumer) for it.
+        return "source-down" if self._source_down else "down"
 
     @property
     def state_reason(self) -> str:
@@ -124,6 +131,7 @@ class DestinationConsumer:
         await self._changed()
 
     async def _changed(self) -> None:
+        self._metrics.show_state(self.name, self.state)
         if self.on_change is not None:
             with contextlib.suppress(Exception):
                 await self.on_change()
@@ -294,7 +302,10 @@ class DestinationConsumer:
             return
         self._down = True
         self._down_reason = why
-        self._metrics.up.labels(self.name).set(0 if probe == self._probe_destination else 1)
+        self._source_down = probe != self._probe_destination
+        # destination_up says whether the destination answers; Orthanc down says nothing
+        # about that, so it stays 1 (the state gauge says source-down).
+        self._metrics.up.labels(self.name).set(1 if self._source_down else 0)
         log.warning("%s: unavailable, probing until it answers: %s", self.name, why)
         await self._cancel()
         self._probe_task = asyncio.create_task(self._probe_until_up(probe))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: Seconds; from a small instance on loopback to a large one over a slow WAN.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LATENCY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600, 86400)
+#: Values of sendqueue_destination_state's `state` label (DestinationConsumer.state).
+DESTINATION_STATES = ("up", "down", "source-down", "paused")
 
 
 class SenderMetrics:
@@ -54,6 +59,12 @@ class SenderMetrics:
             dest,
             registry=registry,
         )
+        self.state = Gauge(
+            "sendqueue_destination_state",
+            "1 for the destination's state (up, down, source-down, paused), 0 for the others.",
+            [*dest, "state"],
+            registry=registry,
+        )
         self.paused = Gauge(
             "sendqueue_destination_paused",
             "1 while an operator has paused the destination (jobs wait in its queue).",
@@ -78,3 +89,32 @@ class SenderMetrics:
             dest,
             registry=registry,
         )
+        self.spool_free = Gauge(
+            "sendqueue_spool_filesystem_free_bytes",
+            "Bytes free for the sender on the filesystem of its spool directory.",
+            registry=registry,
+        )
+        self.spool_size = Gauge(
+            "sendqueue_spool_filesystem_size_bytes",
+            "Size in bytes of the filesystem of the sender's spool directory.",
+            registry=registry,
+        )
+
+    def show_state(self, destination: str, current: str) -> None:
+        for state in DESTINATION_STATES:
+            self.state.labels(destination, state).set(1 if state == current else 0)
+
+    def watch_spool(self, spool: Path) -> None:
+        """Free and total bytes of the spool's filesystem, read at each scrape (a statvfs
+        costs microseconds, and a number read earlier could hide a disk filling now)."""
+        self.spool_free.set_function(lambda: _statvfs(spool, free=True))
+        self.spool_size.set_function(lambda: _statvfs(spool, free=False))
+
+
+def _statvfs(path: Path, *, free: bool) -> float:
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return float("nan")  # the directory is gone: no number rather than a wrong one
+    # f_bavail, not f_bfree: the blocks reserved for root are no use to the sender.
+    return float((stats.f_bavail if free else stats.f_blocks) * stats.f_frsize)

@@ -81,7 +81,7 @@ _DESTINATION = _obj(
     delayed={"type": "object"},
     parked=_INT,
     consumers=_INT,
-    state={"enum": ["up", "down", "paused", "unknown"]},
+    state={"enum": ["up", "down", "source-down", "paused", "unknown"]},
     state_reason=_STR,
     oldest_waiting_seconds=_NUM_OR_NULL,
 )

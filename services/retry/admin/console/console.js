@@ -254,6 +254,8 @@
     cell(row, d.kind || "");
     const stateCell = cell(row, d.state || "unknown", "state state-" + (d.state || "unknown"));
     stateCell.dataset.testid = "state";
+    // Why it is down, or source-down (Orthanc does not answer), in the sender's words.
+    if (d.state_reason) stateCell.title = d.state_reason;
     cell(row, count(d.ready), "num").dataset.testid = "ready";
     cell(row, count(d.in_flight), "num").dataset.testid = "in-flight";
     const delayed = Object.values(d.delayed || {}).reduce((a, b) => a + b, 0);
