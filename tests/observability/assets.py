@@ -23,6 +23,15 @@ PROMETHEUS = "/usr/bin/prometheus"
 
 #: Series Prometheus makes itself, not any exporter.
 SYNTHETIC = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE"})
+#: Metrics a rule already uses whose exporter is another change still under way, and
+#: which one. test_metric_names checks that none of them is exported yet: once one is,
+#: its entry goes, and the usual checks (exported, documented) apply to it.
+PENDING = {
+    "sendqueue_orthanc_jobs_missed_total": (
+        "ingest's capture of Orthanc's failed store jobs: failed-job evidence lost (jobs that"
+        " disappeared from Orthanc's history before ingest read them)"
+    ),
+}
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
@@ -78,8 +87,14 @@ def all_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def rules() -> list[dict[str, Any]]:
+def all_rules() -> list[dict[str, Any]]:
+    """Every rule of the rule file: recording rules and alerts, in file order."""
     return [rule for group in load_yaml(RULES)["groups"] for rule in group["rules"]]
+
+
+def rules() -> list[dict[str, Any]]:
+    """The alerting rules."""
+    return [rule for rule in all_rules() if "alert" in rule]
 
 
 def used_metric_names() -> dict[str, set[str]]:
@@ -88,10 +103,28 @@ def used_metric_names() -> dict[str, set[str]]:
     for query in dashboard_queries(load_dashboard()):
         for name in metric_names(query):
             used.setdefault(name, set()).add("dashboard")
-    for rule in rules():
+    for rule in all_rules():
         for name in metric_names(rule["expr"]):
             used.setdefault(name, set()).add("rules")
     return used
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub (and most Markdown renderers) give a heading: lower case, spaces
+    to hyphens, punctuation other than hyphens and underscores dropped."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def doc_anchors(path: Path) -> set[str]:
+    """Anchors of the Markdown headings of a document (code blocks skipped)."""
+    anchors, fenced = set(), False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (match := re.match(r"#{1,6} (.+)", line)):
+            anchors.add(github_anchor(match.group(1).replace("`", "")))
+    return anchors
 
 
 def exported_families(exposition: str) -> dict[str, str]:

@@ -109,12 +109,42 @@ def test_prometheus_scrapes_rabbitmq_totals_and_queue_details(
     assert set(detailed["params"]["family"]) == {"queue_coarse_metrics", "queue_consumer_count"}
 
 
-def test_the_job_names_match_what_the_rules_select(prometheus_config: dict[str, Any]) -> None:
-    (metrics_down,) = [r for r in assets.rules() if r["alert"] == "SendqueueMetricsDown"]
-    selector = re.search(r'job=~"([^"]+)"', metrics_down["expr"])
-    assert selector
+def test_every_scrape_job_has_an_alert_for_its_target_down(
+    prometheus_config: dict[str, Any],
+) -> None:
+    # One alert per service, named for it: "up == 0" of an unnamed target tells nobody what.
+    selectors = [re.search(r'up\{job=(~?)"([^"]+)"\}', rule["expr"]) for rule in assets.rules()]
+    jobs = [(m.group(1), m.group(2)) for m in selectors if m]
+    assert len(jobs) == 4
     for job in _targets(prometheus_config):
-        assert re.fullmatch(selector.group(1), job), f"{job} escapes SendqueueMetricsDown"
+        covering = [
+            value for op, value in jobs if (re.fullmatch(value, job) if op else value == job)
+        ]
+        assert len(covering) == 1, f"{job}: down alerts {covering}"
+
+
+#: The rabbitmq_prometheus family each per-queue metric of the rules comes from
+#: (/metrics/detailed serves only the families asked for).
+_DETAILED_FAMILIES = {
+    "rabbitmq_detailed_queue_messages_ready": "queue_coarse_metrics",
+    "rabbitmq_detailed_queue_consumers": "queue_consumer_count",
+}
+
+
+def test_prometheus_scrapes_the_broker_families_the_rules_need(
+    prometheus_config: dict[str, Any],
+) -> None:
+    jobs = {job["job_name"]: job for job in prometheus_config["scrape_configs"]}
+    families = set(jobs["rabbitmq-detailed"]["params"]["family"])
+    used = {
+        name
+        for rule in assets.all_rules()
+        for name in assets.metric_names(rule["expr"])
+        if name.startswith("rabbitmq_detailed_")
+    }
+    assert used == set(_DETAILED_FAMILIES)
+    for name in used:
+        assert _DETAILED_FAMILIES[name] in families, name
 
 
 def test_the_services_listen_on_all_interfaces_with_an_admin_token(
