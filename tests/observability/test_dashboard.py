@@ -107,6 +107,11 @@ def test_the_dashboard_covers_what_the_issue_asks_for(dashboard: dict[str, Any])
         "histogram_quantile(0.95",  # latency percentiles
         "sendqueue_destination_up",  # up/down
         "sendqueue_ingest_lag_changes",  # ingest lag
+        "sendqueue_orthanc_up",  # the source's health
+        'state="source-down"',  # a destination waiting for the source
+        "sendqueue_spool_filesystem_free_bytes",  # spool disk
+        "sendqueue_tls_cert_expiry_timestamp_seconds",  # certificates
+        "rabbitmq_detailed_queue_consumers",  # consumers by the broker's count
     ):
         assert needle in text, needle
 
