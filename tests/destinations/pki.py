@@ -47,7 +47,7 @@ def _run(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
 
 
-def _make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+def _make_ca(directory: Path, name: str, days: int = 2) -> tuple[Path, Path]:
     cert, key = directory / f"{name}.pem", directory / f"{name}.key"
     _run(
         "req",
@@ -58,7 +58,7 @@ def _make_ca(directory: Path, name: str) -> tuple[Path, Path]:
         "-out",
         str(cert),
         "-days",
-        "2",
+        str(days),
         "-subj",
         f"/CN=sendqueue test {name}",
         "-addext",
@@ -69,7 +69,9 @@ def _make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     return cert, key
 
 
-def _make_leaf(directory: Path, name: str, ca: tuple[Path, Path], usage: str) -> tuple[Path, Path]:
+def _make_leaf(
+    directory: Path, name: str, ca: tuple[Path, Path], usage: str, days: int = 2
+) -> tuple[Path, Path]:
     cert, key, csr = (directory / f"{name}{ext}" for ext in (".pem", ".key", ".csr"))
     ext = directory / f"{name}.ext"
     ext.write_text(
@@ -94,16 +96,18 @@ def _make_leaf(directory: Path, name: str, ca: tuple[Path, Path], usage: str) ->
         "-out",
         str(cert),
         "-days",
-        "2",
+        str(days),
         "-extfile",
         str(ext),
     )
     return cert, key
 
 
-def make_pki(directory: Path) -> Pki:
-    ca = _make_ca(directory, "ca")
-    other_ca, _ = _make_ca(directory, "other-ca")
-    server = _make_leaf(directory, "server", ca, "serverAuth")
-    client = _make_leaf(directory, "client", ca, "clientAuth")
+def make_pki(directory: Path, days: int = 2) -> Pki:
+    """Certificates valid for `days` (2: under the 14 days of SendqueueCertificateExpiring)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = _make_ca(directory, "ca", days)
+    other_ca, _ = _make_ca(directory, "other-ca", days)
+    server = _make_leaf(directory, "server", ca, "serverAuth", days)
+    client = _make_leaf(directory, "client", ca, "clientAuth", days)
     return Pki(ca[0], server[0], server[1], client[0], client[1], other_ca)

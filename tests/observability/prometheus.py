@@ -36,8 +36,11 @@ class PrometheusProcess:
         rule_files: list[Path],
         interval: str = "1s",
         start_timeout: float = 30.0,
+        job_options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.jobs = jobs
+        #: Extra scrape_config keys per job name (metrics_path, params, ...).
+        self.job_options = job_options or {}
         self.rule_files = rule_files
         self.interval = interval
         self.start_timeout = start_timeout
@@ -56,7 +59,11 @@ class PrometheusProcess:
             "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
             "rule_files": [str(path) for path in self.rule_files],
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": targets}]}
+                {
+                    "job_name": job,
+                    "static_configs": [{"targets": targets}],
+                    **self.job_options.get(job, {}),
+                }
                 for job, targets in self.jobs.items()
             ],
         }

@@ -72,6 +72,8 @@ def stack_settings(
 class Stack:
     config: Config
     registries: dict[str, CollectorRegistry] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    stops: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def listen(self, service: str) -> str:
         listen: str = getattr(self.config, service).listen
@@ -85,27 +87,42 @@ class Stack:
             resp.raise_for_status()
             return await resp.text()
 
+    def start(self, name: str) -> None:
+        """Run one service (again: with a fresh registry, as a new process would have)."""
+        runners: dict[str, Callable[..., Coroutine[Any, Any, None]]] = dict(_services())
+        self.registries[name] = CollectorRegistry()
+        self.stops[name] = asyncio.Event()
+        main = runners[name](self.config, self.stops[name], self.registries[name])
+        self.tasks[name] = asyncio.create_task(main, name=name)
+
+    async def stop(self, name: str, timeout: float = 30.0) -> None:
+        """Stop one service and wait for it; the others go on."""
+        self.stops[name].set()
+        task = self.tasks.pop(name)
+        await asyncio.wait_for(task, timeout)
+
+    async def wait_healthy(self, timeout: float = 30.0) -> None:
+        await _wait_healthy(self, self.tasks, timeout)
+
 
 @contextlib.asynccontextmanager
 async def running(config: Config, timeout: float = 30.0) -> AsyncIterator[Stack]:
     """Start ingest, sender and retry; stop them (and wait for them) when the block ends."""
-    stack = Stack(config, {name: CollectorRegistry() for name in SERVICES})
-    stop = asyncio.Event()
-    # Service's type names (config, stop) only; every run_x also takes the registry.
-    runners: dict[str, Callable[..., Coroutine[Any, Any, None]]] = dict(_services())
-    tasks = {
-        name: asyncio.create_task(runners[name](config, stop, stack.registries[name]), name=name)
-        for name in SERVICES
-    }
+    stack = Stack(config)
+    for name in SERVICES:
+        stack.start(name)
     try:
-        await _wait_healthy(stack, tasks, timeout)
+        await stack.wait_healthy(timeout)
         yield stack
     finally:
-        stop.set()
-        _, pending = await asyncio.wait(tasks.values(), timeout=timeout)
-        for task in pending:
-            task.cancel()
-        results = await asyncio.gather(*tasks.values(), return_exceptions=True)
+        for event in stack.stops.values():
+            event.set()
+        tasks = list(stack.tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
             raise errors[0]
