@@ -95,9 +95,9 @@ async def test_an_outage_shows_in_prometheus_and_its_alert_expression_fires(
     pending = 'ALERTS{alertname="SendqueueDestinationDown", alertstate="pending"}'
     await prometheus.wait_for(pending, what="the alert pending (for: 5m)")
     await prometheus.wait_for('sendqueue_oldest_waiting_seconds{destination="pacs"} > 0')
-    # ... while the paused destination's empty consumer list does not page on its own
+    # ... and its consumer is cancelled while it is down (that no other alert blames the
+    # missing consumer is test_alert_causes.py's, with RabbitMQ's own counts scraped)
     await prometheus.wait_for('sendqueue_queue_consumers{kind="work", destination="pacs"} == 0')
-    assert await prometheus.query(_alert_expr("SendqueueQueueWithoutConsumer")) == []
 
     # When it comes back, everything drains and the alert's expression is quiet again
     await asyncio.to_thread(scp.start)
