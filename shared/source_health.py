@@ -44,7 +44,11 @@ class OrthancHealth:
         """Probe Orthanc every `interval` seconds until cancelled."""
         while True:
             try:
-                await asyncio.wait_for(orthanc.answers(), timeout)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a result that
+                # arrives as the task is cancelled and drops the cancellation, and the
+                # service's shutdown would then wait for this loop forever.
+                async with asyncio.timeout(timeout):
+                    await orthanc.answers()
             except TimeoutError:
                 self.saw(False)
             await asyncio.sleep(interval)
