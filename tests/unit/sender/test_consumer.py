@@ -393,7 +393,7 @@ async def test_a_not_found_while_orthanc_does_not_answer_returns_the_job_and_pro
     # Then it is not parked as not-found: it goes back untouched and Orthanc is probed
     assert sender.journal == ["cancel", f"publish {WORK} pacs", "ack"]
     assert sender.failures() == [] and sender.publisher.to(WORK)[0].body == message.body
-    assert sender.consumer.state == "down"
+    assert sender.consumer.state == "source-down"
     assert "GET /system fails too" in sender.consumer.state_reason
     # the destination itself is not the one down
     assert sender.metric("sendqueue_destination_up") == 1
@@ -414,10 +414,14 @@ async def test_orthanc_unreachable_returns_the_job_and_consuming_resumes_when_it
     # When a job is consumed
     await sender.queue.deliver(message)
 
-    # Then it goes back untouched and the consumer waits for Orthanc
+    # Then it goes back untouched and the consumer waits for Orthanc: source-down, named
+    # apart from the destination being down
     assert sender.journal == ["cancel", f"publish {WORK} pacs", "ack"]
-    assert sender.failures() == [] and sender.consumer.state == "down"
+    assert sender.failures() == [] and sender.consumer.state == "source-down"
     assert sender.destination.probes == 0
+    assert sender.metric("sendqueue_destination_up") == 1
+    assert sender.metric("sendqueue_destination_state", state="source-down") == 1
+    assert sender.metric("sendqueue_destination_state", state="down") == 0
 
     # And when Orthanc is back, consuming resumes
     sender.orthanc.up = True
