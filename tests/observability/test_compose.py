@@ -7,12 +7,15 @@ first: a missing mounted file, a scrape target that is not a service, a port mis
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
 
 from sendqueue.shared.config import Config, load_config, parse_listen
 from tests.observability import assets
+from tests.support.availability import unavailable
 
 SENDQUEUE_SERVICES = ("ingest", "sender", "retry")
 
@@ -94,6 +97,10 @@ def test_prometheus_scrapes_each_service_on_its_listen_port(
     for name in SENDQUEUE_SERVICES:
         _, port = parse_listen(getattr(sendqueue_config, name).listen)
         assert targets[f"sendqueue-{name}"] == [f"{name}:{port}"]
+        # Every replica, found by DNS, not one static address.
+        job = _jobs(prometheus_config)[f"sendqueue-{name}"]
+        assert "static_configs" not in job
+        assert job["dns_sd_configs"] == [{"names": [name], "type": "A", "port": port}]
     for job, hosts in targets.items():
         for host in hosts:
             assert host.split(":")[0] in compose["services"], f"{job}: {host} is no service"
@@ -163,8 +170,37 @@ def test_published_ports_stay_on_loopback(compose: dict[str, Any]) -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
 
 
+def _jobs(prometheus_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {job["job_name"]: job for job in prometheus_config["scrape_configs"]}
+
+
 def _targets(prometheus_config: dict[str, Any]) -> dict[str, list[str]]:
-    return {
-        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
-        for job in prometheus_config["scrape_configs"]
-    }
+    """host:port of each job, whether static or found by DNS (name:port)."""
+    found: dict[str, list[str]] = {}
+    for name, job in _jobs(prometheus_config).items():
+        hosts = [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+        hosts += [f"{n}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for n in sd["names"]]
+        found[name] = hosts
+    return found
+
+
+def test_the_sender_runs_as_several_replicas_and_alerts_go_to_an_alertmanager(
+    compose: dict[str, Any], prometheus_config: dict[str, Any]
+) -> None:
+    assert compose["services"]["sender"]["deploy"]["replicas"] >= 2
+    (manager,) = prometheus_config["alerting"]["alertmanagers"]
+    (target,) = manager["static_configs"][0]["targets"]
+    assert target.split(":")[0] in compose["services"]
+    mounts = dict(assets.bind_mounts(compose["services"]["alertmanager"]))
+    assert mounts["./alertmanager/alertmanager.yml"] == "/etc/alertmanager/alertmanager.yml"
+
+
+def test_the_alertmanager_config_is_valid() -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        unavailable("amtool is not installed (Debian package prometheus-alertmanager)")
+    path = assets.COMPOSE / "alertmanager" / "alertmanager.yml"
+    done = subprocess.run(
+        [amtool, "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
