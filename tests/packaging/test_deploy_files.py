@@ -155,3 +155,12 @@ def test_systemd_analyze_verifies_every_unit(tmp_path: Path) -> None:
     )
     output = (done.stdout + done.stderr).strip()
     assert done.returncode == 0 and not output, output
+
+
+def test_the_scripts_leave_a_packaged_orthanc_alone() -> None:
+    # A PACS engineer's machine may run the Debian Orthanc service: the demo and the tests
+    # start their own, on their own ports, and never stop or reconfigure that one.
+    for script in ("scripts/bootstrap", "scripts/demo", "scripts/test"):
+        text = (ROOT / script).read_text(encoding="utf-8")
+        assert not re.search(r"init\.d/orthanc|systemctl\s+\S+\s+orthanc|service orthanc", text)
+        assert "/etc/orthanc" not in text, script
