@@ -45,6 +45,11 @@ def printable(text: str) -> str:
     return "".join(kept)
 
 
+def printable_lines(text: str) -> str:
+    """`printable`, line by line (the lines stay)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def format_time(epoch: float | None) -> str:
     if not epoch:
         return "-"
@@ -124,7 +129,7 @@ def render_status(queues: Mapping[str, Any], operation: Mapping[str, Any] | None
         lines.append(f"waiting in delay tiers: {text}")
     if operation and operation.get("running"):
         lines.append("running: " + progress_line(operation))
-    return "\n".join(lines)
+    return printable_lines("\n".join(lines))
 
 
 def render_parked(page: Mapping[str, Any]) -> str:
@@ -149,7 +154,7 @@ def render_parked(page: Mapping[str, Any]) -> str:
     summary = f"{len(items)} of {total} parked item(s) shown"
     if len(items) < total:
         summary += "; narrow with filters or raise --limit"
-    return f"{table}\n\n{summary}"
+    return printable_lines(f"{table}\n\n{summary}")
 
 
 def render_result(action: str, result: Mapping[str, Any], to: str | None = None) -> str:
@@ -160,7 +165,7 @@ def render_result(action: str, result: Mapping[str, Any], to: str | None = None)
     text = f"{verb} {done} parked item(s){where}"
     if failed:
         text += f"; {failed} failed and stay parked (see the retry service's log)"
-    return text
+    return printable(text)
 
 
 def progress_line(operation: Mapping[str, Any]) -> str:
@@ -168,8 +173,8 @@ def progress_line(operation: Mapping[str, Any]) -> str:
     total = int(operation.get("total") or 0)
     action = operation.get("action") or "operation"
     if total <= 0:
-        return f"{action}: {done} done"
-    return f"{action}: {done}/{total} ({100 * done // total}%)"
+        return printable(f"{action}: {done} done")
+    return printable(f"{action}: {done}/{total} ({100 * done // total}%)")
 
 
 def _count(value: object) -> str:
