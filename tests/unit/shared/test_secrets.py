@@ -80,7 +80,7 @@ def test_anonymous_loopback_and_token_configs_start():
 
 
 def test_tls_cert_and_key_go_together():
-    with pytest.raises(ConfigError, match="tls_cert and retry.tls_key go together"):
+    with pytest.raises(ConfigError, match=r"tls_cert and retry\.tls_key go together"):
         parse_config(retry(admin_token=GOOD, tls_cert="/etc/ssl/admin.pem"), environ={})
 
 

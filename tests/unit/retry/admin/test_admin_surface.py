@@ -56,9 +56,7 @@ def admin_app(**retry: Any) -> web.Application:
 
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    app = admin_app(
-        admin_token=ADMIN, admin_tokens={"ops": OPS}, read_tokens={"auditor": READER}
-    )
+    app = admin_app(admin_token=ADMIN, admin_tokens={"ops": OPS}, read_tokens={"auditor": READER})
     async with TestClient(TestServer(app, host="127.0.0.1")) as test_client:
         yield test_client
 
@@ -138,9 +136,7 @@ async def test_a_post_without_a_json_content_type_is_refused_even_with_a_token(c
 
 async def test_a_foreign_origin_is_refused(client):
     for origin in ("http://evil.example", "null", "http://127.0.0.1:1"):
-        response = await client.get(
-            "/api/whoami", headers={**bearer(READER), "Origin": origin}
-        )
+        response = await client.get("/api/whoami", headers={**bearer(READER), "Origin": origin})
         assert response.status == 403, origin
     own = f"http://{client.host}:{client.port}"
     response = await client.get("/api/whoami", headers={**bearer(READER), "Origin": own})

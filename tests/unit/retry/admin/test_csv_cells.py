@@ -12,7 +12,7 @@ from sendqueue.services.retry.admin.parked import _csv_line, csv_cell
 
 @pytest.mark.parametrize(
     "value",
-    ["=HYPERLINK(\"http://evil\")", "+1+2", "-2+3", "@SUM(A1)", "\tx", "\r=1"],
+    ['=HYPERLINK("http://evil")', "+1+2", "-2+3", "@SUM(A1)", "\tx", "\r=1"],
 )
 def test_a_formula_is_escaped(value):
     assert csv_cell(value) == "'" + value
