@@ -51,6 +51,8 @@ class AdminClient:
         if self._ca_file:
             # The admin listen's own certificate (self-signed, typically) is trusted too.
             context.load_verify_locations(self._ca_file)
+            # ... as the anchor itself, even when it is a leaf issued by a private CA.
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
         return self
 
