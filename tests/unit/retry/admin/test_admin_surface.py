@@ -49,7 +49,7 @@ def admin_app(**retry: Any) -> web.Application:
         audit=None,  # type: ignore[arg-type]
         pauses=None,  # type: ignore[arg-type]
         overview=None,  # type: ignore[arg-type]
-        send=_unreachable,  # type: ignore[arg-type]
+        send=_unreachable,
     )
     return app
 
