@@ -146,7 +146,9 @@ class AmqpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """[ingest]: follows Orthanc's /changes and queues a job per instance and destination."""
 
-    listen: Annotated[str, doc("metrics, healthz, `POST /api/send`")] = "127.0.0.1:8100"
+    listen: Annotated[
+        str, doc("metrics, healthz (`POST /api/send` is served by the retry service)")
+    ] = "127.0.0.1:8100"
     poll_interval: Annotated[Duration, doc("wait between `/changes` calls when nothing is new")] = (
         Duration(1)
     )
@@ -201,7 +203,13 @@ _DEFAULT_DELAYS = [Duration(s) for s in (10, 60, 300, 1800, 7200)]
 class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """[retry]: retries failed sends, parks the hopeless, serves the admin API."""
 
-    listen: Annotated[str, doc("admin API, console page, metrics, healthz")] = "127.0.0.1:8102"
+    listen: Annotated[
+        str,
+        doc(
+            "admin API (every call with a token), console page, metrics, healthz; a"
+            " non-loopback address needs tokens"
+        ),
+    ] = "127.0.0.1:8102"
     delays: Annotated[
         list[Duration], doc("wait before the 1st, 2nd, … retry; the last repeats")
     ] = msgspec.field(default_factory=lambda: list(_DEFAULT_DELAYS))
