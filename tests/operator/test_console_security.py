@@ -88,9 +88,16 @@ async def test_a_hostile_patient_name_is_shown_as_text_and_a_read_token_sees_no_
         await browser.script("return document.querySelectorAll('[data-testid=select-item]').length")
         == 0
     )
-    # The audit log and the CSV export stay available to read
+    # The audit log and the CSV export stay available to read; the export carries the token
     assert await browser.script(VISIBLE, "#audit")
-    assert await browser.script(VISIBLE, "#export-csv")
+    await browser.script(
+        "const make = URL.createObjectURL;"
+        "URL.createObjectURL = (blob) => { window.csvBlob = blob; return make(blob); };"
+    )
+    await browser.click("#export-csv")
+    await browser.wait("return window.csvBlob !== undefined", what="the CSV download")
+    exported = await browser.script("return window.csvBlob.text()")
+    assert exported.startswith("id,destination") and HOSTILE_NAME in exported
 
     # The API holds the same line: the read token cannot requeue
     status, body = await pipeline.admin("POST", "/api/parked/requeue", {"all": True}, READ_TOKEN)
