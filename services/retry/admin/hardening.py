@@ -64,13 +64,13 @@ def _is_address(name: str) -> bool:
     return True
 
 
-def hardening_middleware(allowed: frozenset[str]) -> Middleware:
+def hardening_middleware(allowed: frozenset[str], origins: frozenset[str]) -> Middleware:
     @web.middleware
     async def harden(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in _ANY_HOST:
             _check_host(request, allowed)
         if request.path.startswith("/api/"):
-            _check_origin(request)
+            _check_origin(request, origins)
             if request.method == "POST":
                 _check_content_type(request)
         return await handler(request)
@@ -88,12 +88,18 @@ def _check_host(request: web.Request, allowed: frozenset[str]) -> None:
         )
 
 
-def _check_origin(request: web.Request) -> None:
+def _check_origin(request: web.Request, origins: frozenset[str]) -> None:
+    """The console's own page, or one served under a name of `allowed_hosts` (a reverse
+    proxy may pass another Host than the name in the browser)."""
     origin = request.headers.get("Origin")
     if origin is None:
         return
-    if origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower():
-        raise BadRequest(f"cross-origin requests are refused (Origin {origin!r})", 403)
+    parts = urlsplit(origin)
+    if origin != "null" and (
+        parts.netloc.lower() == request.host.lower() or (parts.hostname or "") in origins
+    ):
+        return
+    raise BadRequest(f"cross-origin requests are refused (Origin {origin!r})", 403)
 
 
 def _check_content_type(request: web.Request) -> None:
@@ -112,7 +118,8 @@ async def add_security_headers(_request: web.Request, response: web.StreamRespon
 
 def harden(app: web.Application, retry: RetryConfig) -> None:
     """The Host, Origin and Content-Type checks, and the security headers, on `app`."""
-    app.middlewares.append(hardening_middleware(allowed_host_names(retry)))
+    origins = frozenset(h.lower() for h in retry.allowed_hosts)
+    app.middlewares.append(hardening_middleware(allowed_host_names(retry), origins))
     app.on_response_prepare.append(add_security_headers)
 
 

@@ -162,6 +162,11 @@ async def test_allowed_hosts_are_answered():
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         headers = {**bearer(ADMIN), "Host": "sendqueue.example.org:8102"}
         assert (await client.get("/api/whoami", headers=headers)).status == 200
+        # Behind a reverse proxy that passes its own Host, the page's Origin is the name
+        proxied = {**bearer(ADMIN), "Origin": "https://sendqueue.example.org"}
+        assert (await client.get("/api/whoami", headers=proxied)).status == 200
+        foreign = {**bearer(ADMIN), "Origin": "https://sendqueue.example.org.evil.example"}
+        assert (await client.get("/api/whoami", headers=foreign)).status == 403
 
 
 async def test_every_answer_carries_the_security_headers(client):
