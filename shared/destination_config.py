@@ -203,6 +203,13 @@ class HttpDestinationConfig(DestinationConfigBase, frozen=True):
         super().__post_init__()
         if not self.url.startswith(("http://", "https://")):
             raise self._error(f"url must start with http:// or https://, got {self.url!r}")
+        if _has_credentials(self.url):
+            # A URL is printed, logged and shown to operators; a secret in it leaks.
+            raise self._error(
+                "url must not contain credentials (user:password@): put the user in"
+                f" `username` and the password in `password` or {_env_prefix(self.name)}"
+                "PASSWORD (a bearer token in `token`)"
+            )
         if self.token and self.username:
             raise self._error("set either username (basic auth) or token (bearer), not both")
         if self.password and not self.username:
@@ -265,6 +272,12 @@ KINDS: dict[str, type[DestinationConfigBase]] = {
     "orthanc": OrthancDestinationConfig,
     "dicomweb": DicomWebDestinationConfig,
 }
+
+
+def _has_credentials(url: str) -> bool:
+    """Whether the URL's authority carries a user (and maybe a password) before an `@`."""
+    authority = url.partition("//")[2].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return "@" in authority
 
 
 def _env_prefix(name: str) -> str:

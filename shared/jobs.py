@@ -29,6 +29,7 @@ def make_job(info: InstanceInfo, destination: str, stored_at: float | None = Non
         study_instance_uid=info.tag("StudyInstanceUID"),
         patient_id=info.tag("PatientID"),
         modality=info.tag("Modality"),
+        patient_name=info.tag("PatientName"),
         queued_at=time.time(),
         stored_at=stored_at,
     )

@@ -24,6 +24,8 @@ class SendJob(msgspec.Struct, frozen=True, kw_only=True, tag="job"):
     study_instance_uid: str = ""
     patient_id: str = ""
     modality: str = ""
+    #: Shown to operators behind a token (parked items); never a log field or metric label.
+    patient_name: str = ""
     #: When ingest queued it (epoch seconds).
     queued_at: float = 0.0
     #: When Orthanc stored the instance, if known (end-to-end latency).

@@ -18,7 +18,7 @@ from sendqueue.services.cli.admin_commands import (
 )
 from sendqueue.services.cli.healthz import add_healthz_command, run_healthz
 from sendqueue.shared import logs
-from sendqueue.shared.config import Config, load_config, mask_url, with_listen
+from sendqueue.shared.config import Config, load_config, mask_url, secrets_of, with_listen
 from sendqueue.shared.errors import ConfigError, SendQueueError
 from sendqueue.shared.lifecycle import ServiceMain, run_until_signalled
 
@@ -74,11 +74,12 @@ async def _check(config: Config) -> bool:
 
     results: list[tuple[str, bool, str]] = []
     orthanc = OrthancClient(config.orthanc)
+    orthanc_label = "orthanc " + mask_url(config.orthanc.url)
     try:
         system = await orthanc.get_json("/system")
-        results.append(("orthanc " + config.orthanc.url, True, f"version {system.get('Version')}"))
+        results.append((orthanc_label, True, f"version {system.get('Version')}"))
     except Exception as exc:
-        results.append(("orthanc " + config.orthanc.url, False, str(exc)))
+        results.append((orthanc_label, False, str(exc)))
     finally:
         await orthanc.close()
     try:
@@ -98,7 +99,8 @@ async def _check(config: Config) -> bool:
         finally:
             await target.close()
     for label, ok, detail in results:
-        print(f"{'ok  ' if ok else 'FAIL'}  {label}: {detail}")
+        # A peer's error may quote a URL or echo a credential: masked like a log line.
+        print(logs.mask(f"{'ok  ' if ok else 'FAIL'}  {label}: {detail}"))
     return all(ok for _, ok, _ in results)
 
 
@@ -144,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     amqp_url = "?"
     try:
         config = load_config(args.config)
+        logs.hide_secrets(secrets_of(config))
         if getattr(args, "listen", None):
             config = with_listen(config, args.command, args.listen)
         amqp_url = mask_url(config.amqp.url)
@@ -157,10 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_run(config, names))
         return 0
     except ConfigError as exc:
-        print(f"sendqueue: {exc}", file=sys.stderr)
+        print(logs.mask(f"sendqueue: {exc}"), file=sys.stderr)
         return 2
     except SendQueueError as exc:
-        print(f"sendqueue: {exc}", file=sys.stderr)
+        print(logs.mask(f"sendqueue: {exc}"), file=sys.stderr)
         return 1
     except (AMQPConnectionError, OSError) as exc:
         # Typically RabbitMQ unreachable at start-up: say where, without the password.

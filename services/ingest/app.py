@@ -1,10 +1,15 @@
-"""Ingest wiring: Orthanc client, the changes feed, the submit API, metrics."""
+"""Ingest wiring: Orthanc client, the changes feed, metrics.
+
+POST /api/send is not served here: the retry service's admin API serves it, behind an
+admin token and in the audit log (docs/architecture.md, "The admin surface").
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sendqueue.services.ingest.feed import ChangesFeed
@@ -15,7 +20,6 @@ from sendqueue.shared.lifecycle import ServiceParts
 from sendqueue.shared.metrics_server import make_app
 from sendqueue.shared.orthanc import OrthancClient
 from sendqueue.shared.resolver import Resolver
-from sendqueue.shared.send_api import make_send_handler
 from sendqueue.shared.source_health import OrthancHealth
 from sendqueue.shared.state_lock import hold_state_dir
 from sendqueue.shared.topology import Names, prepare_bus
@@ -52,14 +56,17 @@ async def _serve(
         metrics=metrics,
     )
     app = make_app(registry, lambda: {"amqp": not conn.is_closed, "orthanc": feed.healthy})
-    send = make_send_handler(
-        config,
-        resolver=resolver,
-        publisher=publisher,
-        names=names,
-        on_queued=lambda job: metrics.queued.labels(job.destination, "api").inc(),
-    )
-    app.router.add_post("/api/send", send)
+    app.router.add_post("/api/send", _send_moved)
     await parts.server(app, config.ingest.listen)
     log.info("ingest running: %d route(s)", len(config.routes))
     await feed.run(stop)
+
+
+async def _send_moved(_request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "error": "POST /api/send is served by the retry service's admin API ([retry]"
+            " listen), with an admin token, not by ingest"
+        },
+        status=410,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from pathlib import Path
 
 from aiohttp import web
@@ -11,8 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from sendqueue.services.retry.admin.api import MAX_BODY, add_admin_api
 from sendqueue.services.retry.admin.audit import AuditLog
-from sendqueue.services.retry.admin.auth import OPERATOR
+from sendqueue.services.retry.admin.auth import OPERATOR, check_admin_exposure
 from sendqueue.services.retry.admin.console_page import check_console_files
+from sendqueue.services.retry.admin.hardening import tls_context
 from sendqueue.services.retry.admin.overview import QueueOverview
 from sendqueue.services.retry.delays import DelayLedger
 from sendqueue.services.retry.failures import FailureRouter
@@ -24,8 +26,7 @@ from sendqueue.services.retry.pauses import PauseStore
 from sendqueue.services.retry.queue_gauges import QueueDepthMonitor
 from sendqueue.services.retry.status_board import StatusBoard
 from sendqueue.services.retry.strays import RemovedDestinations, follow_unroutable
-from sendqueue.shared.config import Config, is_loopback, parse_listen
-from sendqueue.shared.errors import ConfigError
+from sendqueue.shared.config import Config
 from sendqueue.shared.lifecycle import ServiceParts
 from sendqueue.shared.metrics_server import make_app
 from sendqueue.shared.orthanc import OrthancClient
@@ -40,28 +41,23 @@ log = logging.getLogger(__name__)
 _PREFETCH = 32
 
 
-def check_admin_exposure(config: Config) -> None:
-    host, _ = parse_listen(config.retry.listen)
-    if not config.retry.tokens() and not is_loopback(host):
-        raise ConfigError(
-            f"retry.listen is {config.retry.listen!r}, not a loopback address, and no "
-            "admin token is set: refusing to expose the admin API without authentication "
-            "(set retry.admin_token, retry.admin_tokens or SENDQUEUE_ADMIN_TOKEN)"
-        )
-
-
 async def run_retry(
     config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
 ) -> None:
     check_admin_exposure(config)
     check_console_files()
+    tls = tls_context(config.retry)  # an unreadable certificate stops the start-up here
     with hold_state_dir(config.retry.state_dir, "retry"):
         async with ServiceParts() as parts:
-            await _serve(parts, config, stop, registry or CollectorRegistry())
+            await _serve(parts, config, stop, registry or CollectorRegistry(), tls)
 
 
 async def _serve(
-    parts: ServiceParts, config: Config, stop: asyncio.Event, registry: CollectorRegistry
+    parts: ServiceParts,
+    config: Config,
+    stop: asyncio.Event,
+    registry: CollectorRegistry,
+    tls: ssl.SSLContext | None,
 ) -> None:
     metrics = RetryMetrics(registry)
     names = Names(config.amqp.prefix)
@@ -144,6 +140,7 @@ async def _serve(
             on_queued=lambda job: metrics.queued.labels(job.destination, "admin").inc(),
         ),
     )
-    await parts.server(app, config.retry.listen)
-    log.info("retry running; admin API on http://%s/", config.retry.listen)
+    await parts.server(app, config.retry.listen, tls)
+    scheme = "https" if tls else "http"
+    log.info("retry running; admin API on %s://%s/", scheme, config.retry.listen)
     await stop.wait()

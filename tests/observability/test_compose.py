@@ -35,7 +35,10 @@ def prometheus_config() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def sendqueue_config() -> Config:
     # The compose file gives the retry service its admin token from the environment.
-    environ = {"SENDQUEUE_ADMIN_TOKEN": "a-test-token", "SENDQUEUE_ORTHANC_PASSWORD": "x"}
+    environ = {
+        "SENDQUEUE_ADMIN_TOKEN": "a-test-token-0123456789",
+        "SENDQUEUE_ORTHANC_PASSWORD": "x",
+    }
     return load_config(assets.COMPOSE / "sendqueue.toml", environ)
 
 

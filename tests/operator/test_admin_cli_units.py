@@ -131,7 +131,7 @@ def test_limit_must_be_positive():
 # -- where the API is ---------------------------------------------------------------------
 
 
-def write_config(tmp_path, listen: str = "0.0.0.0:9102", token: str = "file-token"):
+def write_config(tmp_path, listen: str = "0.0.0.0:9102", token: str = "file-token-0123456789"):
     path = tmp_path / "sendqueue.toml"
     path.write_text(f'[retry]\nlisten = "{listen}"\nadmin_token = "{token}"\n')
     return str(path)
@@ -140,13 +140,13 @@ def write_config(tmp_path, listen: str = "0.0.0.0:9102", token: str = "file-toke
 def test_config_gives_the_url_from_retry_listen_and_its_token(tmp_path):
     args = parse("status", "--config", write_config(tmp_path))
     target = resolve_target(args, {})
-    assert (target.url, target.token) == ("http://127.0.0.1:9102", "file-token")
+    assert (target.url, target.token) == ("http://127.0.0.1:9102", "file-token-0123456789")
 
 
 def test_token_option_beats_environment_beats_config(tmp_path):
     config = write_config(tmp_path)
-    env = {"SENDQUEUE_ADMIN_TOKEN": "env-token"}
-    assert resolve_target(parse("status", "--config", config), env).token == "env-token"
+    env = {"SENDQUEUE_ADMIN_TOKEN": "env-token-0123456789"}
+    assert resolve_target(parse("status", "--config", config), env).token == "env-token-0123456789"
     args = parse("status", "--config", config, "--token", "cli-token")
     assert resolve_target(args, env).token == "cli-token"
 

@@ -23,6 +23,7 @@ class ParkedItem(msgspec.Struct, frozen=True, kw_only=True):
     series_instance_uid: str = ""
     study_instance_uid: str = ""
     patient_id: str = ""
+    patient_name: str = ""
     modality: str = ""
     attempts: int = 0
     first_failed_at: float | None = None
@@ -86,6 +87,10 @@ class ParkedIndex:
         self._db.execute(
             f"CREATE TABLE IF NOT EXISTS parked ({columns}, pass_seq INTEGER NOT NULL DEFAULT 0)"
         )
+        known = {row[1] for row in self._db.execute("PRAGMA table_info(parked)")}
+        for column in _COLUMNS:  # an index made by an older version lacks newer columns
+            if column not in known:
+                self._db.execute(f"ALTER TABLE parked ADD COLUMN {column} DEFAULT ''")
         for column in ("destination", "reason_class", "study_instance_uid", "patient_id"):
             self._db.execute(f"CREATE INDEX IF NOT EXISTS by_{column} ON parked ({column})")
         self._db.execute("CREATE INDEX IF NOT EXISTS by_time ON parked (parked_at, id)")
@@ -99,7 +104,11 @@ class ParkedIndex:
         marks = ", ".join("?" for _ in _COLUMNS)
         rows = [(*(getattr(i, c) for c in _COLUMNS), pass_seq) for i in items]
         with self._db:
-            self._db.executemany(f"INSERT OR REPLACE INTO parked VALUES ({marks}, ?)", rows)
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO parked ({', '.join(_COLUMNS)}, pass_seq)"
+                f" VALUES ({marks}, ?)",
+                rows,
+            )
 
     def journal_requeued(self, ids: Sequence[str]) -> None:
         if ids:

@@ -36,6 +36,7 @@ def item_from_job(item_id: str, job: SendJob) -> ParkedItem:
         series_instance_uid=job.series_instance_uid,
         study_instance_uid=job.study_instance_uid,
         patient_id=job.patient_id,
+        patient_name=job.patient_name,
         modality=job.modality,
         attempts=job.attempts,
         first_failed_at=job.first_failed_at,
