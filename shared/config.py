@@ -160,6 +160,15 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         ),
     ] = "now"
     batch_size: Annotated[int, doc("changes per `/changes` call (1..10000)")] = 100
+    capture_failed_jobs: Annotated[
+        Literal["mapped", "all", "off"],
+        doc(
+            "Orthanc's own failed store jobs (`GET /jobs`): `\"mapped\"` queues those of the"
+            " modalities and peers a destination names (`orthanc_modality`, `orthanc_peer`);"
+            " `\"all\"` also makes a destination of every modality and peer Orthanc knows;"
+            " `\"off\"` ignores them. See [docs/orthanc.md](orthanc.md)"
+        ),
+    ] = "mapped"
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)

@@ -12,6 +12,21 @@ import uuid
 import msgspec
 
 
+class OrthancJobRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The failed Orthanc store job a captured send job comes from."""
+
+    #: Orthanc's job ID (`GET /jobs/{id}`).
+    id: str
+    #: `DicomModalityStore`, `OrthancPeerStore`, ...
+    type: str = ""
+    #: When the job failed (Orthanc's CompletionTime, epoch seconds), if known.
+    failed_at: float | None = None
+    #: Orthanc's error: description and details.
+    error: str = ""
+    #: Instances the Orthanc job was to send.
+    instances: int = 0
+
+
 class SendJob(msgspec.Struct, frozen=True, kw_only=True, tag="job"):
     """One instance to deliver to one destination."""
 
@@ -37,6 +52,11 @@ class SendJob(msgspec.Struct, frozen=True, kw_only=True, tag="job"):
     #: Set while the job sits in the parking queue. A job that arrives on a work queue
     #: with this set was moved back by hand (management UI shovel): it starts afresh.
     parked_at: float | None = None
+    #: Who queued it: "changes" (a route), "api" (POST /api/send, `sendqueue send`) or
+    #: "orthanc-job" (an Orthanc store job that failed); "" from older services.
+    source: str = ""
+    #: Set when source is "orthanc-job": the Orthanc job whose failure it repairs.
+    orthanc_job: OrthancJobRef | None = None
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True, tag="failure"):
@@ -122,6 +142,8 @@ def job_headers(job: SendJob) -> dict[str, str | int]:
     }
     if job.last_error:
         headers["reason"] = job.last_error[:500]
+    if job.orthanc_job is not None:
+        headers["orthanc_job"] = job.orthanc_job.id
     return headers
 
 

@@ -8,6 +8,8 @@ import logging
 from prometheus_client import CollectorRegistry
 
 from sendqueue.services.ingest.feed import ChangesFeed
+from sendqueue.services.ingest.job_capture import JobCapture
+from sendqueue.services.ingest.job_hook import with_job_hook
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import Router
 from sendqueue.shared.config import Config
@@ -51,7 +53,18 @@ async def _serve(
         names=names,
         metrics=metrics,
     )
-    app = make_app(registry, lambda: {"amqp": not conn.is_closed, "orthanc": feed.healthy})
+    capture = JobCapture(
+        config=config,
+        orthanc=orthanc,
+        resolver=resolver,
+        publisher=publisher,
+        names=names,
+        metrics=metrics,
+    )
+    app = make_app(
+        registry,
+        lambda: {"amqp": not conn.is_closed, "orthanc": feed.healthy and capture.healthy},
+    )
     send = make_send_handler(
         config,
         resolver=resolver,
@@ -59,7 +72,8 @@ async def _serve(
         names=names,
         on_queued=lambda job: metrics.queued.labels(job.destination, "api").inc(),
     )
-    app.router.add_post("/api/send", send)
+    app.router.add_post("/api/send", with_job_hook(send, capture))
     await parts.server(app, config.ingest.listen)
     log.info("ingest running: %d route(s)", len(config.routes))
+    parts.task(capture.run(stop), "orthanc-jobs")
     await feed.run(stop)

@@ -1,0 +1,370 @@
+"""Catches Orthanc's own failed sends: failed store jobs in `GET /jobs` go into the queue.
+
+A click on "Send to modality", `POST /modalities/{id}/store`, a Lua `SendToModality`:
+Orthanc runs these as jobs, and a job that fails is only marked `Failure` in a history of
+`JobsHistorySize` entries (no `/changes` entry). This watcher polls that history and
+queues every instance of each failed store job for the destination that stands for its
+modality or peer, with Orthanc's error as the first attempt's reason. From there the
+normal ladder, parking, requeue and removal apply.
+
+A job's ID is marked handled only after the broker confirmed all its instances' jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from sendqueue.services.ingest.handled_jobs import HandledJobs
+from sendqueue.services.ingest.metrics import IngestMetrics
+from sendqueue.services.ingest.orthanc_jobs import JobTargets, StoreJob, new_failures, store_job
+from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
+from sendqueue.shared.config import Config
+from sendqueue.shared.errors import InstanceNotFound, PermanentError, SourceUnavailable
+from sendqueue.shared.jobs import make_job, publish_failure, publish_jobs
+from sendqueue.shared.logs import job_event
+from sendqueue.shared.orthanc import OrthancClient
+from sendqueue.shared.resolver import InstanceInfo, Resolver
+from sendqueue.shared.schemas import Failure, OrthancJobRef, SendJob, new_job_id
+from sendqueue.shared.topology import Names
+
+log = logging.getLogger(__name__)
+
+SOURCE = "orthanc-job"
+#: Below this, a busy Orthanc forgets a failed job between two reads after a short outage
+#: of ingest (Orthanc's default is 10).
+SAFE_HISTORY_SIZE = 100
+_ORTHANC_DEFAULT_HISTORY = 10
+_MAX_BACKOFF = 30.0
+#: A read that fails with these is retried after a backoff (a 4xx: a wrong URL, or an
+#: Orthanc without the jobs API, is shown the same way rather than crash the service).
+_ROUND_ERRORS: tuple[type[BaseException], ...] = (
+    SourceUnavailable,
+    PermanentError,
+    *BROKER_ERRORS,
+)
+
+
+class JobCapture:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        orthanc: OrthancClient,
+        resolver: Resolver,
+        publisher: Publisher,
+        names: Names,
+        metrics: IngestMetrics,
+    ) -> None:
+        self._config = config
+        self._orthanc = orthanc
+        self._resolver = resolver
+        self._publisher = publisher
+        self._names = names
+        self._metrics = metrics
+        self._handled = HandledJobs(config.ingest.state_dir)
+        self._targets: JobTargets | None = None
+        #: Failed, not yet handled, at the previous read (captured at the next one).
+        self._failed_before: set[str] = set()
+        #: Store jobs seen pending or running at the previous read.
+        self._unfinished: set[str] = set()
+        #: Finished jobs listed at the previous read.
+        self._finished_before: set[str] = set()
+        #: Orthanc's JobsHistorySize: read through Lua, or seen; None while unknown.
+        self._history_size: int | None = None
+        self._history_size_read = False
+        self._history_size_warned = False
+        #: One capture at a time: the poll and POST /api/send's Lua hook share the set.
+        self._lock = asyncio.Lock()
+        self.healthy = True
+
+    @property
+    def enabled(self) -> bool:
+        return self._config.ingest.capture_failed_jobs != "off"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not self.enabled:
+            return
+        interval: float = self._config.ingest.poll_interval
+        backoff = interval
+        started = False
+        while not stop.is_set():
+            try:
+                if not started:
+                    self._handled.load()
+                    await self._check_history_size()
+                    started = True
+                await self.read_history()
+                self.healthy, wait, backoff = True, interval, interval
+            except _ROUND_ERRORS as exc:
+                self._round_failed(exc, backoff)
+                wait, backoff = backoff, min(backoff * 2 or 1.0, _MAX_BACKOFF)
+            except Exception as exc:
+                # A task of the ingest service: an unforeseen error (a corrupt state file)
+                # must show (healthz, the log, the error counter), not end the watch quietly.
+                log.exception("reading Orthanc's jobs failed unexpectedly")
+                self._round_failed(exc, backoff)
+                wait, backoff = backoff, min(backoff * 2 or 1.0, _MAX_BACKOFF)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+
+    def _round_failed(self, exc: BaseException, backoff: float) -> None:
+        self.healthy = False
+        self._metrics.errors.labels("orthanc-jobs").inc()
+        log.warning("reading Orthanc's jobs failed (%r); retrying in %.1fs", exc, backoff)
+
+    # -- the job history ----------------------------------------------------------------
+
+    async def read_history(self) -> None:
+        listing = await self._orthanc.get_json("/jobs", {"expand": ""})
+        raw_jobs = [j for j in listing if isinstance(j, dict)] if isinstance(listing, list) else []
+        jobs = [job for job in map(store_job, raw_jobs) if job is not None]
+        listed = {str(j.get("ID")) for j in raw_jobs}
+        async with self._lock:
+            self._count_missed(jobs, raw_jobs, listed)
+            self._handled.still_listed(listed)
+            for job in jobs:
+                if job.finished and not job.failed and job.id not in self._handled:
+                    self._handled.add(job.id)
+                    outcome = "succeeded" if job.state == "Success" else "cancelled"
+                    self._metrics.orthanc_jobs.labels(outcome).inc()
+            for job in new_failures(jobs, self._handled.ids(), self._failed_before):
+                await self._capture(job)
+            self._failed_before = {j.id for j in jobs if j.failed and j.id not in self._handled}
+            self._handled.save()
+
+    async def capture_now(self, job_id: str) -> int | None:
+        """Capture one failed job at once (Orthanc's OnJobFailure Lua hook posts its ID).
+        Returns the jobs queued, or None if the job is not a failed store job."""
+        raw = await self._orthanc.get_json(f"/jobs/{job_id}")
+        job = store_job(raw) if isinstance(raw, dict) else None
+        if job is None or not job.failed:
+            return None
+        async with self._lock:
+            if job.id in self._handled:
+                return 0
+            queued = await self._capture(job)
+            self._handled.save()
+            return queued
+
+    async def _capture(self, job: StoreJob) -> int:
+        destinations = await self._destinations(job)
+        if not destinations:
+            self._metrics.orthanc_jobs.labels("unmapped").inc()
+            log.info(
+                "Orthanc job %s (%s to %s) failed; no destination stands for %s: not captured",
+                job.id,
+                job.type,
+                job.target,
+                job.target,
+            )
+            self._handled.add(job.id)
+            return 0
+        queued = 0
+        for destination in destinations:
+            queued += await self._queue(job, destination)
+        self._handled.add(job.id)
+        self._metrics.orthanc_jobs.labels("captured").inc()
+        return queued
+
+    async def _queue(self, job: StoreJob, destination: str) -> int:
+        jobs, gone = await self._jobs_for(job, destination)
+        await publish_jobs(self._publisher, self._names, jobs, self._on_queued)
+        for failure in gone:
+            await publish_failure(self._publisher, self._names, failure)
+        log.warning(
+            "Orthanc job %s (%s, %s) failed at %s: %s; %d instance(s) queued for %s, %d"
+            " resource(s) gone from Orthanc parked as not-found",
+            job.id,
+            job.type,
+            job.description or "?",
+            _when(job.failed_at),
+            job.error or "no error given",
+            len(jobs),
+            destination,
+            len(gone),
+            extra={"fields": {"source": SOURCE, "orthanc_job": job.id}},
+        )
+        return len(jobs)
+
+    def _on_queued(self, job: SendJob) -> None:
+        self._metrics.queued.labels(job.destination, SOURCE).inc()
+
+    async def _jobs_for(self, job: StoreJob, destination: str) -> tuple[list[SendJob], list[Failure]]:
+        ref = OrthancJobRef(
+            id=job.id,
+            type=job.type,
+            failed_at=job.failed_at,
+            error=job.error,
+            instances=job.instances,
+        )
+        reason = f"Orthanc's own send (job {job.id}, {job.type}) failed: {job.error or '?'}"
+        failed_at = job.failed_at or time.time()
+        jobs: dict[str, SendJob] = {}
+        gone: list[Failure] = []
+        for resource in dict.fromkeys(job.resources):
+            try:
+                infos = await self._resolver.expand(resource)
+            except InstanceNotFound:
+                gone.append(_not_found(resource, destination, ref, failed_at))
+                continue
+            for info in infos:
+                jobs.setdefault(info.orthanc_id, _captured(info, destination, ref, reason, failed_at))
+        return list(jobs.values()), gone
+
+    async def _destinations(self, job: StoreJob) -> list[str]:
+        if self._targets is None:
+            self._targets = await self._read_targets()
+        found = self._targets.destinations(job)
+        if not found:
+            # A modality or peer may have been added to Orthanc (PUT /modalities) since.
+            self._targets = await self._read_targets()
+            found = self._targets.destinations(job)
+        return found
+
+    async def _read_targets(self) -> JobTargets:
+        modalities = await self._orthanc.get_json("/modalities", {"expand": ""})
+        peers = await self._orthanc.get_json("/peers", {"expand": ""})
+        targets = JobTargets(self._config, modalities or {}, peers or {})
+        for name in targets.unknown:
+            log.error(
+                "destination %s names an Orthanc modality or peer that Orthanc does not know:"
+                " its failed jobs cannot be captured (see GET /modalities, GET /peers)",
+                name,
+            )
+        return targets
+
+    # -- lost evidence -------------------------------------------------------------------
+
+    def _count_missed(
+        self, jobs: Sequence[StoreJob], raw_jobs: Sequence[dict[str, Any]], listed: set[str]
+    ) -> None:
+        """Jobs that finished and left the history between two reads cannot be seen. Two
+        signs are certain: a store job seen running that is gone, and a history whose
+        every finished job is new while it is full (at least one more was pushed out)."""
+        vanished = [j for j in self._unfinished if j not in listed and j not in self._handled]
+        finished = {str(j.get("ID")) for j in raw_jobs if j.get("State") in ("Success", "Failure")}
+        turned_over = (
+            bool(self._finished_before)
+            and not (self._finished_before & finished)
+            and len(finished) >= len(self._finished_before)
+            and self._history_full(len(finished))
+        )
+        missed = len(vanished) + (1 if turned_over and not vanished else 0)
+        if missed:
+            self._metrics.orthanc_jobs_missed.inc(missed)
+            log.error(
+                "%d Orthanc job(s) left Orthanc's job history before ingest could read how they"
+                " ended (raise JobsHistorySize in Orthanc's configuration; see docs/orthanc.md):"
+                " a failed send among them is not captured",
+                missed,
+            )
+        self._learn_history_size(finished)
+        self._unfinished = {j.id for j in jobs if not j.finished}
+        self._finished_before = finished
+
+    def _history_full(self, finished: int) -> bool:
+        return finished >= (self._history_size or _ORTHANC_DEFAULT_HISTORY)
+
+    def _learn_history_size(self, finished: set[str]) -> None:
+        """Without Lua, JobsHistorySize shows itself: new finished jobs push old ones out
+        while the count stays the same."""
+        if self._history_size is not None and self._history_size_read:
+            return
+        pushed_out = bool(self._finished_before - finished) and bool(finished - self._finished_before)
+        if pushed_out and len(finished) == len(self._finished_before):
+            self._set_history_size(len(finished), "seen: new jobs push old ones out")
+
+    async def _check_history_size(self) -> None:
+        try:
+            text = await self._orthanc.run_lua(
+                'print(GetOrthancConfiguration()["JobsHistorySize"] or 10)'
+            )
+        except (SourceUnavailable, PermanentError) as exc:
+            log.info("could not read Orthanc's JobsHistorySize (%s); will watch its history", exc)
+            return
+        if text is None:
+            log.info(
+                "Orthanc does not run Lua over REST (ExecuteLuaEnabled), so its JobsHistorySize"
+                " cannot be read; ingest infers it from how its job history turns over"
+            )
+            return
+        with contextlib.suppress(ValueError):
+            self._history_size_read = True
+            self._set_history_size(int(float(text.strip() or "10")), "read from Orthanc")
+
+    def _set_history_size(self, size: int, how: str) -> None:
+        self._history_size = size
+        if size < SAFE_HISTORY_SIZE and not self._history_size_warned:
+            self._history_size_warned = True
+            log.warning(
+                "Orthanc's JobsHistorySize is %d (%s): a failed send may leave the history"
+                " before ingest reads it; set it to %d or more (docs/orthanc.md)",
+                size,
+                how,
+                SAFE_HISTORY_SIZE,
+            )
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "?"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def _captured(
+    info: InstanceInfo, destination: str, ref: OrthancJobRef, reason: str, failed_at: float
+) -> SendJob:
+    """Orthanc's failed attempt counts as the first one: the ladder goes on from there."""
+    return msgspec.structs.replace(
+        make_job(info, destination, source=SOURCE),
+        attempts=1,
+        first_failed_at=failed_at,
+        last_failed_at=failed_at,
+        last_error=reason,
+        reason_class="orthanc-job",
+        orthanc_job=ref,
+    )
+
+
+def _not_found(
+    resource: str, destination: str, ref: OrthancJobRef, failed_at: float
+) -> Failure:
+    job = SendJob(
+        id=new_job_id(),
+        destination=destination,
+        orthanc_id=resource,
+        queued_at=time.time(),
+        attempts=1,
+        first_failed_at=failed_at,
+        last_failed_at=failed_at,
+        source=SOURCE,
+        orthanc_job=ref,
+    )
+    job_event(
+        log,
+        "not-found",
+        level=logging.WARNING,
+        destination=destination,
+        orthanc_id=resource,
+        outcome="parked",
+        reason_class="not-found",
+        source=SOURCE,
+        orthanc_job=ref.id,
+    )
+    return Failure(
+        destination=destination,
+        job=job,
+        permanent=True,
+        reason=(
+            f"Orthanc's own send (job {ref.id}, {ref.type}) failed ({ref.error or '?'}), and"
+            f" {resource} is no longer in Orthanc: there is nothing left to send"
+        ),
+        reason_class="not-found",
+    )
