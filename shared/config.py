@@ -163,10 +163,10 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     capture_failed_jobs: Annotated[
         Literal["mapped", "all", "off"],
         doc(
-            "Orthanc's own failed store jobs (`GET /jobs`): `\"mapped\"` queues those of the"
+            'Orthanc\'s own failed store jobs (`GET /jobs`): `"mapped"` queues those of the'
             " modalities and peers a destination names (`orthanc_modality`, `orthanc_peer`);"
-            " `\"all\"` also makes a destination of every modality and peer Orthanc knows;"
-            " `\"off\"` ignores them. See [docs/orthanc.md](orthanc.md)"
+            ' `"all"` also makes a destination of every modality and peer Orthanc knows;'
+            ' `"off"` ignores them. See [docs/orthanc.md](orthanc.md)'
         ),
     ] = "mapped"
 

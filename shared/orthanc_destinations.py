@@ -132,9 +132,8 @@ async def with_orthanc_destinations(config: Config, *, wait: bool = True) -> Con
     for dest in added:
         log.info("destination %s from Orthanc's %s", dest.name, _what(dest))
     try:
-        return msgspec.structs.replace(
-            config, destinations=[*config.destinations, *(d.with_environment(os.environ) for d in added)]
-        )
+        added = [d.with_environment(os.environ) for d in added]
+        return msgspec.structs.replace(config, destinations=[*config.destinations, *added])
     except ValueError as exc:
         raise ConfigError(f"invalid destinations from Orthanc: {exc}") from None
 

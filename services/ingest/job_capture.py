@@ -196,7 +196,9 @@ class JobCapture:
     def _on_queued(self, job: SendJob) -> None:
         self._metrics.queued.labels(job.destination, SOURCE).inc()
 
-    async def _jobs_for(self, job: StoreJob, destination: str) -> tuple[list[SendJob], list[Failure]]:
+    async def _jobs_for(
+        self, job: StoreJob, destination: str
+    ) -> tuple[list[SendJob], list[Failure]]:
         ref = OrthancJobRef(
             id=job.id,
             type=job.type,
@@ -215,7 +217,8 @@ class JobCapture:
                 gone.append(_not_found(resource, destination, ref, failed_at))
                 continue
             for info in infos:
-                jobs.setdefault(info.orthanc_id, _captured(info, destination, ref, reason, failed_at))
+                if info.orthanc_id not in jobs:
+                    jobs[info.orthanc_id] = _captured(info, destination, ref, reason, failed_at)
         return list(jobs.values()), gone
 
     async def _destinations(self, job: StoreJob) -> list[str]:
@@ -277,7 +280,8 @@ class JobCapture:
         while the count stays the same."""
         if self._history_size is not None and self._history_size_read:
             return
-        pushed_out = bool(self._finished_before - finished) and bool(finished - self._finished_before)
+        before = self._finished_before
+        pushed_out = bool(before - finished) and bool(finished - before)
         if pushed_out and len(finished) == len(self._finished_before):
             self._set_history_size(len(finished), "seen: new jobs push old ones out")
 
@@ -333,9 +337,7 @@ def _captured(
     )
 
 
-def _not_found(
-    resource: str, destination: str, ref: OrthancJobRef, failed_at: float
-) -> Failure:
+def _not_found(resource: str, destination: str, ref: OrthancJobRef, failed_at: float) -> Failure:
     job = SendJob(
         id=new_job_id(),
         destination=destination,

@@ -38,7 +38,7 @@ async def _capture(job_id: object, capture: JobCapture) -> web.Response:
         return web.json_response({"error": f"malformed Orthanc job ID {job_id!r}"}, status=400)
     if not capture.enabled:
         return web.json_response(
-            {"error": 'capture of failed Orthanc jobs is off ([ingest] capture_failed_jobs)'},
+            {"error": "capture of failed Orthanc jobs is off ([ingest] capture_failed_jobs)"},
             status=409,
         )
     try:

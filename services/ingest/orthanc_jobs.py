@@ -151,9 +151,7 @@ class JobTargets:
         return [dest for url, dest in self._by_url if _same_url(url, job.target)]
 
 
-def _lookup(
-    known: Mapping[str, Mapping[str, Any]], name: str
-) -> Mapping[str, Any] | None:
+def _lookup(known: Mapping[str, Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
     """Orthanc compares modality and peer ids case-insensitively in its REST routes."""
     if name in known:
         return known[name]

@@ -1,0 +1,251 @@
+"""Orthanc's own failed sends (store jobs) are captured and delivered through sendqueue.
+
+Real Orthanc, a real DICOM peer (pynetdicom SCP) and a real second Orthanc as a peer; the
+sends are Orthanc's own asynchronous `POST /modalities/{id}/store` and `/peers/{id}/store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.harness import Pipeline, dicom_destination, wait_for, wait_received
+from tests.support.dicom_factory import make_instance, make_study, sop_instance_uid
+from tests.support.orthanc import OrthancProcess
+from tests.support.scp import ScriptedSCP
+
+pytestmark = pytest.mark.integration
+
+MODALITY = "pacs"
+PEER = "archive"
+
+
+@pytest.fixture
+def pacs() -> Iterator[ScriptedSCP]:
+    """A DICOM peer that is down until the test starts it."""
+    server = ScriptedSCP(aet="PACS")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def peer_orthanc(require_orthanc: None) -> Iterator[OrthancProcess]:
+    """A second Orthanc, down until the test starts it (its ports are chosen already)."""
+    peer = OrthancProcess(aet="ARCHIVE")
+    try:
+        yield peer
+    finally:
+        peer.close()
+
+
+@pytest.fixture
+def source(
+    require_orthanc: None, pacs: ScriptedSCP, peer_orthanc: OrthancProcess
+) -> Iterator[OrthancProcess]:
+    """The Orthanc whose sends fail: it knows the PACS as a modality and the peer."""
+    extra = {
+        "JobsHistorySize": 200,
+        "DicomModalities": {MODALITY: {"AET": "PACS", "Host": "127.0.0.1", "Port": pacs.port}},
+        "OrthancPeers": {
+            PEER: {
+                "Url": peer_orthanc.url + "/",
+                "Username": peer_orthanc.username,
+                "Password": peer_orthanc.password,
+            }
+        },
+    }
+    with OrthancProcess(aet="SOURCE", extra_config=extra) as server:
+        yield server
+
+
+def pipeline_for(
+    amqp_url: str, source: OrthancProcess, tmp: Path, destinations: list[dict[str, Any]]
+) -> Pipeline:
+    # No routes: whatever sendqueue sends here, it sends because Orthanc's job failed.
+    return Pipeline(
+        amqp_url=amqp_url, orthanc=source, tmp=tmp, destinations=destinations, routes=[]
+    )
+
+
+def pacs_destination(pacs: ScriptedSCP) -> dict[str, Any]:
+    return dicom_destination("pacs-dest", pacs.port, "PACS", orthanc_modality=MODALITY)
+
+
+def peer_destination(peer: OrthancProcess) -> dict[str, Any]:
+    return {
+        "name": "archive-dest",
+        "kind": "orthanc",
+        "url": peer.url,
+        "username": peer.username,
+        "password": peer.password,
+        "orthanc_peer": PEER,
+    }
+
+
+def upload_study(source: OrthancProcess, count: int, patient: str) -> tuple[str, set[str]]:
+    """Uploads a study; returns its Orthanc ID and its SOP Instance UIDs."""
+    files = make_study(count, patient_id=patient)
+    ids = [source.upload(data) for data in files]
+    study = source.get_json(f"/instances/{ids[0]}/study")["ID"]
+    return str(study), {sop_instance_uid(data) for data in files}
+
+
+def orthanc_store(source: OrthancProcess, route: str, resources: list[str]) -> str:
+    """Orthanc's own asynchronous send, as Orthanc Explorer or a script starts it."""
+    answer = source.post_json(route, {"Resources": resources, "Asynchronous": True})
+    return str(answer["ID"])
+
+
+async def job_state(source: OrthancProcess, job_id: str, state: str) -> dict[str, Any]:
+    async def fetch() -> dict[str, Any]:
+        result: dict[str, Any] = await asyncio.to_thread(source.get_json, f"/jobs/{job_id}")
+        return result
+
+    return dict(await wait_for(fetch, lambda job: job["State"] == state, 30))
+
+
+async def captured(pipeline: Pipeline) -> float:
+    return await pipeline.metric_sum("ingest", "sendqueue_jobs_queued_total", source="orthanc-job")
+
+
+async def jobs_read(pipeline: Pipeline, outcome: str) -> float:
+    return await pipeline.metric_sum("ingest", "sendqueue_orthanc_jobs_total", outcome=outcome)
+
+
+async def wait_metric(read: Any, value: float, timeout: float = 30) -> None:
+    await wait_for(read, lambda found: found >= value, timeout)
+
+
+async def test_a_failed_modality_store_is_delivered_once_the_pacs_is_up_a_good_one_once(
+    amqp_url: str, source: OrthancProcess, pacs: ScriptedSCP, tmp_path: Path
+) -> None:
+    pipeline = pipeline_for(amqp_url, source, tmp_path, [pacs_destination(pacs)])
+    try:
+        await pipeline.start()
+        # Given ten instances that Orthanc itself fails to send: the PACS is down
+        study, uids = upload_study(source, 10, "FAILED")
+        failed = orthanc_store(source, f"/modalities/{MODALITY}/store", [study])
+        job = await job_state(source, failed, "Failure")
+        assert job["Type"] == "DicomModalityStore"
+        await wait_metric(lambda: captured(pipeline), 10)
+        # When the PACS comes up
+        pacs.start()
+        # Then all ten arrive through sendqueue, and nothing is parked
+        assert await wait_received(pacs, 10) == uids
+        assert (await pipeline.parked())["total"] == 0
+
+        # Given five more, sent by Orthanc while the PACS is up (its job succeeds)
+        good_study, good_uids = upload_study(source, 5, "GOOD")
+        good = orthanc_store(source, f"/modalities/{MODALITY}/store", [good_study])
+        await job_state(source, good, "Success")
+        # Then ingest reads the succeeded job and queues nothing for it
+        await wait_metric(lambda: jobs_read(pipeline, "succeeded"), 1)
+        assert await captured(pipeline) == 10
+        assert await wait_received(pacs, 15) == uids | good_uids
+        assert all(pacs.counts[uid] == 1 for uid in good_uids)
+        assert await jobs_read(pipeline, "captured") == 1
+    finally:
+        await pipeline.stop()
+
+
+async def test_a_failed_peer_store_is_delivered_once_the_peer_orthanc_is_up(
+    amqp_url: str, source: OrthancProcess, peer_orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    pipeline = pipeline_for(amqp_url, source, tmp_path, [peer_destination(peer_orthanc)])
+    try:
+        await pipeline.start()
+        # Given ten instances Orthanc fails to send to its peer, which is down
+        study, uids = upload_study(source, 10, "PEERFAIL")
+        failed = orthanc_store(source, f"/peers/{PEER}/store", [study])
+        assert (await job_state(source, failed, "Failure"))["Type"] == "OrthancPeerStore"
+        await wait_metric(lambda: captured(pipeline), 10)
+        # When the peer comes up
+        await asyncio.to_thread(peer_orthanc.start)
+        # Then all ten arrive through sendqueue, nothing parked
+        await wait_for(
+            lambda: asyncio.to_thread(peer_uids, peer_orthanc), lambda found: found == uids, 60
+        )
+        delivered = await pipeline.metric_sum("sender", "sendqueue_jobs_sent_total")
+        assert delivered == 10
+        assert (await pipeline.parked())["total"] == 0
+
+        # Given five more that Orthanc sends itself while the peer is up
+        good_study, good_uids = upload_study(source, 5, "PEERGOOD")
+        good = orthanc_store(source, f"/peers/{PEER}/store", [good_study])
+        await job_state(source, good, "Success")
+        await wait_metric(lambda: jobs_read(pipeline, "succeeded"), 1)
+        # Then they are there once, and sendqueue sent nothing more
+        assert peer_uids(peer_orthanc) == uids | good_uids
+        assert await captured(pipeline) == 10
+        assert await pipeline.metric_sum("sender", "sendqueue_jobs_sent_total") == 10
+    finally:
+        await pipeline.stop()
+
+
+async def test_instances_deleted_since_the_failed_job_are_parked_as_not_found(
+    amqp_url: str, source: OrthancProcess, pacs: ScriptedSCP, tmp_path: Path
+) -> None:
+    # Given a failed job for three instances, one of which is deleted before ingest reads it
+    files = [make_instance(patient_id="GONE", instance_number=n) for n in range(3)]
+    ids = [source.upload(data) for data in files]
+    failed = orthanc_store(source, f"/modalities/{MODALITY}/store", ids)
+    await job_state(source, failed, "Failure")
+    source.delete_instance(ids[0])
+    pacs.start()
+    # When sendqueue starts
+    pipeline = pipeline_for(amqp_url, source, tmp_path, [pacs_destination(pacs)])
+    try:
+        await pipeline.start()
+        # Then the two left are delivered and the deleted one is parked as not-found
+        assert await wait_received(pacs, 2) == {sop_instance_uid(d) for d in files[1:]}
+        parked = await pipeline.wait_parked(1)
+        [item] = parked["items"]
+        assert item["reason_class"] == "not-found"
+        assert item["orthanc_id"] == ids[0]
+        assert item["orthanc_job"] == failed
+        assert item["source"] == "orthanc-job"
+        assert "Error in the network protocol" in item["orthanc_job_error"]
+        assert item["orthanc_job_instances"] == 3
+    finally:
+        await pipeline.stop()
+
+
+async def test_the_handled_jobs_survive_a_restart_and_are_not_captured_twice(
+    amqp_url: str, source: OrthancProcess, pacs: ScriptedSCP, tmp_path: Path
+) -> None:
+    # Given a failed job captured and delivered
+    study, uids = upload_study(source, 3, "ONCE")
+    failed = orthanc_store(source, f"/modalities/{MODALITY}/store", [study])
+    await job_state(source, failed, "Failure")
+    pacs.start()
+    pipeline = pipeline_for(amqp_url, source, tmp_path, [pacs_destination(pacs)])
+    try:
+        await pipeline.start()
+        assert await wait_received(pacs, 3) == uids
+        await pipeline.stop()
+        # When ingest starts again while Orthanc still lists the failed job, and a new
+        # job fails after it (ingest reads the whole history each time)
+        await pipeline.start()
+        pacs.stop()
+        later, later_uids = upload_study(source, 2, "LATER")
+        await job_state(
+            source, orthanc_store(source, f"/modalities/{MODALITY}/store", [later]), "Failure"
+        )
+        await wait_metric(lambda: captured(pipeline), 2)
+        pacs.start()
+        # Then only the new job is captured: the first is not sent twice
+        assert await wait_received(pacs, 5) == uids | later_uids
+        assert await captured(pipeline) == 2
+        assert all(pacs.counts[uid] == 1 for uid in uids)
+    finally:
+        await pipeline.stop()
+
+
+def peer_uids(peer: OrthancProcess) -> set[str]:
+    return {peer.instance_tags(i)["SOPInstanceUID"] for i in peer.instances()}
