@@ -7,12 +7,14 @@ sends are Orthanc's own asynchronous `POST /modalities/{id}/store` and `/peers/{
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sendqueue.shared.orthanc_destinations import with_orthanc_destinations
 from tests.integration.harness import Pipeline, dicom_destination, wait_for, wait_received
 from tests.support.dicom_factory import make_instance, make_study, sop_instance_uid
 from tests.support.orthanc import OrthancProcess
@@ -249,3 +251,47 @@ async def test_the_handled_jobs_survive_a_restart_and_are_not_captured_twice(
 
 def peer_uids(peer: OrthancProcess) -> set[str]:
     return {peer.instance_tags(i)["SOPInstanceUID"] for i in peer.instances()}
+
+
+async def test_capture_all_makes_a_destination_of_every_modality_and_peer(
+    amqp_url: str, source: OrthancProcess, pacs: ScriptedSCP, tmp_path: Path
+) -> None:
+    # Given capture_failed_jobs = "all" and no destination at all in the file
+    pipeline = Pipeline(
+        amqp_url=amqp_url,
+        orthanc=source,
+        tmp=tmp_path,
+        destinations=[],
+        routes=[],
+        ingest={"capture_failed_jobs": "all"},
+    )
+    pacs.start()
+    # When `sendqueue check` runs, it shows the destinations made of Orthanc's modality
+    # and peer, with their settings
+    check = await asyncio.to_thread(
+        subprocess.run,
+        [*pipeline.command, "check", "--config", str(pipeline.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=pipeline.cwd,
+    )
+    assert f"destination pacs (dicom, Orthanc modality 'pacs': PACS@127.0.0.1:{pacs.port}" in (
+        check.stdout
+    )
+    assert "destination archive (orthanc, Orthanc peer 'archive': http://127.0.0.1:" in (
+        check.stdout
+    )
+    # And a failed send to that modality is captured and delivered through it
+    pipeline.config = await with_orthanc_destinations(pipeline.config)
+    try:
+        await pipeline.start()
+        pacs.stop()
+        study, uids = upload_study(source, 2, "ALL")
+        failed = orthanc_store(source, f"/modalities/{MODALITY}/store", [study])
+        await job_state(source, failed, "Failure")
+        await wait_metric(lambda: captured(pipeline), 2)
+        pacs.start()
+        assert await wait_received(pacs, 2) == uids
+    finally:
+        await pipeline.stop()
