@@ -82,6 +82,8 @@ class JobCapture:
         self._history_size_warned = False
         #: One capture at a time: the poll and POST /api/send's Lua hook share the set.
         self._lock = asyncio.Lock()
+        #: Captures the hook asked for, still running (a reference keeps each alive).
+        self._hooked: set[asyncio.Task[None]] = set()
         self.healthy = True
 
     @property
@@ -139,6 +141,21 @@ class JobCapture:
             self._failed_before = {j.id for j in jobs if j.failed and j.id not in self._handled}
             self._handled.save()
 
+    def capture_soon(self, job_id: str) -> None:
+        """Capture one failed job in the background (Orthanc's OnJobFailure hook posted
+        its ID). Not while the hook waits: Orthanc holds its Lua lock during the hook's
+        HTTP call, and answers nothing that needs Lua (every REST call, when a filter is
+        defined) until the call ends."""
+        task = asyncio.create_task(self._capture_logged(job_id), name=f"orthanc-job-{job_id}")
+        self._hooked.add(task)
+        task.add_done_callback(self._hooked.discard)
+
+    async def _capture_logged(self, job_id: str) -> None:
+        try:
+            await self.capture_now(job_id)
+        except Exception as exc:  # the history watch still finds it while Orthanc lists it
+            log.warning("capturing Orthanc job %s from the hook failed: %r", job_id, exc)
+
     async def capture_now(self, job_id: str) -> int | None:
         """Capture one failed job at once (Orthanc's OnJobFailure Lua hook posts its ID).
         Returns the jobs queued, or None if the job is not a failed store job."""
@@ -148,6 +165,7 @@ class JobCapture:
             return None
         async with self._lock:
             if job.id in self._handled:
+                self._metrics.orthanc_jobs.labels("hook-repeat").inc()
                 return 0
             queued = await self._capture(job)
             self._handled.save()

@@ -1,8 +1,9 @@
 """`POST /api/send {"orthanc_job": ID}`: Orthanc's OnJobFailure Lua hook (lua/) hands a
 failed job to ingest the moment it fails, before the job history can forget it.
 
-Any other body goes to the usual send handler. The job is read back from Orthanc, never
-taken from the request, and captured once: the history watch skips it afterwards.
+Any other body goes to the usual send handler. The answer (202) comes at once: the job is
+read back from Orthanc afterwards (never taken from the request; Orthanc would not answer
+while its Lua hook waits) and captured once: the history watch skips it afterwards.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import msgspec
 from aiohttp import web
 
 from sendqueue.services.ingest.job_capture import JobCapture
-from sendqueue.shared.amqp import BROKER_ERRORS
-from sendqueue.shared.errors import InstanceNotFound, SourceUnavailable
 from sendqueue.shared.send_api import ORTHANC_ID
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -41,16 +40,5 @@ async def _capture(job_id: object, capture: JobCapture) -> web.Response:
             {"error": "capture of failed Orthanc jobs is off ([ingest] capture_failed_jobs)"},
             status=409,
         )
-    try:
-        queued = await capture.capture_now(job_id)
-    except InstanceNotFound:
-        return web.json_response({"error": f"Orthanc has no job {job_id}"}, status=404)
-    except SourceUnavailable as exc:
-        return web.json_response({"error": f"Orthanc unavailable: {exc}"}, status=503)
-    except BROKER_ERRORS as exc:
-        return web.json_response(
-            {"error": f"RabbitMQ did not confirm the jobs: {exc!r}"}, status=503
-        )
-    if queued is None:
-        return web.json_response({"orthanc_job": job_id, "captured": False, "queued": 0})
-    return web.json_response({"orthanc_job": job_id, "captured": True, "queued": queued})
+    capture.capture_soon(job_id)
+    return web.json_response({"orthanc_job": job_id, "accepted": True}, status=202)

@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from sendqueue.shared.orthanc_destinations import with_orthanc_destinations
 from tests.integration.harness import Pipeline, dicom_destination, wait_for, wait_received
 from tests.support.dicom_factory import make_instance, make_study, sop_instance_uid
 from tests.support.orthanc import OrthancProcess
+from tests.support.ports import free_port
 from tests.support.scp import ScriptedSCP
 
 pytestmark = pytest.mark.integration
@@ -295,3 +297,54 @@ async def test_capture_all_makes_a_destination_of_every_modality_and_peer(
         assert await wait_received(pacs, 2) == uids
     finally:
         await pipeline.stop()
+
+
+LUA_HOOK = Path(__file__).parents[2] / "lua" / "sendqueue-on-job-failure.lua"
+
+
+async def test_the_lua_hook_hands_a_failed_job_to_ingest_at_once(
+    amqp_url: str, require_orthanc: None, pacs: ScriptedSCP, tmp_path: Path
+) -> None:
+    # Given an Orthanc that runs the shipped OnJobFailure hook, and an ingest that reads
+    # Orthanc's job history only once an hour (so only the hook can bring the job in time)
+    ingest_port = free_port()
+    extra = {
+        "JobsHistorySize": 1,
+        "LuaScripts": [str(LUA_HOOK)],
+        "Sendqueue": {"IngestUrl": f"http://127.0.0.1:{ingest_port}/"},
+        "DicomModalities": {MODALITY: {"AET": "PACS", "Host": "127.0.0.1", "Port": pacs.port}},
+    }
+    with OrthancProcess(aet="HOOKED", extra_config=extra) as hooked:
+        pipeline = Pipeline(
+            amqp_url=amqp_url,
+            orthanc=hooked,
+            tmp=tmp_path,
+            destinations=[pacs_destination(pacs)],
+            routes=[],
+            ingest={"listen": f"127.0.0.1:{ingest_port}", "poll_interval": "1h"},
+        )
+        try:
+            await pipeline.start()
+            await wait_for(lambda: jobs_read(pipeline, "succeeded"), lambda _n: True, 5)
+            # When Orthanc's own send fails, and a later job pushes it out of the history
+            study, uids = upload_study(hooked, 3, "HOOK")
+            failed = orthanc_store(hooked, f"/modalities/{MODALITY}/store", [study])
+            await wait_metric(lambda: captured(pipeline), 3)
+            # Then its instances were queued, and arrive once the PACS is up
+            pacs.start()
+            assert await wait_received(pacs, 3) == uids
+            assert (await pipeline.parked())["total"] == 0
+            # And posting the same job again queues nothing more
+            status, answer = await post_json(
+                pipeline.url("ingest", "/api/send"), {"orthanc_job": failed}
+            )
+            assert (status, answer["accepted"]) == (202, True)
+            await wait_metric(lambda: jobs_read(pipeline, "hook-repeat"), 1)
+            assert await captured(pipeline) == 3
+        finally:
+            await pipeline.stop()
+
+
+async def post_json(url: str, body: Any) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as response:
+        return response.status, await response.json(content_type=None)
