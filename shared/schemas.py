@@ -95,6 +95,21 @@ class DestinationStatus(msgspec.Struct, frozen=True, kw_only=True, tag="status")
     reported_at: float = msgspec.field(default_factory=time.time)
 
 
+class CapturedJob(msgspec.Struct, frozen=True, kw_only=True, tag="captured"):
+    """Ingest's record that it queued a failed Orthanc store job's instances; the retry
+    service writes it to the audit log (the console and `GET /api/audit` show it)."""
+
+    orthanc_job: OrthancJobRef
+    destination: str
+    #: Instances queued, and resources parked as not-found (deleted from Orthanc since).
+    queued: int = 0
+    not_found: int = 0
+    #: Orthanc's description of who started the job ("REST API", "Lua", ...).
+    description: str = ""
+    source: str = "orthanc-job"
+    captured_at: float = msgspec.field(default_factory=time.time)
+
+
 BusMessage = SendJob | Failure
 
 _encoder = msgspec.json.Encoder()
@@ -108,6 +123,11 @@ def new_job_id() -> str:
 
 _control_decoder = msgspec.json.Decoder(ControlState)
 _status_decoder = msgspec.json.Decoder(DestinationStatus)
+_captured_decoder = msgspec.json.Decoder(CapturedJob)
+
+
+def decode_captured(body: bytes) -> CapturedJob:
+    return _captured_decoder.decode(body)
 
 
 def decode_control(body: bytes) -> ControlState:
@@ -118,7 +138,7 @@ def decode_status(body: bytes) -> DestinationStatus:
     return _status_decoder.decode(body)
 
 
-def encode(message: BusMessage | ControlState | DestinationStatus) -> bytes:
+def encode(message: BusMessage | ControlState | DestinationStatus | CapturedJob) -> bytes:
     return _encoder.encode(message)
 
 

@@ -31,7 +31,14 @@ from sendqueue.shared.jobs import make_job, publish_failure, publish_jobs
 from sendqueue.shared.logs import job_event
 from sendqueue.shared.orthanc import OrthancClient
 from sendqueue.shared.resolver import InstanceInfo, Resolver
-from sendqueue.shared.schemas import Failure, OrthancJobRef, SendJob, new_job_id
+from sendqueue.shared.schemas import (
+    CapturedJob,
+    Failure,
+    OrthancJobRef,
+    SendJob,
+    encode,
+    new_job_id,
+)
 from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
@@ -196,6 +203,19 @@ class JobCapture:
         await publish_jobs(self._publisher, self._names, jobs, self._on_queued)
         for failure in gone:
             await publish_failure(self._publisher, self._names, failure)
+        record = CapturedJob(
+            orthanc_job=_ref(job),
+            destination=destination,
+            queued=len(jobs),
+            not_found=len(gone),
+            description=job.description,
+        )
+        await self._publisher.publish(
+            self._names.captured_exchange,
+            destination,
+            encode(record),
+            headers={"orthanc_job": job.id, "destination": destination},
+        )
         log.warning(
             "Orthanc job %s (%s, %s) failed at %s: %s; %d instance(s) queued for %s, %d"
             " resource(s) gone from Orthanc parked as not-found",
@@ -217,13 +237,7 @@ class JobCapture:
     async def _jobs_for(
         self, job: StoreJob, destination: str
     ) -> tuple[list[SendJob], list[Failure]]:
-        ref = OrthancJobRef(
-            id=job.id,
-            type=job.type,
-            failed_at=job.failed_at,
-            error=job.error,
-            instances=job.instances,
-        )
+        ref = _ref(job)
         reason = f"Orthanc's own send (job {job.id}, {job.type}) failed: {job.error or '?'}"
         failed_at = job.failed_at or time.time()
         jobs: dict[str, SendJob] = {}
@@ -332,6 +346,16 @@ class JobCapture:
                 how,
                 SAFE_HISTORY_SIZE,
             )
+
+
+def _ref(job: StoreJob) -> OrthancJobRef:
+    return OrthancJobRef(
+        id=job.id,
+        type=job.type,
+        failed_at=job.failed_at,
+        error=job.error,
+        instances=job.instances,
+    )
 
 
 def _when(at: float | None) -> str:

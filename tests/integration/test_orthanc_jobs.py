@@ -122,6 +122,15 @@ async def jobs_read(pipeline: Pipeline, outcome: str) -> float:
     return await pipeline.metric_sum("ingest", "sendqueue_orthanc_jobs_total", outcome=outcome)
 
 
+async def captures_audited(pipeline: Pipeline, count: int) -> list[dict[str, Any]]:
+    async def fetch() -> list[dict[str, Any]]:
+        status, body = await pipeline.admin("GET", "/api/audit")
+        assert status == 200, body
+        return [e for e in body["items"] if e["action"] == "capture"]
+
+    return list(await wait_for(fetch, lambda found: len(found) >= count, 30))
+
+
 async def wait_metric(read: Any, value: float, timeout: float = 30) -> None:
     await wait_for(read, lambda found: found >= value, timeout)
 
@@ -143,6 +152,13 @@ async def test_a_failed_modality_store_is_delivered_once_the_pacs_is_up_a_good_o
         # Then all ten arrive through sendqueue, and nothing is parked
         assert await wait_received(pacs, 10) == uids
         assert (await pipeline.parked())["total"] == 0
+        # And the audit log says which Orthanc job was captured, why it failed, how many
+        [entry] = await captures_audited(pipeline, 1)
+        assert (entry["who"], entry["count"]) == ("orthanc", 10)
+        assert entry["details"]["orthanc_job"] == failed
+        assert entry["details"]["source"] == "orthanc-job"
+        assert entry["details"]["destination"] == "pacs-dest"
+        assert "Connection refused" in entry["details"]["error"]
 
         # Given five more, sent by Orthanc while the PACS is up (its job succeeds)
         good_study, good_uids = upload_study(source, 5, "GOOD")
