@@ -12,6 +12,7 @@ from sendqueue.services.ingest.job_capture import JobCapture
 from sendqueue.services.ingest.job_hook import with_job_hook
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import Router
+from sendqueue.services.ingest.take_over import TakeOver
 from sendqueue.shared.config import Config
 from sendqueue.shared.lifecycle import ServiceParts
 from sendqueue.shared.metrics_server import make_app
@@ -72,7 +73,8 @@ async def _serve(
         names=names,
         on_queued=lambda job: metrics.queued.labels(job.destination, "api").inc(),
     )
-    app.router.add_post("/api/send", with_job_hook(send, capture))
+    take_over = TakeOver(capture, orthanc, config.ingest.poll_interval)
+    app.router.add_post("/api/send", with_job_hook(send, capture, take_over))
     await parts.server(app, config.ingest.listen)
     log.info("ingest running: %d route(s)", len(config.routes))
     parts.task(capture.run(stop), "orthanc-jobs")

@@ -16,14 +16,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import msgspec
 
 from sendqueue.services.ingest.handled_jobs import HandledJobs
 from sendqueue.services.ingest.metrics import IngestMetrics
-from sendqueue.services.ingest.orthanc_jobs import JobTargets, StoreJob, new_failures, store_job
+from sendqueue.services.ingest.orthanc_jobs import (
+    CANCELED_JOB,
+    JobTargets,
+    StoreJob,
+    new_failures,
+    store_job,
+)
 from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
 from sendqueue.shared.config import Config
 from sendqueue.shared.errors import InstanceNotFound, PermanentError, SourceUnavailable
@@ -91,6 +97,8 @@ class JobCapture:
         self._lock = asyncio.Lock()
         #: Captures the hook asked for, still running (a reference keeps each alive).
         self._hooked: set[asyncio.Task[None]] = set()
+        #: Jobs services/ingest/take_over.py is cancelling in Orthanc to send them itself.
+        self.taking_over: set[str] = set()
         self.healthy = True
 
     @property
@@ -138,6 +146,8 @@ class JobCapture:
         async with self._lock:
             self._count_missed(jobs, raw_jobs, listed)
             self._handled.still_listed(listed)
+            # A job being taken over from Orthanc is the take-over's to settle.
+            jobs = [job for job in jobs if job.id not in self.taking_over]
             for job in jobs:
                 if job.finished and not job.failed and job.id not in self._handled:
                     self._handled.add(job.id)
@@ -153,9 +163,7 @@ class JobCapture:
         its ID). Not while the hook waits: Orthanc holds its Lua lock during the hook's
         HTTP call, and answers nothing that needs Lua (every REST call, when a filter is
         defined) until the call ends."""
-        task = asyncio.create_task(self._capture_logged(job_id), name=f"orthanc-job-{job_id}")
-        self._hooked.add(task)
-        task.add_done_callback(self._hooked.discard)
+        self.run_soon(self._capture_logged(job_id), f"orthanc-job-{job_id}")
 
     async def _capture_logged(self, job_id: str) -> None:
         try:
@@ -175,6 +183,29 @@ class JobCapture:
                 self._metrics.orthanc_jobs.labels("hook-repeat").inc()
                 return 0
             queued = await self._capture(job)
+            self._handled.save()
+            return queued
+
+    def run_soon(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run in the background, kept alive until done (the hooks' work)."""
+        task = asyncio.create_task(work, name=name)
+        self._hooked.add(task)
+        task.add_done_callback(self._hooked.discard)
+
+    async def destinations_of(self, job: StoreJob) -> list[str]:
+        return await self._destinations(job)
+
+    async def capture_taken_over(self, job: StoreJob, outcome: str) -> int:
+        """Queue a job Orthanc did not finish sending because sendqueue took it over."""
+        async with self._lock:
+            if job.id in self._handled:
+                return 0
+            if job.state == "Success":
+                self._handled.add(job.id)
+                self._metrics.orthanc_jobs.labels(outcome).inc()
+                queued = 0
+            else:
+                queued = await self._capture(job)
             self._handled.save()
             return queued
 
@@ -249,7 +280,11 @@ class JobCapture:
                 gone.append(_not_found(resource, destination, ref, failed_at))
                 continue
             for info in infos:
-                if info.orthanc_id not in jobs:
+                if info.orthanc_id in jobs:
+                    continue
+                if job.error_code == CANCELED_JOB:  # taken over before Orthanc tried
+                    jobs[info.orthanc_id] = _taken_over(info, destination, ref)
+                else:
                     jobs[info.orthanc_id] = _captured(info, destination, ref, reason, failed_at)
         return list(jobs.values()), gone
 
@@ -377,6 +412,11 @@ def _captured(
         reason_class="orthanc-job",
         orthanc_job=ref,
     )
+
+
+def _taken_over(info: InstanceInfo, destination: str, ref: OrthancJobRef) -> SendJob:
+    """A send taken out of Orthanc's hands: no attempt has failed yet."""
+    return msgspec.structs.replace(make_job(info, destination, source=SOURCE), orthanc_job=ref)
 
 
 def _not_found(resource: str, destination: str, ref: OrthancJobRef, failed_at: float) -> Failure:

@@ -364,3 +364,52 @@ async def test_the_lua_hook_hands_a_failed_job_to_ingest_at_once(
 async def post_json(url: str, body: Any) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as session, session.post(url, json=body) as response:
         return response.status, await response.json(content_type=None)
+
+
+TAKE_OVER = Path(__file__).parents[2] / "lua" / "sendqueue-take-over-sends.lua"
+
+
+async def test_the_take_over_hook_sends_orthancs_send_through_sendqueue(
+    amqp_url: str, require_orthanc: None, tmp_path: Path
+) -> None:
+    # Given an Orthanc running the take-over hook, a slow PACS it knows as a modality (one
+    # second per instance, so the job is still running when ingest cancels it), and a
+    # modality no destination stands for
+    with ScriptedSCP(aet="PACS", store_delay=1.0) as slow_pacs, ScriptedSCP(aet="OTHER") as other:
+        ingest_port = free_port()
+        extra = {
+            "LuaScripts": [str(TAKE_OVER)],
+            "Sendqueue": {"IngestUrl": f"http://127.0.0.1:{ingest_port}"},
+            "DicomModalities": {
+                MODALITY: {"AET": "PACS", "Host": "127.0.0.1", "Port": slow_pacs.port},
+                "other": {"AET": "OTHER", "Host": "127.0.0.1", "Port": other.port},
+            },
+        }
+        with OrthancProcess(aet="VIEWER", extra_config=extra) as viewer:
+            pipeline = Pipeline(
+                amqp_url=amqp_url,
+                orthanc=viewer,
+                tmp=tmp_path,
+                destinations=[pacs_destination(slow_pacs)],
+                routes=[],
+                ingest={"listen": f"127.0.0.1:{ingest_port}"},
+            )
+            try:
+                await pipeline.start()
+                # When a user sends a study from Orthanc (as Orthanc Explorer does)
+                study, uids = upload_study(viewer, 3, "VIEWER")
+                sent = orthanc_store(viewer, f"/modalities/{MODALITY}/store", [study])
+                # Then Orthanc's job is cancelled, and sendqueue delivers the study
+                cancelled = await job_state(viewer, sent, "Failure")
+                assert cancelled["ErrorCode"] == 37, cancelled
+                assert await wait_received(slow_pacs, 3, timeout=90) == uids
+                assert await captured(pipeline) == 3
+                assert (await pipeline.parked())["total"] == 0
+                # And a send to a modality sendqueue does not stand for stays Orthanc's own
+                other_study, other_uids = upload_study(viewer, 2, "OTHER")
+                own = orthanc_store(viewer, "/modalities/other/store", [other_study])
+                await job_state(viewer, own, "Success")
+                assert other.stored_uids() == other_uids
+                assert await captured(pipeline) == 3
+            finally:
+                await pipeline.stop()
