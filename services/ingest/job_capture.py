@@ -25,6 +25,7 @@ from sendqueue.services.ingest.handled_jobs import HandledJobs
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.orthanc_jobs import (
     CANCELED_JOB,
+    STOW_CLIENT,
     JobTargets,
     StoreJob,
     new_failures,
@@ -153,10 +154,31 @@ class JobCapture:
                     self._handled.add(job.id)
                     outcome = "succeeded" if job.state == "Success" else "cancelled"
                     self._metrics.orthanc_jobs.labels(outcome).inc()
+            self._note_uncapturable(raw_jobs)
             for job in new_failures(jobs, self._handled.ids(), self._failed_before):
                 await self._capture(job)
             self._failed_before = {j.id for j in jobs if j.failed and j.id not in self._handled}
             self._handled.save()
+
+    def _note_uncapturable(self, raw_jobs: Sequence[dict[str, Any]]) -> None:
+        """A failed STOW-RS job of the DICOMweb plugin names neither its server nor its
+        resources (Orthanc 1.10): it cannot be repaired, but it must not pass unseen."""
+        for raw in raw_jobs:
+            job_id = str(raw.get("ID"))
+            if raw.get("Type") != STOW_CLIENT or raw.get("State") != "Failure":
+                continue
+            if job_id in self._handled:
+                continue
+            self._handled.add(job_id)
+            self._metrics.orthanc_jobs.labels("uncapturable").inc()
+            log.error(
+                "Orthanc's DICOMweb STOW-RS job %s failed (%s): the job names neither its"
+                " server nor its instances, so sendqueue cannot send them again; use a"
+                ' kind = "dicomweb" destination instead (docs/orthanc.md)',
+                job_id,
+                (raw.get("Content") or {}).get("FunctionErrorDescription")
+                or raw.get("ErrorDescription"),
+            )
 
     def capture_soon(self, job_id: str) -> None:
         """Capture one failed job in the background (Orthanc's OnJobFailure hook posted

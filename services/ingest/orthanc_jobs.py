@@ -20,6 +20,8 @@ from sendqueue.shared.config import Config
 MODALITY_STORE = "DicomModalityStore"
 PEER_STORE = "OrthancPeerStore"
 STORE_TYPES = frozenset({MODALITY_STORE, PEER_STORE})
+#: The DICOMweb plugin's STOW-RS client job: its content names no server, no resources.
+STOW_CLIENT = "DicomWebStowClient"
 #: States after which Orthanc does not touch a job again (unless resubmitted).
 FINISHED = frozenset({"Success", "Failure"})
 #: Orthanc's ErrorCode for a job cancelled on purpose (POST /jobs/{id}/cancel).

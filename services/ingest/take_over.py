@@ -54,7 +54,7 @@ class TakeOver:
             return  # not a send sendqueue stands for: Orthanc keeps it
         status = await self._orthanc.post(f"/jobs/{quote(job_id, safe='')}/cancel")
         job = await self._finished(job_id)
-        queued = await self._capture.capture_taken_over(job, "taken-over-done")
+        queued = await self._capture.capture_taken_over(job, "succeeded")
         log.info(
             "Orthanc job %s (%s to %s) taken over: cancel answered %d, the job ended %s;"
             " %d instance(s) queued",

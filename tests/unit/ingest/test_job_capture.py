@@ -269,3 +269,26 @@ def test_a_corrupt_handled_file_is_an_error_naming_it(tmp_path):
     (tmp_path / "orthanc-jobs-handled.json").write_text("{nope")
     with pytest.raises(ValueError, match="corrupt state file"):
         HandledJobs(str(tmp_path)).load()
+
+
+async def test_a_failed_stow_job_cannot_be_captured_but_is_counted_and_logged(
+    tmp_path, orthanc, caplog
+):
+    publisher = FakePublisher()
+    capture, registry = make_capture(tmp_path, orthanc, publisher)
+    orthanc.jobs = [
+        {
+            "ID": "w1",
+            "Type": "DicomWebStowClient",
+            "State": "Failure",
+            "ErrorCode": 1,
+            "Content": {"FunctionErrorDescription": "Error in the network protocol"},
+        }
+    ]
+    await capture.read_history()
+    await capture.read_history()
+    assert publisher.published == []
+    assert (
+        registry.get_sample_value("sendqueue_orthanc_jobs_total", {"outcome": "uncapturable"}) == 1
+    )
+    assert "DICOMweb STOW-RS job w1 failed (Error in the network protocol)" in caplog.text
