@@ -121,20 +121,27 @@ class JobCapture:
                 await self.read_history()
                 self.healthy, wait, backoff = True, interval, interval
             except _ROUND_ERRORS as exc:
-                self._round_failed(exc, backoff)
+                await self._round_failed(exc, backoff)
                 wait, backoff = backoff, min(backoff * 2 or 1.0, _MAX_BACKOFF)
             except Exception as exc:
                 # A task of the ingest service: an unforeseen error (a corrupt state file)
                 # must show (healthz, the log, the error counter), not end the watch quietly.
                 log.exception("reading Orthanc's jobs failed unexpectedly")
-                self._round_failed(exc, backoff)
+                await self._round_failed(exc, backoff)
                 wait, backoff = backoff, min(backoff * 2 or 1.0, _MAX_BACKOFF)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
 
-    def _round_failed(self, exc: BaseException, backoff: float) -> None:
+    async def _round_failed(self, exc: BaseException, backoff: float) -> None:
         self.healthy = False
-        self._metrics.errors.labels("orthanc-jobs").inc()
+        if isinstance(exc, SourceUnavailable):
+            # As the changes feed does: Orthanc down is counted as stage "orthanc" once
+            # sendqueue_orthanc_up says so, and its alert covers it, not the ingest one.
+            await self._orthanc.answers()
+            stage = "orthanc"
+        else:
+            stage = "amqp" if isinstance(exc, BROKER_ERRORS) else "orthanc-jobs"
+        self._metrics.errors.labels(stage).inc()
         log.warning("reading Orthanc's jobs failed (%r); retrying in %.1fs", exc, backoff)
 
     # -- the job history ----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from sendqueue.shared.errors import InstanceNotFound
 from sendqueue.shared.resolver import Resolver
 from sendqueue.shared.schemas import decode_bus_message
 from sendqueue.shared.topology import Names
-from tests.unit.fakes import FakeOrthanc, FakePublisher
+from tests.unit.fakes import FakeOrthanc, FakePublisher, eventually
 
 MODALITIES = {"pacs": {"AET": "PACS", "Host": "127.0.0.1", "Port": 104}}
 PEERS = {"archive": {"Url": "http://127.0.0.1:8043/", "Username": "u"}}
@@ -292,3 +293,29 @@ async def test_a_failed_stow_job_cannot_be_captured_but_is_counted_and_logged(
         registry.get_sample_value("sendqueue_orthanc_jobs_total", {"outcome": "uncapturable"}) == 1
     )
     assert "DICOMweb STOW-RS job w1 failed (Error in the network protocol)" in caplog.text
+
+
+async def test_orthanc_down_is_counted_as_stage_orthanc_and_the_watch_goes_on(tmp_path, orthanc):
+    publisher = FakePublisher()
+    capture, registry = make_capture(tmp_path, orthanc, publisher, poll_interval="10ms")
+    orthanc.up = False
+    orthanc.jobs = [job("j1", resources=["i0"])]
+    stop = asyncio.Event()
+    task = asyncio.create_task(capture.run(stop))
+    try:
+        await eventually(
+            lambda: (
+                (
+                    registry.get_sample_value("sendqueue_ingest_errors_total", {"stage": "orthanc"})
+                    or 0
+                )
+                >= 1
+            )
+        )
+        assert not capture.healthy
+        orthanc.up = True
+        await eventually(lambda: len(publisher.to("sq.work")) == 1)
+        assert capture.healthy
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
