@@ -29,6 +29,9 @@ class HandledJobs:
         self.path = Path(state_dir) / name
         #: job ID -> when it was last listed by Orthanc (epoch seconds).
         self._ids: dict[str, float] = {}
+        #: Jobs ingest cancelled in Orthanc to send them itself (services/ingest/take_over.py):
+        #: cancelled, but to be captured, even after a crash between cancel and capture.
+        self._taken: dict[str, float] = {}
         self._dirty = False
 
     def load(self) -> None:
@@ -39,6 +42,7 @@ class HandledJobs:
         try:
             data = json.loads(text)
             self._ids = {str(k): float(v) for k, v in data["handled"].items()}
+            self._taken = {str(k): float(v) for k, v in data.get("taken_over", {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ValueError(f"corrupt state file {self.path}: {text[:60]!r}") from None
 
@@ -51,6 +55,15 @@ class HandledJobs:
     def ids(self) -> frozenset[str]:
         return frozenset(self._ids)
 
+    def taken_over(self) -> frozenset[str]:
+        return frozenset(self._taken)
+
+    def take_over(self, job_id: str, now: float | None = None) -> None:
+        """Saved at once: Orthanc's job is about to be cancelled."""
+        self._taken[job_id] = time.time() if now is None else now
+        self._dirty = True
+        self.save()
+
     def add(self, job_id: str, now: float | None = None) -> None:
         self._ids[job_id] = time.time() if now is None else now
         self._dirty = True
@@ -61,6 +74,11 @@ class HandledJobs:
         for job_id in job_ids:
             if job_id in self._ids:
                 self._ids[job_id] = now
+            if job_id in self._taken:
+                self._taken[job_id] = now
+        for job_id in [k for k, seen in self._taken.items() if now - seen > _KEEP_GONE]:
+            del self._taken[job_id]
+            self._dirty = True
         gone = [k for k, seen in self._ids.items() if now - seen > _KEEP_GONE]
         if len(self._ids) - len(gone) > _MAX_IDS:
             newest_first = sorted(self._ids, key=self._ids.__getitem__, reverse=True)
@@ -73,5 +91,6 @@ class HandledJobs:
         """Persist if anything changed (the listing times alone are not worth a write)."""
         if not self._dirty:
             return
-        write_atomic(self.path, json.dumps({"handled": self._ids}, sort_keys=True) + "\n")
+        state = {"handled": self._ids, "taken_over": self._taken}
+        write_atomic(self.path, json.dumps(state, sort_keys=True) + "\n")
         self._dirty = False

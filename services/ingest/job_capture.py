@@ -30,6 +30,7 @@ from sendqueue.services.ingest.orthanc_jobs import (
     StoreJob,
     new_failures,
     store_job,
+    to_capture,
 )
 from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
 from sendqueue.shared.config import Config
@@ -156,15 +157,18 @@ class JobCapture:
             self._handled.still_listed(listed)
             # A job being taken over from Orthanc is the take-over's to settle.
             jobs = [job for job in jobs if job.id not in self.taking_over]
+            taken = self._handled.taken_over()
             for job in jobs:
-                if job.finished and not job.failed and job.id not in self._handled:
+                if job.finished and not to_capture(job, taken) and job.id not in self._handled:
                     self._handled.add(job.id)
                     outcome = "succeeded" if job.state == "Success" else "cancelled"
                     self._metrics.orthanc_jobs.labels(outcome).inc()
             self._note_uncapturable(raw_jobs)
-            for job in new_failures(jobs, self._handled.ids(), self._failed_before):
+            for job in new_failures(jobs, self._handled.ids(), self._failed_before, taken):
                 await self._capture(job)
-            self._failed_before = {j.id for j in jobs if j.failed and j.id not in self._handled}
+            self._failed_before = {
+                j.id for j in jobs if to_capture(j, taken) and j.id not in self._handled
+            }
             self._handled.save()
 
     def _note_uncapturable(self, raw_jobs: Sequence[dict[str, Any]]) -> None:
@@ -220,6 +224,11 @@ class JobCapture:
         task = asyncio.create_task(work, name=name)
         self._hooked.add(task)
         task.add_done_callback(self._hooked.discard)
+
+    def intend_take_over(self, job_id: str) -> None:
+        """Recorded (and saved) before Orthanc's job is cancelled: if ingest stops before
+        it queued the job, the history watch captures the cancelled job after all."""
+        self._handled.take_over(job_id)
 
     async def destinations_of(self, job: StoreJob) -> list[str]:
         return await self._destinations(job)

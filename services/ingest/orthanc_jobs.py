@@ -161,9 +161,21 @@ def _lookup(known: Mapping[str, Mapping[str, Any]], name: str) -> Mapping[str, A
     return lowered.get(name.lower())
 
 
+def to_capture(job: StoreJob, taken_over: frozenset[str]) -> bool:
+    """Failed by itself, or cancelled by ingest to send it itself."""
+    return job.failed or (job.state == "Failure" and job.id in taken_over)
+
+
 def new_failures(
-    jobs: Sequence[StoreJob], handled: set[str] | frozenset[str], failed_before: set[str]
+    jobs: Sequence[StoreJob],
+    handled: frozenset[str],
+    failed_before: set[str],
+    taken_over: frozenset[str] = frozenset(),
 ) -> list[StoreJob]:
     """Failed jobs not yet handled that were already failed at the previous poll: a job
     Orthanc (a Lua hook, a script) resubmits at once is then seen running, not failed."""
-    return [job for job in jobs if job.failed and job.id not in handled and job.id in failed_before]
+    return [
+        job
+        for job in jobs
+        if to_capture(job, taken_over) and job.id not in handled and job.id in failed_before
+    ]

@@ -43,7 +43,8 @@ class TakeOver:
         try:
             await self._take_over(job_id)
         except Exception as exc:
-            # Released below: the history watch then captures the job if it failed.
+            # Released below: the history watch then captures the job once it has ended
+            # failed or cancelled (recorded as taken over before the cancel).
             log.warning("taking Orthanc job %s over failed: %r", job_id, exc)
         finally:
             self._capture.taking_over.discard(job_id)
@@ -52,6 +53,7 @@ class TakeOver:
         job = await self._read(job_id)
         if job is None or not await self._capture.destinations_of(job):
             return  # not a send sendqueue stands for: Orthanc keeps it
+        self._capture.intend_take_over(job_id)
         status = await self._orthanc.post(f"/jobs/{quote(job_id, safe='')}/cancel")
         job = await self._finished(job_id)
         queued = await self._capture.capture_taken_over(job, "succeeded")

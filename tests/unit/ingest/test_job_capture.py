@@ -319,3 +319,27 @@ async def test_orthanc_down_is_counted_as_stage_orthanc_and_the_watch_goes_on(tm
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_job_ingest_cancelled_to_take_over_is_captured_even_after_a_crash(
+    tmp_path, orthanc
+):
+    # Given ingest recorded the take-over and cancelled the job, then stopped before queuing
+    first, _ = make_capture(tmp_path, orthanc, FakePublisher())
+    first.intend_take_over("j1")
+    orthanc.jobs = [job("j1", resources=["i0", "i1"], code=37)]
+    # When ingest starts again
+    publisher = FakePublisher()
+    again, _ = make_capture(tmp_path, orthanc, publisher)
+    again._handled.load()
+    await again.read_history()
+    await again.read_history()
+    # Then the cancelled job's instances are queued, as not yet attempted
+    jobs = queued(publisher)
+    assert sorted(j.orthanc_id for j in jobs) == ["i0", "i1"]
+    assert all(j.attempts == 0 and j.orthanc_job.id == "j1" for j in jobs)
+    # While a job cancelled by someone else stays cancelled
+    orthanc.jobs.append(job("j2", resources=["i2"], code=37))
+    await again.read_history()
+    await again.read_history()
+    assert len(queued(publisher)) == 2
