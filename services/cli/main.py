@@ -49,6 +49,16 @@ async def _with_orthanc_destinations(config: Config, *, wait: bool) -> Config:
     return await with_orthanc_destinations(config, wait=wait)
 
 
+def _check_config(config: Config) -> Config:
+    """`check` shows Orthanc's modalities and peers as destinations when it can; Orthanc
+    down is reported by the check itself."""
+    try:
+        return asyncio.run(_with_orthanc_destinations(config, wait=False))
+    except SendQueueError as exc:
+        print(f"note: Orthanc's modalities and peers could not be read: {exc}")
+        return config
+
+
 async def _run(config: Config, names: Sequence[str]) -> None:
     services = _services()
     await run_until_signalled({name: services[name] for name in names}, config)
@@ -177,13 +187,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "listen", None):
             config = with_listen(config, args.command, args.listen)
         amqp_url = mask_url(config.amqp.url)
-        config = asyncio.run(_with_orthanc_destinations(config, wait=args.command != "check"))
         if args.command == "check":
+            config = _check_config(config)
             return 0 if asyncio.run(_check(config)) else 1
         if args.command == "send":
+            config = asyncio.run(_with_orthanc_destinations(config, wait=False))
             count = asyncio.run(_send(config, args.to, args.ids))
             print(f"queued {count} instance(s) for {args.to}")
             return 0
+        config = asyncio.run(_with_orthanc_destinations(config, wait=True))
         names = ["ingest", "sender", "retry"] if args.command == "run" else [args.command]
         asyncio.run(_run(config, names))
         return 0
