@@ -86,7 +86,7 @@ class JobCapture:
         self._handled = HandledJobs(config.ingest.state_dir)
         self._targets: JobTargets | None = None
         #: Failed, not yet handled, at the previous read (captured at the next one).
-        self._failed_before: set[str] = set()
+        self._failed_before: dict[str, StoreJob] = {}
         #: Store jobs seen pending or running at the previous read.
         self._unfinished: set[str] = set()
         #: Finished jobs listed at the previous read.
@@ -164,12 +164,25 @@ class JobCapture:
                     outcome = "succeeded" if job.state == "Success" else "cancelled"
                     self._metrics.orthanc_jobs.labels(outcome).inc()
             self._note_uncapturable(raw_jobs)
-            for job in new_failures(jobs, self._handled.ids(), self._failed_before, taken):
+            for job in new_failures(jobs, self._handled.ids(), set(self._failed_before), taken):
+                await self._capture(job)
+            for job in self._evicted_failures(listed):
+                # Pushed out of the history before its second read: what the first read
+                # saw is all there is, and no resubmission can succeed it any more.
                 await self._capture(job)
             self._failed_before = {
-                j.id for j in jobs if to_capture(j, taken) and j.id not in self._handled
+                j.id: j for j in jobs if to_capture(j, taken) and j.id not in self._handled
             }
             self._handled.save()
+
+    def _evicted_failures(self, listed: set[str]) -> list[StoreJob]:
+        return [
+            job
+            for job_id, job in self._failed_before.items()
+            if job_id not in listed
+            and job_id not in self._handled
+            and job_id not in self.taking_over
+        ]
 
     def _note_uncapturable(self, raw_jobs: Sequence[dict[str, Any]]) -> None:
         """A failed STOW-RS job of the DICOMweb plugin names neither its server nor its

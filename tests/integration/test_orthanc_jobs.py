@@ -413,3 +413,26 @@ async def test_the_take_over_hook_sends_orthancs_send_through_sendqueue(
                 assert await captured(pipeline) == 3
             finally:
                 await pipeline.stop()
+
+
+async def test_a_small_jobs_history_size_read_from_orthanc_is_warned_about_at_start_up(
+    amqp_url: str, require_orthanc: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an Orthanc that keeps 5 finished jobs and lets Lua run over REST
+    extra = {"JobsHistorySize": 5, "ExecuteLuaEnabled": True}
+    with OrthancProcess(aet="SHORTMEM", extra_config=extra) as short:
+        pipeline = Pipeline(
+            amqp_url=amqp_url, orthanc=short, tmp=tmp_path, destinations=[], routes=[]
+        )
+        try:
+            # When ingest starts
+            await pipeline.start("ingest")
+            # Then it says the value, where it comes from, and what would be safe
+            await wait_for(
+                lambda: asyncio.sleep(0, caplog.text),
+                lambda text: "JobsHistorySize is 5 (read from Orthanc)" in text,
+                15,
+            )
+            assert "set it to 100 or more" in caplog.text
+        finally:
+            await pipeline.stop()

@@ -343,3 +343,16 @@ async def test_a_job_ingest_cancelled_to_take_over_is_captured_even_after_a_cras
     await again.read_history()
     await again.read_history()
     assert len(queued(publisher)) == 2
+
+
+async def test_a_failed_job_pushed_out_before_its_second_read_is_captured_from_the_first(
+    tmp_path, orthanc
+):
+    publisher = FakePublisher()
+    capture, registry = make_capture(tmp_path, orthanc, publisher)
+    orthanc.jobs = [job("j1", resources=["i0"])]
+    await capture.read_history()
+    orthanc.jobs = [job(f"n{k}", "Success", resources=["i1"]) for k in range(3)]
+    await capture.read_history()
+    assert [(j.orthanc_id, j.orthanc_job.id) for j in queued(publisher)] == [("i0", "j1")]
+    assert registry.get_sample_value("sendqueue_orthanc_jobs_missed_total") == 0
