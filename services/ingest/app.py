@@ -54,13 +54,15 @@ async def _serve(
         names=names,
         metrics=metrics,
     )
-    capture = JobCapture(
-        config=config,
-        orthanc=orthanc,
-        resolver=resolver,
-        publisher=publisher,
-        names=names,
-        metrics=metrics,
+    capture = parts.closing(
+        JobCapture(
+            config=config,
+            orthanc=orthanc,
+            resolver=resolver,
+            publisher=publisher,
+            names=names,
+            metrics=metrics,
+        )
     )
     app = make_app(
         registry,

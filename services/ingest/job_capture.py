@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 
@@ -220,7 +221,7 @@ class JobCapture:
     async def capture_now(self, job_id: str) -> int | None:
         """Capture one failed job at once (Orthanc's OnJobFailure Lua hook posts its ID).
         Returns the jobs queued, or None if the job is not a failed store job."""
-        raw = await self._orthanc.get_json(f"/jobs/{job_id}")
+        raw = await self._orthanc.get_json(f"/jobs/{quote(job_id, safe='')}")
         job = store_job(raw) if isinstance(raw, dict) else None
         if job is None or not job.failed:
             return None
@@ -231,6 +232,14 @@ class JobCapture:
             queued = await self._capture(job)
             self._handled.save()
             return queued
+
+    async def close(self) -> None:
+        """Stop the hooks' work still running: what it did not finish, the history watch
+        does after a restart (a job is marked handled only once its jobs are confirmed)."""
+        for task in list(self._hooked):
+            task.cancel()
+        if self._hooked:
+            await asyncio.wait(list(self._hooked), timeout=5)
 
     def run_soon(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run in the background, kept alive until done (the hooks' work)."""
