@@ -42,7 +42,7 @@ def _name(kind: str, orthanc_id: str, taken: set[str]) -> str:
 
 
 def _mapped(config: Config, key: str) -> set[str]:
-    return {str(getattr(d, key, "")).lower() for d in config.destinations if getattr(d, key, "")}
+    return {str(getattr(d, key, "")) for d in config.destinations if getattr(d, key, "")}
 
 
 def modality_destination(
@@ -84,7 +84,7 @@ def destinations_from_orthanc(
         ("peer", peers, _mapped(config, "orthanc_peer")),
     ):
         for orthanc_id, settings in sorted(known.items()):
-            if orthanc_id.lower() in mapped:
+            if orthanc_id in mapped:
                 continue
             name = _name(kind, orthanc_id, taken)
             try:

@@ -154,11 +154,8 @@ class JobTargets:
 
 
 def _lookup(known: Mapping[str, Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
-    """Orthanc compares modality and peer ids case-insensitively in its REST routes."""
-    if name in known:
-        return known[name]
-    lowered = {key.lower(): value for key, value in known.items()}
-    return lowered.get(name.lower())
+    """Exactly as Orthanc's REST routes do (`/modalities/Foo` is not `/modalities/foo`)."""
+    return known.get(name)
 
 
 def to_capture(job: StoreJob, taken_over: frozenset[str]) -> bool:

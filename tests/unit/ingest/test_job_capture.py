@@ -76,7 +76,7 @@ def config(tmp_path: Path, **ingest: Any):
         {
             "ingest": {"state_dir": str(tmp_path), **ingest},
             "destinations": [
-                {"name": "pacs-dest", "host": "127.0.0.1", "orthanc_modality": "PACS"},
+                {"name": "pacs-dest", "host": "127.0.0.1", "orthanc_modality": "pacs"},
                 {
                     "name": "archive-dest",
                     "kind": "orthanc",
@@ -244,7 +244,7 @@ async def test_without_lua_the_history_size_is_learned_from_how_the_history_turn
 
 
 def test_targets_match_modalities_by_aet_and_peers_by_url(tmp_path):
-    targets = JobTargets(config(tmp_path), {"PACS": MODALITIES["pacs"]}, PEERS)
+    targets = JobTargets(config(tmp_path), MODALITIES, PEERS)
     modality_job = store_job(job("j", resources=["i"]))
     peer_job = store_job(
         job("k", type="OrthancPeerStore", resources=["i"], Peer=["http://127.0.0.1:8043"])
@@ -253,6 +253,10 @@ def test_targets_match_modalities_by_aet_and_peers_by_url(tmp_path):
     assert targets.destinations(modality_job) == ["pacs-dest"]
     assert targets.destinations(peer_job) == ["archive-dest"]
     assert JobTargets(config(tmp_path), {}, {}).unknown == ["pacs-dest", "archive-dest"]
+    # Orthanc's ids are case-sensitive, as its REST routes are
+    assert JobTargets(config(tmp_path), {"PACS": MODALITIES["pacs"]}, PEERS).unknown == [
+        "pacs-dest"
+    ]
 
 
 def test_handled_ids_long_gone_from_orthanc_are_forgotten(tmp_path):

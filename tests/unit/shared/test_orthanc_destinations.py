@@ -49,7 +49,7 @@ def test_every_modality_and_peer_becomes_a_destination_with_its_settings():
 def test_a_modality_a_destination_already_stands_for_is_left_to_it_and_names_never_clash():
     cfg = config(
         destinations=[
-            {"name": "mine", "host": "10.0.0.5", "orthanc_modality": "PACS"},
+            {"name": "mine", "host": "10.0.0.5", "orthanc_modality": "pacs"},
             {"name": "archive", "kind": "orthanc", "url": "http://127.0.0.1:1"},
         ]
     )
