@@ -23,6 +23,7 @@ from urllib.parse import quote
 import msgspec
 
 from sendqueue.services.ingest.handled_jobs import HandledJobs
+from sendqueue.services.ingest.job_evidence import LostEvidence
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.orthanc_jobs import (
     CANCELED_JOB,
@@ -53,10 +54,6 @@ from sendqueue.shared.topology import Names
 log = logging.getLogger(__name__)
 
 SOURCE = "orthanc-job"
-#: Below this, a busy Orthanc forgets a failed job between two reads after a short outage
-#: of ingest (Orthanc's default is 10).
-SAFE_HISTORY_SIZE = 100
-_ORTHANC_DEFAULT_HISTORY = 10
 _MAX_BACKOFF = 30.0
 #: A read that fails with these is retried after a backoff (a 4xx: a wrong URL, or an
 #: Orthanc without the jobs API, is shown the same way rather than crash the service).
@@ -88,14 +85,7 @@ class JobCapture:
         self._targets: JobTargets | None = None
         #: Failed, not yet handled, at the previous read (captured at the next one).
         self._failed_before: dict[str, StoreJob] = {}
-        #: Store jobs seen pending or running at the previous read.
-        self._unfinished: set[str] = set()
-        #: Finished jobs listed at the previous read.
-        self._finished_before: set[str] = set()
-        #: Orthanc's JobsHistorySize: read through Lua, or seen; None while unknown.
-        self._history_size: int | None = None
-        self._history_size_read = False
-        self._history_size_warned = False
+        self._evidence = LostEvidence(metrics)
         #: One capture at a time: the poll and POST /api/send's Lua hook share the set.
         self._lock = asyncio.Lock()
         #: Captures the hook asked for, still running (a reference keeps each alive).
@@ -118,7 +108,7 @@ class JobCapture:
             try:
                 if not started:
                     self._handled.load()
-                    await self._check_history_size()
+                    await self._evidence.read_history_size(self._orthanc)
                     started = True
                 await self.read_history()
                 self.healthy, wait, backoff = True, interval, interval
@@ -154,7 +144,7 @@ class JobCapture:
         jobs = [job for job in map(store_job, raw_jobs) if job is not None]
         listed = {str(j.get("ID")) for j in raw_jobs}
         async with self._lock:
-            self._count_missed(jobs, raw_jobs, listed)
+            self._evidence.observe(jobs, raw_jobs, listed, self._handled.ids())
             self._handled.still_listed(listed)
             # A job being taken over from Orthanc is the take-over's to settle.
             jobs = [job for job in jobs if job.id not in self.taking_over]
@@ -369,78 +359,6 @@ class JobCapture:
                 name,
             )
         return targets
-
-    # -- lost evidence -------------------------------------------------------------------
-
-    def _count_missed(
-        self, jobs: Sequence[StoreJob], raw_jobs: Sequence[dict[str, Any]], listed: set[str]
-    ) -> None:
-        """Jobs that finished and left the history between two reads cannot be seen. Two
-        signs are certain: a store job seen running that is gone, and a history whose
-        every finished job is new while it is full (at least one more was pushed out)."""
-        vanished = [j for j in self._unfinished if j not in listed and j not in self._handled]
-        finished = {str(j.get("ID")) for j in raw_jobs if j.get("State") in ("Success", "Failure")}
-        turned_over = (
-            bool(self._finished_before)
-            and not (self._finished_before & finished)
-            and len(finished) >= len(self._finished_before)
-            and self._history_full(len(finished))
-        )
-        missed = len(vanished) + (1 if turned_over and not vanished else 0)
-        if missed:
-            self._metrics.orthanc_jobs_missed.inc(missed)
-            log.error(
-                "%d Orthanc job(s) left Orthanc's job history before ingest could read how they"
-                " ended (raise JobsHistorySize in Orthanc's configuration; see docs/orthanc.md):"
-                " a failed send among them is not captured",
-                missed,
-            )
-        self._learn_history_size(finished)
-        self._unfinished = {j.id for j in jobs if not j.finished}
-        self._finished_before = finished
-
-    def _history_full(self, finished: int) -> bool:
-        return finished >= (self._history_size or _ORTHANC_DEFAULT_HISTORY)
-
-    def _learn_history_size(self, finished: set[str]) -> None:
-        """Without Lua, JobsHistorySize shows itself: new finished jobs push old ones out
-        while the count stays the same."""
-        if self._history_size is not None and self._history_size_read:
-            return
-        before = self._finished_before
-        pushed_out = bool(before - finished) and bool(finished - before)
-        if pushed_out and len(finished) == len(self._finished_before):
-            self._set_history_size(len(finished), "seen: new jobs push old ones out")
-
-    async def _check_history_size(self) -> None:
-        try:
-            text = await self._orthanc.run_lua(
-                'print(GetOrthancConfiguration()["JobsHistorySize"] or 10)'
-            )
-        except (SourceUnavailable, PermanentError) as exc:
-            log.info("could not read Orthanc's JobsHistorySize (%s); will watch its history", exc)
-            return
-        if text is None:
-            log.info(
-                "Orthanc does not run Lua over REST (ExecuteLuaEnabled), so its JobsHistorySize"
-                " cannot be read; ingest infers it from how its job history turns over"
-            )
-            return
-        with contextlib.suppress(ValueError):
-            self._history_size_read = True
-            self._set_history_size(int(float(text.strip() or "10")), "read from Orthanc")
-
-    def _set_history_size(self, size: int, how: str) -> None:
-        self._history_size = size
-        if size < SAFE_HISTORY_SIZE and not self._history_size_warned:
-            self._history_size_warned = True
-            log.warning(
-                "Orthanc's JobsHistorySize is %d (%s): a failed send may leave the history"
-                " before ingest reads it; set it to %d or more (docs/orthanc.md)",
-                size,
-                how,
-                SAFE_HISTORY_SIZE,
-            )
 
 
 def _ref(job: StoreJob) -> OrthancJobRef:

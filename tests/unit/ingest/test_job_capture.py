@@ -228,7 +228,7 @@ async def test_a_running_job_that_leaves_the_history_unread_is_counted_missed(
 async def test_a_small_jobs_history_size_is_warned_about(tmp_path, orthanc, caplog):
     orthanc.lua = "10\n"
     capture, _ = make_capture(tmp_path, orthanc, FakePublisher())
-    await capture._check_history_size()
+    await capture._evidence.read_history_size(orthanc)
     assert "JobsHistorySize is 10 (read from Orthanc)" in caplog.text
 
 
