@@ -147,7 +147,11 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """[ingest]: follows Orthanc's /changes and queues a job per instance and destination."""
 
     listen: Annotated[
-        str, doc("metrics, healthz (`POST /api/send` is served by the retry service)")
+        str,
+        doc(
+            "metrics, healthz, the Lua hooks' `POST /api/orthanc-jobs`"
+            " (`POST /api/send` is served by the retry service)"
+        ),
     ] = "127.0.0.1:8100"
     poll_interval: Annotated[Duration, doc("wait between `/changes` calls when nothing is new")] = (
         Duration(1)
@@ -167,6 +171,15 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         ),
     ] = "now"
     batch_size: Annotated[int, doc("changes per `/changes` call (1..10000)")] = 100
+    capture_failed_jobs: Annotated[
+        Literal["mapped", "all", "off"],
+        doc(
+            'Orthanc\'s own failed store jobs (`GET /jobs`): `"mapped"` queues those of the'
+            " modalities and peers a destination names (`orthanc_modality`, `orthanc_peer`);"
+            ' `"all"` also makes a destination of every modality and peer Orthanc knows;'
+            ' `"off"` ignores them. See [docs/orthanc.md](orthanc.md)'
+        ),
+    ] = "mapped"
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)

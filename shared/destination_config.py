@@ -151,6 +151,15 @@ class DicomDestinationConfig(DestinationConfigBase, frozen=True, tag="dicom"):
             " `false` parks such instances instead"
         ),
     ] = True
+    orthanc_modality: Annotated[
+        str,
+        doc(
+            "the Orthanc modality (its id in `GET /modalities`) this destination stands for:"
+            " Orthanc's own failed sends to it (`DicomModalityStore` jobs) are queued here"
+            " (see `[ingest] capture_failed_jobs`)",
+            default="none",
+        ),
+    ] = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -238,6 +247,16 @@ class OrthancDestinationConfig(HttpDestinationConfig, frozen=True, tag="orthanc"
     """kind = "orthanc": `POST {url}/instances` to another Orthanc."""
 
     kind: ClassVar[Literal["orthanc"]] = "orthanc"
+
+    orthanc_peer: Annotated[
+        str,
+        doc(
+            "the Orthanc peer (its name in `GET /peers`) this destination stands for:"
+            " Orthanc's own failed sends to it (`OrthancPeerStore` jobs) are queued here"
+            " (see `[ingest] capture_failed_jobs`)",
+            default="none",
+        ),
+    ] = ""
 
 
 class DicomWebDestinationConfig(HttpDestinationConfig, frozen=True, tag="dicomweb"):

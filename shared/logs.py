@@ -29,6 +29,8 @@ JOB_FIELDS = (
     "reason_class",
     "delay",
     "count",
+    "source",
+    "orthanc_job",
 )
 
 

@@ -39,6 +39,7 @@ FILTERS = {
     "reason": "reason",
     "study": "study",
     "patient": "patient",
+    "orthanc_job": "orthanc_job",
     "since": "since",
     "until": "until",
 }
@@ -113,6 +114,12 @@ def _filters(limit_help: str) -> argparse.ArgumentParser:
     group.add_argument("--reason", metavar="R", help="reason class, e.g. dimse-a9xx, not-found")
     group.add_argument("--study", metavar="UID", help="StudyInstanceUID")
     group.add_argument("--patient", metavar="ID", help="PatientID")
+    group.add_argument(
+        "--orthanc-job",
+        dest="orthanc_job",
+        metavar="JOB",
+        help="captured from this failed Orthanc store job (its ID in Orthanc's GET /jobs)",
+    )
     group.add_argument("--since", metavar="T", type=time_value, help="parked at or after T")
     group.add_argument("--until", metavar="T", type=time_value, help="parked before T")
     group.add_argument("--limit", metavar="N", type=_positive, help=limit_help)

@@ -154,7 +154,35 @@ def render_parked(page: Mapping[str, Any]) -> str:
     summary = f"{len(items)} of {total} parked item(s) shown"
     if len(items) < total:
         summary += "; narrow with filters or raise --limit"
-    return printable_lines(f"{table}\n\n{summary}")
+    captured = render_captured_jobs(items)
+    return printable_lines(f"{table}\n\n{captured}{summary}")
+
+
+def render_captured_jobs(items: Sequence[Mapping[str, Any]]) -> str:
+    """The failed Orthanc store jobs the listed items were captured from, one line each
+    (the items of one job: `--orthanc-job ID`)."""
+    jobs: dict[str, list[Mapping[str, Any]]] = {}
+    for item in items:
+        if item.get("orthanc_job"):
+            jobs.setdefault(str(item["orthanc_job"]), []).append(item)
+    if not jobs:
+        return ""
+    rows = [
+        (
+            job_id,
+            format_time(found[0].get("orthanc_job_failed_at")),
+            found[0].get("orthanc_job_instances", ""),
+            len(found),
+            shorten(str(found[0].get("orthanc_job_error") or ""), REASON_WIDTH),
+        )
+        for job_id, found in jobs.items()
+    ]
+    headers = ("ORTHANC JOB", "FAILED AT", "INSTANCES", "PARKED HERE", "ORTHANC'S ERROR")
+    return (
+        "captured from Orthanc's failed sends:\n"
+        + render_table(headers, rows, right=(2, 3))
+        + "\n\n"
+    )
 
 
 def render_result(action: str, result: Mapping[str, Any], to: str | None = None) -> str:

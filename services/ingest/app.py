@@ -13,8 +13,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sendqueue.services.ingest.feed import ChangesFeed
+from sendqueue.services.ingest.job_capture import JobCapture
+from sendqueue.services.ingest.job_hook import job_hook
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import Router
+from sendqueue.services.ingest.take_over import TakeOver
 from sendqueue.shared.config import Config
 from sendqueue.shared.lifecycle import ServiceParts
 from sendqueue.shared.metrics_server import make_app
@@ -55,10 +58,26 @@ async def _serve(
         names=names,
         metrics=metrics,
     )
-    app = make_app(registry, lambda: {"amqp": not conn.is_closed, "orthanc": feed.healthy})
+    capture = parts.closing(
+        JobCapture(
+            config=config,
+            orthanc=orthanc,
+            resolver=resolver,
+            publisher=publisher,
+            names=names,
+            metrics=metrics,
+        )
+    )
+    app = make_app(
+        registry,
+        lambda: {"amqp": not conn.is_closed, "orthanc": feed.healthy and capture.healthy},
+    )
+    take_over = TakeOver(capture, orthanc, config.ingest.poll_interval)
     app.router.add_post("/api/send", _send_moved)
+    app.router.add_post("/api/orthanc-jobs", job_hook(config.retry, capture, take_over))
     await parts.server(app, config.ingest.listen)
     log.info("ingest running: %d route(s)", len(config.routes))
+    parts.task(capture.run(stop), "orthanc-jobs")
     await feed.run(stop)
 
 

@@ -16,6 +16,7 @@ from sendqueue.services.retry.admin.auth import OPERATOR, check_admin_exposure
 from sendqueue.services.retry.admin.console_page import check_console_files
 from sendqueue.services.retry.admin.hardening import tls_context
 from sendqueue.services.retry.admin.overview import QueueOverview
+from sendqueue.services.retry.captured import follow_captured
 from sendqueue.services.retry.delays import DelayLedger
 from sendqueue.services.retry.failures import FailureRouter
 from sendqueue.services.retry.metrics import RetryMetrics
@@ -108,6 +109,7 @@ async def _serve(
         consume_conn, destinations
     )
     await follow_unroutable(consume_conn, names, parking)
+    await follow_captured(consume_conn, names, audit)
     parts.task(watch_index(parking, metrics), "parked-index-watch")
     depth = QueueDepthMonitor(config, consume_conn, registry)
     parts.task(depth.run(stop), "queue-gauges")

@@ -347,3 +347,34 @@ async def test_a_long_bulk_call_reports_the_servers_progress_on_stderr(monkeypat
         "requeue: 200/300 (66%)",
         "requeue: 300/300 (100%)",
     ]
+
+
+# -- Orthanc's failed sends ---------------------------------------------------------------
+
+
+def test_orthanc_job_selects_the_items_captured_from_that_job():
+    args = parse("parked", "delete", "--orthanc-job", "6f1c-22", *URL)
+    assert selection(args) == {"orthanc_job": "6f1c-22"}
+
+
+def test_parked_items_from_orthanc_jobs_are_summed_up_per_job():
+    item = {
+        "id": "x1",
+        "parked_at": 1_700_000_000,
+        "destination": "pacs",
+        "attempts": 4,
+        "reason_class": "dimse-a9xx",
+        "reason": "refused",
+        "source": "orthanc-job",
+        "orthanc_job": "6f1c-22",
+        "orthanc_job_failed_at": 1_699_999_000,
+        "orthanc_job_error": "Error in the network protocol: connection refused",
+        "orthanc_job_instances": 10,
+    }
+    text = render_parked({"items": [item, {**item, "id": "x2"}, {"id": "x3"}], "total": 3})
+    assert "captured from Orthanc's failed sends:" in text
+    [line] = [row for row in text.splitlines() if row.startswith("6f1c-22")]
+    assert format_time(1_699_999_000) in line
+    assert line.split()[3:5] == ["10", "2"]  # instances of the job, parked here
+    assert line.endswith("Error in the network protocol: connection refused")
+    assert "captured from" not in render_parked({"items": [{"id": "x3"}], "total": 1})

@@ -45,6 +45,10 @@ _FILTERS = {
     "reason": {"type": "string", "description": "reason class, e.g. dimse-a9xx, not-found"},
     "study": {"type": "string", "description": "StudyInstanceUID"},
     "patient": {"type": "string", "description": "PatientID"},
+    "orthanc_job": {
+        "type": "string",
+        "description": "the failed Orthanc store job the items were captured from",
+    },
     "since": {"type": "string", "description": "parked at or after: epoch, ISO-8601 or '2h'"},
     "until": {"type": "string", "description": "parked before: epoch, ISO-8601 or '2h'"},
 }
@@ -75,6 +79,11 @@ _PARKED_ITEM = _obj(
     parked_at={"type": "number"},
     reason=_STR,
     reason_class=_STR,
+    source=_STR,
+    orthanc_job=_STR,
+    orthanc_job_error=_STR,
+    orthanc_job_failed_at=_NUM_OR_NULL,
+    orthanc_job_instances=_INT,
     error=_STR,
 )
 _PARKED_PAGE = _obj(

@@ -144,6 +144,7 @@ class ParkedRoutes:
             reason_class=inp.opt_str(values, "reason"),
             study=inp.opt_str(values, "study"),
             patient=inp.opt_str(values, "patient"),
+            orthanc_job=inp.opt_str(values, "orthanc_job"),
             since=inp.opt_time(values, "since"),
             until=inp.opt_time(values, "until"),
         )

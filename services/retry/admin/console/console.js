@@ -12,7 +12,7 @@
   const PROGRESS_EVERY_MS = 1000;
   const PAGE_SIZE = 100;
   const AUDIT_PAGE = 50;
-  const FILTERS = ["destination", "reason", "study", "patient", "since", "until"];
+  const FILTERS = ["destination", "reason", "study", "patient", "orthanc_job", "since", "until"];
 
   const state = {
     filters: {},          // what the parked table shows, as sent to the API
@@ -405,7 +405,7 @@
 
   function readFilters() {
     const filters = {};
-    for (const key of ["destination", "reason", "study", "patient"]) {
+    for (const key of ["destination", "reason", "study", "patient", "orthanc_job"]) {
       const value = $("f-" + key).value.trim();
       if (value) filters[key] = value;
     }
@@ -501,6 +501,7 @@
     const cls = document.createElement("strong");
     cls.textContent = item.reason_class || "unknown";
     reason.append(cls, " ", item.reason || "");
+    if (item.orthanc_job) reason.appendChild(capturedFrom(item));
     cell(row, item.study_instance_uid || "–", "uid");
     cell(row, item.patient_id || "–");
     cell(row, item.patient_name || "–").dataset.testid = "patient-name";
@@ -508,6 +509,31 @@
     cell(row, String(item.attempts ?? "–"), "num");
     cell(row, item.orthanc_id || "–", "uid");
     return row;
+  }
+
+  // A job captured from Orthanc's own failed send: which Orthanc job, when it failed, why,
+  // how many instances it had; a click shows every parked item of that job (to act on all).
+  function capturedFrom(item) {
+    const line = document.createElement("div");
+    line.className = "captured";
+    line.dataset.testid = "captured-from";
+    const show = document.createElement("button");
+    show.type = "button";
+    show.className = "link";
+    show.textContent = item.orthanc_job;
+    show.title = "Show every parked item of this Orthanc job";
+    show.addEventListener("click", () => {
+      clearFilterFields();
+      $("f-orthanc_job").value = item.orthanc_job;
+      applyFilters();
+    });
+    const instances = item.orthanc_job_instances ? ", " + item.orthanc_job_instances + " instance(s)" : "";
+    line.append(
+      "Orthanc's own send failed: job ", show, instances,
+      item.orthanc_job_failed_at ? ", at " + formatTime(item.orthanc_job_failed_at) : "",
+      item.orthanc_job_error ? ": " + item.orthanc_job_error : "",
+    );
+    return line;
   }
 
   function updateSelection() {
@@ -537,7 +563,7 @@
   function describeFilters(filters) {
     const parts = FILTERS.filter((k) => filters[k]).map((k) => {
       const value = k === "since" || k === "until" ? $("f-" + k).value.trim() : filters[k];
-      return k + " " + value;
+      return (k === "orthanc_job" ? "Orthanc job" : k) + " " + value;
     });
     return parts.length ? "matching " + parts.join(", ") : "(no filter: every destination)";
   }

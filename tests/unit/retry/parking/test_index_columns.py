@@ -1,4 +1,4 @@
-"""An index made before a column existed opens, keeps its rows and takes the new column."""
+"""An index written by an older version opens, keeps its rows and gains the newer columns."""
 
 from __future__ import annotations
 
@@ -32,5 +32,37 @@ def test_an_index_without_patient_name_is_upgraded_in_place(tmp_path):
         index.add([new], pass_seq=2)
         assert [i.patient_name for i in index.page(Filters(), 10)] == ["", "Doe^Jane"]
         assert index.seen_in_pass(["new", "old"], 2) == {"new"}
+    finally:
+        index.close()
+
+
+OLD_COLUMNS = (
+    "id TEXT PRIMARY KEY, destination, orthanc_id, sop_instance_uid, series_instance_uid,"
+    " study_instance_uid, patient_id, modality, attempts, first_failed_at, last_failed_at,"
+    " parked_at, reason, reason_class, pass_seq INTEGER NOT NULL DEFAULT 0"
+)
+
+
+def test_an_old_index_gains_the_orthanc_job_columns(tmp_path):
+    path = tmp_path / "parked.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE parked ({OLD_COLUMNS})")
+        db.execute(
+            "INSERT INTO parked VALUES ('old', 'pacs', 'o', 's', '', '', '', '', 1, NULL, NULL,"
+            " 1.0, 'refused', 'dimse-a9xx', 0)"
+        )
+    index = ParkedIndex(path)
+    try:
+        index.add([ParkedItem(id="new", destination="pacs", parked_at=2.0, orthanc_job="j1")])
+        old, new = index.page(Filters(), 10)
+        assert (old.id, old.source, old.orthanc_job, old.orthanc_job_instances) == (
+            "old",
+            "",
+            "",
+            0,
+        )
+        assert (new.id, new.orthanc_job) == ("new", "j1")
+        assert [i.id for i in index.page(Filters(orthanc_job="j1"), 10)] == ["new"]
+        assert index.count(Filters(orthanc_job="j1")) == 1
     finally:
         index.close()
