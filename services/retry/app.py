@@ -27,6 +27,7 @@ from sendqueue.services.retry.pauses import PauseStore
 from sendqueue.services.retry.queue_gauges import QueueDepthMonitor
 from sendqueue.services.retry.status_board import StatusBoard
 from sendqueue.services.retry.strays import RemovedDestinations, follow_unroutable
+from sendqueue.shared.cert_expiry import CertificateExpiry
 from sendqueue.shared.config import Config
 from sendqueue.shared.lifecycle import ServiceParts
 from sendqueue.shared.metrics_server import make_app
@@ -61,6 +62,10 @@ async def _serve(
     tls: ssl.SSLContext | None,
 ) -> None:
     metrics = RetryMetrics(registry)
+    if config.retry.tls_cert:
+        # The admin listen's certificate expires like any other: the same gauge and alert.
+        expiry = CertificateExpiry(registry, service="retry")
+        expiry.watch(config.retry.tls_cert, cert="admin-listen")
     names = Names(config.amqp.prefix)
     state_dir = Path(config.retry.state_dir)
     destinations = [d.name for d in config.destinations]

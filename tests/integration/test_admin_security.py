@@ -7,8 +7,10 @@ import asyncio
 import csv
 import io
 import json
+import re
 import ssl
 import subprocess
+import urllib.request
 
 import aiohttp
 import pytest
@@ -186,3 +188,12 @@ async def test_the_admin_listen_over_tls(make_pipeline, scp, tmp_path):
         ) as response,
     ):
         assert response.status == 200 and (await response.json())["scope"] == "admin"
+    # And its certificate's expiry is a metric, which SendqueueCertificateExpiring reads
+    metrics = await asyncio.to_thread(
+        urllib.request.urlopen, https.replace("/api/whoami", "/metrics"), context=client
+    )
+    assert re.search(
+        r'sendqueue_tls_cert_expiry_timestamp_seconds\{cert="admin-listen",service="retry",'
+        r'subject="[^"]*"\} \d',
+        metrics.read().decode(),
+    )
