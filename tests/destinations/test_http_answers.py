@@ -17,7 +17,7 @@ from aiohttp import web
 
 from sendqueue.services.sender.destinations import http as http_module
 from sendqueue.shared.errors import DestinationUnavailable, SendQueueError, TransientError
-from tests.destinations.conftest import HttpsStub, destination_config, status, stow_answer
+from tests.destinations.conftest import HttpsStub, destination_config, stow_answer
 from tests.support.dicom_factory import make_instance, sop_instance_uid
 from tests.support.ports import free_port
 
