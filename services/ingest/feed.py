@@ -2,6 +2,9 @@
 
 The cursor advances only after every job of a page is confirmed by the broker, so a
 crash or restart resumes where nothing can have been lost (duplicates are possible).
+Every round re-reads a look-back window below the cursor (lookback.py), so a change
+that becomes visible after a later one, or a restored database that renumbered changes
+past the cursor, is queued too.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import contextlib
 import logging
 from typing import Any
 
-from sendqueue.services.ingest.cursor import CursorFile
+from sendqueue.services.ingest.cursor import CursorFile, WindowFile
+from sendqueue.services.ingest.lookback import LookBack, seq_of
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import CHANGE_FOR_LEVEL, Router
 from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
@@ -55,6 +59,8 @@ class ChangesFeed:
         self._names = names
         self._metrics = metrics
         self._cursor_file = CursorFile(config.state_dir)
+        self._window_file = WindowFile(config.state_dir)
+        self._window = LookBack(self._window_file.load())
         #: Rounds in which Orthanc, though up, failed to read an instance's file.
         self._unreadable: dict[str, int] = {}
         self.healthy = True
@@ -105,11 +111,20 @@ class ChangesFeed:
         return start
 
     async def _one_page(self, cursor: int) -> tuple[int, bool]:
-        params = {"since": str(cursor), "limit": str(self._config.batch_size)}
+        since = self._window.since(cursor)
+        # The window's changes come on top of a page of new ones.
+        limit = self._config.batch_size + (cursor - since)
+        params = {"since": str(since), "limit": str(limit)}
         page = await self._changes(params)
+        changes = [c for c in page.get("Changes", []) if isinstance(c, dict) and "Seq" in c]
+        newest = max((seq_of(c) for c in changes), default=int(page.get("Last", cursor)))
+        done = bool(page.get("Done", True))
+        window = self._window.sort(changes, cursor)
+        if window.replaced or (done and newest < cursor):
+            return self._replaced(newest, cursor)
         jobs: list[SendJob] = []
         unroutable: list[Failure] = []
-        for change in page.get("Changes", []):
+        for change in window.fresh:
             self._metrics.changes.labels(str(change.get("ChangeType"))).inc()
             routed, failed = await self._jobs_for(change)
             jobs += routed
@@ -118,30 +133,37 @@ class ChangesFeed:
         for failure in unroutable:
             await publish_failure(self._publisher, self._names, failure)
             log.error("%s: %s", failure.destination, failure.reason)
-        last = int(page.get("Last", cursor))
-        if last < cursor:
-            # Orthanc's change log starts again below our cursor: its database was reset or
-            # replaced. What it holds now was stored after that, so follow it from the start
-            # (duplicates are possible, loss is not).
-            log.warning(
-                "Orthanc's last change (%d) is before our cursor (%d): its database was reset;"
-                " following its changes from the beginning",
-                last,
-                cursor,
-            )
-            self._cursor_file.save(0)
-            self._metrics.cursor.set(0)
-            return 0, False
+        last = max(cursor, newest)
+        self._window.remember(window.fresh, last)
+        if window.fresh:
+            self._window_file.save(self._window.remembered)
         if last != cursor:
             self._cursor_file.save(last)
         self._unreadable.clear()  # only the page being retried needs counting
         self._metrics.cursor.set(last)
-        if page.get("Done", True):
+        if done:
             self._metrics.orthanc_last.set(last)
             self._metrics.lag.set(0)
         else:
             await self._measure_lag(last)
-        return last, bool(page.get("Done", True))
+        return last, done
+
+    def _replaced(self, newest: int, cursor: int) -> tuple[int, bool]:
+        # Orthanc's change log is not the one we followed: its database was reset or
+        # replaced (restored from a backup). What it holds may have been stored after
+        # that, so follow it from the start (duplicates are possible, loss is not).
+        log.warning(
+            "Orthanc's changes differ from what was read before (its last change %d, our"
+            " cursor %d): its database was reset or replaced; following its changes from"
+            " the beginning",
+            newest,
+            cursor,
+        )
+        self._window.forget()
+        self._window_file.save({})
+        self._cursor_file.save(0)
+        self._metrics.cursor.set(0)
+        return 0, False
 
     async def _changes(self, params: dict[str, str]) -> Any:
         try:

@@ -353,3 +353,80 @@ async def test_a_4xx_on_changes_is_retried_with_an_error_that_points_at_the_url(
     del orthanc.errors["/changes"]
     await ingest.run_until(lambda: ingest.cursor == 1)
     assert ingest.queued() == [("o1", "pacs")]
+
+
+# -- the look-back window -------------------------------------------------------------------
+
+
+async def test_a_change_revealed_after_a_later_one_is_queued_once(make_ingest):
+    # Given an Orthanc (PostgreSQL, several writers) that shows change 2 only after 3
+    ingest = await make_ingest(_orthanc("o1", "o2", "o3"), start_from="beginning")
+    late = ingest.orthanc.changes.pop(1)
+    await ingest.run_until(lambda: ingest.cursor == 3)
+    assert ingest.queued() == [("o1", "pacs"), ("o3", "pacs")]
+
+    # When change 2 becomes visible, below the cursor
+    ingest.orthanc.changes.insert(1, late)
+    await ingest.run_until(lambda: len(ingest.queued()) == 3)
+
+    # Then it is queued, and nothing else twice, however many rounds run
+    asked = ingest.orthanc.asked("/changes")
+    await ingest.run_until(lambda: ingest.orthanc.asked("/changes") > asked + 5)
+    assert Counter(ingest.queued()) == {("o1", "pacs"): 1, ("o2", "pacs"): 1, ("o3", "pacs"): 1}
+    assert ingest.cursor == 3
+
+
+async def test_a_restart_queues_nothing_twice(make_ingest):
+    # Given a feed that queued three changes and stopped
+    orthanc = _orthanc("o1", "o2", "o3")
+    first = await make_ingest(orthanc, start_from="beginning")
+    await first.run_until(lambda: first.cursor == 3)
+    await first.close()
+
+    # When it starts again and runs a few rounds over the same Orthanc
+    second = await make_ingest(orthanc)
+    asked = orthanc.asked("/changes")
+    await second.run_until(lambda: orthanc.asked("/changes") > asked + 3)
+
+    # Then the look-back window re-read nothing as new
+    assert second.queued() == []
+
+
+async def test_a_restored_orthanc_that_passed_the_old_cursor_loses_nothing(make_ingest):
+    # Given a feed that queued ten changes and stopped
+    before = _orthanc(*(f"o{i}" for i in range(1, 11)))
+    first = await make_ingest(before, start_from="beginning")
+    await first.run_until(lambda: first.cursor == 10)
+    await first.close()
+
+    # While it was down, Orthanc was restored from a backup taken at change 6, and then
+    # received eight new instances: its change numbers passed the old cursor (10)
+    restored = _orthanc(*(f"o{i}" for i in range(1, 7)), *(f"n{i}" for i in range(7, 15)))
+
+    # When the feed starts again
+    second = await make_ingest(restored)
+    await second.run_until(lambda: second.cursor == 14)
+
+    # Then every new instance is queued, including those numbered 7..10, and none of the
+    # old ones again
+    assert [orthanc_id for orthanc_id, _ in second.queued()] == [f"n{i}" for i in range(7, 15)]
+
+
+async def test_a_database_replaced_below_the_window_is_followed_from_the_start(
+    make_ingest, caplog
+):
+    # Given a feed past many changes (more than the look-back window)
+    many = [f"o{i}" for i in range(1, 301)]
+    first = await make_ingest(_orthanc(*many), start_from="beginning", batch_size=1000)
+    await first.run_until(lambda: first.cursor == 300)
+    await first.close()
+
+    # When Orthanc comes back with another history of the same length
+    other = _orthanc(*(f"x{i}" for i in range(1, 306)))
+    second = await make_ingest(other, batch_size=1000)
+    with caplog.at_level(logging.WARNING):
+        await second.run_until(lambda: second.cursor == 305)
+
+    # Then it follows the new database from its first change, and says why
+    assert len(set(second.queued())) == 305
+    assert "database was reset or replaced" in caplog.text
