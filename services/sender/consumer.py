@@ -4,6 +4,8 @@
     PermanentError                 -> report to retry (permanent: parked), ack
     TransientError / I/O error     -> report to retry (retried after a delay), ack
     destination or Orthanc down    -> pause and probe, put the job back untouched, ack
+    Orthanc throttling (408, 429)  -> the same: no fault of the job
+    spool full, gone, read-only    -> the same, probing the spool: no fault of the job
     anything unexpected            -> report to retry as "internal" (retried, then parked)
     CancelledError (shutdown)      -> leave unacked: the broker redelivers it
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,7 +38,9 @@ from sendqueue.shared.errors import (
     InstanceNotFound,
     PermanentError,
     SendQueueError,
+    SourceThrottled,
     SourceUnavailable,
+    SpoolUnavailable,
 )
 from sendqueue.shared.jobs import publish_failure
 from sendqueue.shared.logs import job_event
@@ -207,6 +212,10 @@ class DestinationConsumer:
             detail = await self.destination.send(path)
         except DestinationUnavailable as exc:
             await self._return_and_pause(job, exc)
+        except SourceThrottled as exc:
+            await self._return_and_pause(job, exc, self._probe_orthanc)
+        except SpoolUnavailable as exc:
+            await self._return_and_pause(job, exc, self._probe_spool)
         except (InstanceNotFound, SourceUnavailable) as exc:
             await self._source_failed(job, exc)
         except SendQueueError as exc:
@@ -279,17 +288,20 @@ class DestinationConsumer:
             reason_class=failure.reason_class,
         )
 
-    async def _return_and_pause(self, job: SendJob, exc: SendQueueError) -> None:
+    async def _return_and_pause(
+        self, job: SendJob, exc: SendQueueError, probe: Probe | None = None
+    ) -> None:
         """Unreachable: the job was not attempted, so it goes back as it was.
 
         Paused first: if the return is not confirmed, the job goes back by a nack instead,
         and the paused consumer does not take it again at once.
         """
-        probe = (
-            self._probe_destination
-            if isinstance(exc, DestinationUnavailable)
-            else (self._probe_orthanc)
-        )
+        if probe is None:
+            probe = (
+                self._probe_destination
+                if isinstance(exc, DestinationUnavailable)
+                else self._probe_orthanc
+            )
         await self._pause(str(exc), probe)
         await self._publisher.publish(
             self._names.work_exchange, self.name, encode(job), headers=job_headers(job)
@@ -342,6 +354,26 @@ class DestinationConsumer:
     async def _probe_orthanc(self) -> None:
         if not await self._orthanc.answers():
             raise SourceUnavailable("Orthanc does not answer GET /system")
+
+    async def _probe_spool(self) -> None:
+        """The spool takes a file again: it exists (made again if removed) and has room."""
+        await asyncio.to_thread(_write_probe, self._spool)
+
+
+#: Bytes the spool probe writes: room for at least this much is "has room".
+_SPOOL_PROBE_BYTES = 1024 * 1024
+
+
+def _write_probe(spool: Path) -> None:
+    spool.mkdir(parents=True, exist_ok=True)
+    probe = spool / f".probe-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "wb") as out:
+            out.write(b"\0" * _SPOOL_PROBE_BYTES)
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def _crash_report(destination: str, body: bytes, exc: BaseException) -> Failure:
