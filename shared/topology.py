@@ -42,7 +42,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue, ExchangeType
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractQueue,
+    AbstractRobustConnection,
+    ExchangeType,
+)
 from aiormq.exceptions import ChannelPreconditionFailed
 
 from sendqueue.shared.amqp import Publisher
@@ -139,7 +145,7 @@ def limited_arguments(dead_letter_exchange: str) -> dict[str, Any]:
     return _quorum(**_dead_letter_to(dead_letter_exchange), **{"x-delivery-limit": DELIVERY_LIMIT})
 
 
-async def prepare_bus(connection: AbstractConnection, config: Config) -> Publisher:
+async def prepare_bus(connection: AbstractRobustConnection, config: Config) -> Publisher:
     """Declare the whole topology for this config and open a confirming publisher."""
     async with connection.channel() as channel:
         await declare_topology(

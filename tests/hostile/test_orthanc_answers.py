@@ -56,7 +56,7 @@ async def peer() -> AsyncIterator[Callable[[Handler], Awaitable[OrthancClient]]]
         await runner.cleanup()
 
 
-def answer(status: int = 200, body: bytes = b"", **headers: str) -> Handler:
+def answer(status: int = 200, body: bytes = b"", headers: dict[str, str] | None = None) -> Handler:
     async def handle(_request: web.Request) -> web.StreamResponse:
         return web.Response(status=status, body=body, headers=headers)
 
@@ -87,7 +87,7 @@ async def truncated(request: web.Request) -> web.StreamResponse:
 @pytest.mark.parametrize(
     "handler",
     [
-        answer(body=b"<html>Sign in</html>", **{"Content-Type": "text/html"}),
+        answer(body=b"<html>Sign in</html>", headers={"Content-Type": "text/html"}),
         answer(body=b'{"Name": "Orth'),
         answer(body=b"\xff\xfe\x00garbage"),
         answer(status=500, body=b"oops"),
@@ -104,7 +104,7 @@ async def test_a_system_answer_that_is_not_orthancs_means_orthanc_does_not_answe
 
 @pytest.mark.parametrize("status", [408, 429])
 async def test_throttling_is_its_own_error_and_no_fault_of_the_instance(peer, status):
-    client = await peer(answer(status=status, **{"Retry-After": "3"}))
+    client = await peer(answer(status=status, headers={"Retry-After": "3"}))
     with pytest.raises(SourceThrottled):
         await client.get_json("/instances/abc")
 

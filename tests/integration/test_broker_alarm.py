@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aio_pika
@@ -54,7 +54,7 @@ def memory_alarm() -> Iterator[None]:
             _rabbitmqctl(*restore)
 
 
-async def _wait(condition, timeout: float) -> None:  # type: ignore[no-untyped-def]
+async def _wait(condition: Callable[[], bool], timeout: float) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.1)
@@ -80,7 +80,7 @@ async def test_a_publish_held_by_an_alarm_is_neither_returned_nor_forked(rabbit_
         deliveries: list[int] = []
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            deliveries.append(int((message.headers or {}).get("x-delivery-count") or 0))
+            deliveries.append(int(str((message.headers or {}).get("x-delivery-count") or 0)))
 
             async def replace() -> None:
                 await publisher.publish("", "target", message.body)

@@ -412,9 +412,7 @@ async def test_a_restored_orthanc_that_passed_the_old_cursor_loses_nothing(make_
     assert [orthanc_id for orthanc_id, _ in second.queued()] == [f"n{i}" for i in range(7, 15)]
 
 
-async def test_a_database_replaced_below_the_window_is_followed_from_the_start(
-    make_ingest, caplog
-):
+async def test_a_database_replaced_below_the_window_is_followed_from_the_start(make_ingest, caplog):
     # Given a feed past many changes (more than the look-back window)
     many = [f"o{i}" for i in range(1, 301)]
     first = await make_ingest(_orthanc(*many), start_from="beginning", batch_size=1000)

@@ -31,7 +31,7 @@ async def test_loading_returns_while_the_broker_refuses_the_broadcast(tmp_path, 
     store = _store(tmp_path, publisher, ["pacs"])
 
     # When the pause state is loaded at start-up
-    await store.load(connection=None)  # type: ignore[arg-type]
+    await store.load(connection=None)
 
     # Then loading returns at once, with the state known
     assert store.paused == {"pacs"}
@@ -50,7 +50,7 @@ async def test_an_operator_change_supersedes_the_start_up_broadcast(tmp_path, mo
     publisher = FakePublisher()
     publisher.refuse(3)
     store = _store(tmp_path, publisher, ["pacs"])
-    await store.load(connection=None)  # type: ignore[arg-type]
+    await store.load(connection=None)
     await eventually(lambda: publisher._refusals == 0)
     # the start-up broadcast got through after three refusals, or the change below
     # supersedes it: either way the newest state is the last one sent
