@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sendqueue.services.ingest.cursor import CursorFile, WindowFile
@@ -32,11 +33,20 @@ log = logging.getLogger(__name__)
 #: Jobs to queue, and jobs to park at once (with the reason).
 Routed = tuple[list[SendJob], list[Failure]]
 
+
+class StateUnwritable(Exception):
+    """The state dir cannot take the cursor (full, read-only, removed)."""
+
+
 _MAX_BACKOFF = 30.0
 #: Rounds an unreadable file is retried before its jobs are parked.
 _UNREADABLE_ROUNDS = 3
 #: A round that fails with these is retried after a backoff; the cursor stays put.
-_ROUND_ERRORS: tuple[type[BaseException], ...] = (SourceUnavailable, *BROKER_ERRORS)
+_ROUND_ERRORS: tuple[type[BaseException], ...] = (
+    SourceUnavailable,
+    *BROKER_ERRORS,
+    StateUnwritable,
+)
 
 
 class ChangesFeed:
@@ -85,7 +95,13 @@ class ChangesFeed:
                 await asyncio.wait_for(stop.wait(), wait)
 
     async def _round_failed(self, exc: BaseException, backoff: float) -> None:
-        stage = "orthanc" if isinstance(exc, SourceUnavailable) else "amqp"
+        stage = (
+            "orthanc"
+            if isinstance(exc, SourceUnavailable)
+            else "state"
+            if isinstance(exc, StateUnwritable)
+            else "amqp"
+        )
         if stage == "orthanc":
             # Asked before the error is counted, so sendqueue_orthanc_up is 0 by then when
             # Orthanc is down: the alert on ingest errors leaves that to the Orthanc alert.
@@ -106,7 +122,7 @@ class ChangesFeed:
             start = 0
         else:
             start = int((await self._changes({"last": ""}))["Last"])
-        self._cursor_file.save(start)
+        self._save(lambda: self._cursor_file.save(start))
         log.info("first start: following Orthanc changes after seq %d", start)
         return start
 
@@ -136,9 +152,9 @@ class ChangesFeed:
         last = max(cursor, newest)
         self._window.remember(window.fresh, last)
         if window.fresh:
-            self._window_file.save(self._window.remembered)
+            self._save(lambda: self._window_file.save(self._window.remembered))
         if last != cursor:
-            self._cursor_file.save(last)
+            self._save(lambda: self._cursor_file.save(last))
         self._unreadable.clear()  # only the page being retried needs counting
         self._metrics.cursor.set(last)
         if done:
@@ -160,10 +176,19 @@ class ChangesFeed:
             cursor,
         )
         self._window.forget()
-        self._window_file.save({})
-        self._cursor_file.save(0)
+        self._save(lambda: self._window_file.save({}))
+        self._save(lambda: self._cursor_file.save(0))
         self._metrics.cursor.set(0)
         return 0, False
+
+    @staticmethod
+    def _save(write: Callable[[], None]) -> None:
+        try:
+            write()
+        except OSError as exc:
+            # The state dir is full, read-only or gone. Whatever was queued stays queued;
+            # the round is read again later (duplicates, no loss).
+            raise StateUnwritable(f"cannot save the /changes cursor: {exc}") from exc
 
     async def _changes(self, params: dict[str, str]) -> Any:
         try:

@@ -53,6 +53,14 @@ log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[None]]
 
+#: RabbitMQ takes a job back from a consumer that holds it longer than its consumer
+#: timeout (30 min by default) and delivers it again, mid-send. Each consumer asks for
+#: this much instead (RabbitMQ 3.11.15 and newer; older ones apply their `consumer_timeout`
+#: setting, see docs/install.md): sends are bounded by the destinations' own timeouts.
+CONSUMER_TIMEOUT_MS = 6 * 3600 * 1000
+#: A job in hand longer than this turns /healthz red: something hangs.
+STUCK_AFTER = 30 * 60.0
+
 
 class DestinationConsumer:
     def __init__(
@@ -91,6 +99,8 @@ class DestinationConsumer:
         self._stopping = False
         self._probe_task: asyncio.Task[None] | None = None
         self._in_flight = 0
+        #: When each job in hand was taken (by delivery tag).
+        self._taken_at: dict[int, float] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         metrics.up.labels(self.name).set(1)
@@ -144,7 +154,14 @@ class DestinationConsumer:
     async def _consume(self) -> None:
         assert self._queue is not None
         if self._tag is None:
-            self._tag = await self._queue.consume(self._on_message)
+            self._tag = await self._queue.consume(
+                self._on_message, arguments={"x-consumer-timeout": CONSUMER_TIMEOUT_MS}
+            )
+
+    def stuck(self) -> bool:
+        """Whether a job has been in hand longer than any send should take (/healthz)."""
+        oldest = min(self._taken_at.values(), default=None)
+        return oldest is not None and time.monotonic() - oldest > STUCK_AFTER
 
     async def _cancel(self) -> None:
         tag, self._tag = self._tag, None
@@ -164,6 +181,8 @@ class DestinationConsumer:
     # -- one message ------------------------------------------------------------------
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._in_flight += 1
+        taken = id(message)
+        self._taken_at[taken] = time.monotonic()
         self._idle.clear()
         if message.timestamp is not None:
             self._head_since = message.timestamp.timestamp()
@@ -180,6 +199,7 @@ class DestinationConsumer:
                 on_crash=report_crash,
             )
         finally:
+            self._taken_at.pop(taken, None)
             self._in_flight -= 1
             self._metrics.in_flight.labels(self.name).dec()
             if self._in_flight == 0:

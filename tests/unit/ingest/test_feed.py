@@ -428,3 +428,25 @@ async def test_a_database_replaced_below_the_window_is_followed_from_the_start(m
     # Then it follows the new database from its first change, and says why
     assert len(set(second.queued())) == 305
     assert "database was reset or replaced" in caplog.text
+
+
+async def test_a_state_dir_that_cannot_take_the_cursor_is_retried_not_fatal(make_ingest):
+    # Given a state dir that is full for the first saves of the cursor
+    import errno
+
+    ingest = await make_ingest(_orthanc("o1", "o2"), start_from="beginning")
+    failures = {"left": 3}
+    real_save = ingest.cursor_file.save
+
+    def save(seq: int) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(seq)
+
+    ingest.feed._cursor_file.save = save
+
+    # When the feed runs, then it says so and keeps going, and saves once there is room
+    await ingest.run_until(lambda: ingest.errors("state") >= 1)
+    await ingest.run_until(lambda: ingest.cursor == 2)
+    assert {orthanc_id for orthanc_id, _ in ingest.queued()} == {"o1", "o2"}

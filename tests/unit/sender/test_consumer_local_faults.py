@@ -77,3 +77,21 @@ async def test_a_fault_that_is_not_the_jobs_uses_no_attempt(sender, fault):
     again = await sender.take(_job())
     assert again.outcomes == ["ack"] and sender.failures() == []
     assert sender.destination.received == [b"DICM-o1"]
+
+
+async def test_a_job_held_too_long_turns_the_consumer_stuck(sender, monkeypatch):
+    # Given a send that hangs
+    import asyncio
+
+    from sendqueue.services.sender import consumer as consumer_module
+
+    monkeypatch.setattr(consumer_module, "STUCK_AFTER", 0.05)
+    sender.destination.gate = asyncio.Event()
+    message = sender.message(_job())
+    delivery = asyncio.create_task(sender.queue.deliver(message))
+
+    # Then the consumer says it is stuck (the sender's /healthz turns red), until it is not
+    await eventually(lambda: sender.consumer.stuck())
+    sender.destination.gate.set()
+    await delivery
+    assert not sender.consumer.stuck() and message.outcomes == ["ack"]
