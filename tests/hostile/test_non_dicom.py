@@ -61,13 +61,13 @@ async def test_a_non_dicom_file_is_parked_with_its_reason(kind, peer):
         consumer = DestinationConsumer(
             destination,
             names=NAMES,
-            publisher=publisher,  # type: ignore[arg-type]
-            orthanc=orthanc,  # type: ignore[arg-type]
+            publisher=publisher,
+            orthanc=orthanc,
             config=SenderConfig(probe_min=Duration(0.01), probe_max=Duration(0.02)),
             spool_dir=Path(spool),
             metrics=SenderMetrics(CollectorRegistry()),
         )
-        await consumer.start(connection.channel())  # type: ignore[arg-type]
+        await consumer.start(connection.channel())
         queue = connection.queue(NAMES.work_queue("pacs"))
         job = SendJob(id="j1", destination="pacs", orthanc_id="o1")
         message = FakeMessage(encode(job), headers=job_headers(job), routing_key="pacs")
