@@ -21,7 +21,12 @@ from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import CHANGE_FOR_LEVEL, Router
 from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
 from sendqueue.shared.config import IngestConfig
-from sendqueue.shared.errors import InstanceNotFound, PermanentError, SourceUnavailable
+from sendqueue.shared.errors import (
+    InstanceNotFound,
+    PermanentError,
+    SourceThrottled,
+    SourceUnavailable,
+)
 from sendqueue.shared.jobs import make_job, publish_failure, publish_jobs
 from sendqueue.shared.orthanc import OrthancClient
 from sendqueue.shared.resolver import InstanceInfo, Resolver
@@ -263,6 +268,8 @@ class ChangesFeed:
             return None
         try:
             return (await self._resolver.with_all_tags(info)).tags
+        except SourceThrottled:
+            raise  # Orthanc asked to slow down: no fault of the file, the round waits
         except SourceUnavailable:
             if not await self._orthanc.answers():
                 raise  # Orthanc is down: the round is retried, however long that takes

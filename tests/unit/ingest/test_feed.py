@@ -450,3 +450,25 @@ async def test_a_state_dir_that_cannot_take_the_cursor_is_retried_not_fatal(make
     await ingest.run_until(lambda: ingest.errors("state") >= 1)
     await ingest.run_until(lambda: ingest.cursor == 2)
     assert {orthanc_id for orthanc_id, _ in ingest.queued()} == {"o1", "o2"}
+
+
+async def test_a_throttled_file_is_waited_for_and_never_parked(make_ingest):
+    # Given routes that need a tag from the file, and an Orthanc that answers 429 on it
+    from sendqueue.shared.errors import SourceThrottled
+
+    routes = [RouteConfig(destinations=["thin"], match={"SliceThickness": "0.*"})]
+    orthanc = FakeOrthanc()
+    orthanc.store("busy", {"Modality": "CT"}, file_tags={"SliceThickness": "0.5"})
+    orthanc.errors["/instances/busy/simplified-tags"] = SourceThrottled(
+        "Orthanc asked to slow down (HTTP 429 on GET /instances/busy/simplified-tags)"
+    )
+    ingest = await make_ingest(orthanc, start_from="beginning", routes=routes)
+
+    # When the feed runs many rounds into the throttling
+    await ingest.run_until(lambda: orthanc.asked("/instances/busy/simplified-tags") >= 5)
+
+    # Then nothing is parked, and once Orthanc answers, the instance is queued
+    assert ingest.failures() == [] and ingest.cursor == 0
+    del orthanc.errors["/instances/busy/simplified-tags"]
+    await ingest.run_until(lambda: ingest.cursor == 1)
+    assert ingest.queued() == [("busy", "thin")]
