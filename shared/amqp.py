@@ -7,10 +7,11 @@ A broker that blocks publishers (a memory or disk alarm) is waited out, not repo
 "not confirmed": the caller would put back what the publish replaces (a nack, which a
 quorum queue up to RabbitMQ 4.2 counts towards its delivery limit), while the publish,
 already in the socket, still arrives once the alarm ends: two copies of one job, each
-going its own way. So a publish on a blocked connection waits for the alarm to end,
-before sending (up to `blocked_patience`, then NotConfirmed: nothing was sent) and after
-(its confirm comes once RabbitMQ reads it again). The consumer meanwhile holds its
-message: unacked, not returned, not counted.
+going its own way. So a publish on a blocked connection waits for the alarm to end
+before sending (up to `blocked_patience`, then NotConfirmed: nothing was sent), and a
+publish once sent is waited for until its confirm, a nack or the loss of the connection
+(bounded by the same patience), never given up on by a timer alone. The consumer
+meanwhile holds its message: unacked, not returned, not counted.
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ class Publisher:
         try:
             await self._until_unblocked(exchange)
             target = await self._exchange(exchange)
+            if self._channel is not None:
+                # Before anything is sent: a reconnecting channel is waited for, bounded.
+                async with asyncio.timeout(self._timeout):
+                    await self._channel.get_underlay_channel()
             sending = asyncio.ensure_future(
                 target.publish(message, routing_key=routing_key, mandatory=mandatory)
             )
@@ -160,18 +165,22 @@ class Publisher:
             await asyncio.sleep(_BLOCKED_POLL)
 
     async def _confirmed(self, sending: asyncio.Future[Any]) -> None:
-        was_blocked = False
+        """Wait for the confirm of what was sent: it comes, or a nack, or the channel's or
+        connection's loss (heartbeats notice a dead one) ends the wait. Giving up earlier
+        would have the caller put back what the publish replaces while the publish still
+        arrives: two copies of one job (module doc). Bounded all the same, by the patience,
+        for a broker that keeps the connection but never confirms (a quorum lost)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + max(self._blocked_patience, self._timeout)
+        warned = False
         while True:
             done, _ = await asyncio.wait({sending}, timeout=self._timeout)
             if done:
                 sending.result()
                 return
-            if blocked(self._connection):
-                # Sent, but RabbitMQ stopped reading: it arrives (and is confirmed) once
-                # the alarm ends. Giving up now would fork the job (module doc).
-                was_blocked = True
-                continue
-            if was_blocked:
-                was_blocked = False  # the alarm just ended: a whole timeout for the confirm
-                continue
-            raise TimeoutError(f"no confirm within {self._timeout:g} s")
+            if loop.time() > give_up:
+                raise TimeoutError(f"no confirm within {self._blocked_patience:g} s")
+            if not warned:
+                why = "RabbitMQ blocks publishers" if blocked(self._connection) else "slow"
+                log.warning("a publish is not confirmed yet (%s): waiting for it", why)
+                warned = True
