@@ -250,6 +250,10 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 Level = Literal["instance", "series", "study"]
+#: The values of Orthanc's `Origin` metadata (RequestOrigin).
+ORIGINS = ("DicomProtocol", "RestApi", "Plugins", "Lua", "WebDav", "Unknown")
+_ORIGINS_LOWER = {origin.lower() for origin in ORIGINS}
+_GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -264,17 +268,52 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         ),
     ] = "instance"
     match: Annotated[
-        dict[str, str],
+        dict[str, str | list[str]],
         doc(
-            'DICOM keyword → glob (`"CT*"`, `"1.2.840.*"`); all must match, case-insensitive,'
-            ' `"A|B"` for alternatives; a missing tag is `""`. A name that is not a DICOM'
-            " keyword is a start-up error (see [Route keywords](#route-keywords))"
+            'DICOM keyword → glob (`"CT*"`, `"1.2.840.*"`), or a list of globs that must all'
+            ' match; all keys must match, case-insensitive, `"A|B"` for alternatives, `"!"`'
+            ' in front for "does not match" (`"!SR|PR"`); a missing tag is `""`. A name that'
+            " is not a DICOM keyword is a start-up error (see [Route keywords](#route-keywords))"
         ),
     ] = msgspec.field(default_factory=dict)
+    from_aet: Annotated[
+        str,
+        doc(
+            "glob on the AE title of the modality that sent the instance to Orthanc (its"
+            ' `RemoteAET` metadata), `"A|B"`, `"!"` as in `match`. An instance uploaded by'
+            ' REST has no sender AE title: it counts as `""`, so `"CT1"` never matches it and'
+            ' `"!CT1"` does',
+            default='`""` (any)',
+        ),
+    ] = ""
+    called_aet_in: Annotated[
+        str,
+        doc(
+            "glob on the AE title Orthanc was called with when it received the instance"
+            ' (`CalledAET` metadata; `""` for REST uploads)',
+            default='`""` (any)',
+        ),
+    ] = ""
+    origin: Annotated[
+        str,
+        doc(
+            "how the instance reached Orthanc (`Origin` metadata): `DicomProtocol`, `RestApi`,"
+            ' `Plugins`, `Lua`, `WebDav`, `Unknown`; `"A|B"` and `"!"` as in `match`',
+            default='`""` (any)',
+        ),
+    ] = ""
 
     def __post_init__(self) -> None:
         if not self.destinations:
             raise ValueError("a route needs at least one destination")
+        for keyword, rules in self.match.items():
+            if isinstance(rules, list) and not rules:
+                raise ValueError(f"match.{keyword}: a list of globs must not be empty")
+        for choice in self.origin.lstrip("!").split("|") if self.origin else ():
+            if not _GLOB_CHARS.search(choice) and choice.lower() not in _ORIGINS_LOWER:
+                raise ValueError(
+                    f"origin {choice!r} is none of Orthanc's origins: {', '.join(ORIGINS)}"
+                )
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

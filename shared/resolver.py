@@ -57,6 +57,13 @@ class Resolver:
         )
         return InstanceInfo(info.orthanc_id, {**_strings(tags), **info.tags})
 
+    async def metadata(self, orthanc_id: str) -> dict[str, str]:
+        """The instance's metadata (RemoteAET, CalledAET, Origin, ...): one GET."""
+        found = await self._orthanc.get_json(
+            f"/instances/{quote(orthanc_id, safe='')}/metadata", {"expand": ""}
+        )
+        return _strings(found)
+
     async def expand(self, orthanc_id: str) -> list[InstanceInfo]:
         """An instance, series, study or patient ID -> its instances."""
         for plural in _LEVELS:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sendqueue.services.ingest.cursor import CursorFile
 from sendqueue.services.ingest.metrics import IngestMetrics
-from sendqueue.services.ingest.routing import CHANGE_FOR_LEVEL, Router
+from sendqueue.services.ingest.routing import CHANGE_FOR_LEVEL, UNKNOWN_ORIGIN, Origin, Router
 from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
 from sendqueue.shared.config import IngestConfig
 from sendqueue.shared.errors import InstanceNotFound, PermanentError, SourceUnavailable
@@ -190,14 +190,23 @@ class ChangesFeed:
         jobs: list[SendJob] = []
         unroutable: list[Failure] = []
         for info, tags in routed:
+            # How it reached Orthanc is the instance's own, at every level.
+            origin = await self._origin(level, info)
             if tags is not None:
-                jobs += [make_job(info, d) for d in self._router.destinations(level, tags)]
+                destinations = self._router.destinations(level, tags, origin)
+                jobs += [make_job(info, d) for d in destinations]
             else:
                 unroutable += [
                     _unreadable(info, destination)
-                    for destination in self._router.possible_destinations(level, info.tags)
+                    for destination in self._router.possible_destinations(level, info.tags, origin)
                 ]
         return jobs, unroutable
+
+    async def _origin(self, level: str, info: InstanceInfo) -> Origin:
+        """Its metadata, only when a route of the level asks (one GET per instance)."""
+        if not self._router.needs_origin(level):
+            return UNKNOWN_ORIGIN
+        return Origin.from_metadata(await self._resolver.metadata(info.orthanc_id))
 
     async def _resource_tags(
         self, infos: list[InstanceInfo], needed: set[str]
