@@ -19,6 +19,7 @@ import msgspec
 from sendqueue.shared.config_fields import doc
 from sendqueue.shared.durations import Duration
 from sendqueue.shared.errors import ConfigError
+from sendqueue.shared.send_window import SendWindow
 
 #: Destination names and the amqp prefix: they end up in queue names and metric labels.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -88,6 +89,20 @@ class DestinationConfigBase(
     ] = None
     connect_timeout: Annotated[Duration, doc("TCP connect (and TLS handshake)")] = Duration(10)
     tls: Annotated[TlsConfig | None, doc("table; see [TLS](destinations.md#tls)")] = None
+    send_window: Annotated[
+        str | list[str],
+        doc(
+            'when it may be sent to: `"Mon-Fri 19:00-07:00"`, or a list of such windows'
+            " (`[DAYS] HH:MM[:SS]-HH:MM[:SS]`; an end before the start runs overnight)."
+            " Outside them its jobs wait in its queue without using an attempt; see"
+            " [Send windows](routing.md#send_window-when-a-destination-is-sent-to)",
+            default="always",
+        ),
+    ] = ""
+    send_window_timezone: Annotated[
+        str,
+        doc("IANA time zone of `send_window` (`Europe/Paris`)", default="the machine's local time"),
+    ] = ""
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -101,6 +116,21 @@ class DestinationConfigBase(
         self._check_positive("connect_timeout")
         if self.tls is not None:
             self._check_tls(self.tls)
+        if self.send_window_timezone and not self.send_window:
+            raise self._error("send_window_timezone needs send_window")
+        if self.send_window == []:
+            raise self._error("send_window needs at least one window (leave it out: always)")
+        if self.send_window:
+            try:
+                self.window()
+            except ValueError as exc:
+                raise self._error(str(exc)) from None
+
+    def window(self) -> SendWindow | None:
+        """Its send windows; None when it may always be sent to."""
+        if not self.send_window:
+            return None
+        return SendWindow.parse(self.send_window, self.send_window_timezone)
 
     def _error(self, message: str) -> ValueError:
         return ValueError(f"destination {self.name!r} (kind {self.kind!r}): {message}")

@@ -59,6 +59,9 @@ class ControlState(msgspec.Struct, frozen=True, kw_only=True, tag="control"):
     """The operator's decisions, broadcast whole on every change."""
 
     paused: list[str] = msgspec.field(default_factory=list)
+    #: Destinations an operator resumed outside their send window: sent to until this
+    #: time (epoch seconds), when their window opens anyway.
+    window_open_until: dict[str, float] = msgspec.field(default_factory=dict)
     updated_at: float = msgspec.field(default_factory=time.time)
 
 
@@ -67,7 +70,8 @@ class DestinationStatus(msgspec.Struct, frozen=True, kw_only=True, tag="status")
 
     destination: str
     #: "up", "down" (unreachable, probing), "source-down" (Orthanc does not answer: its
-    #: jobs wait, Orthanc is probed) or "paused" (by an operator).
+    #: jobs wait, Orthanc is probed), "paused" (by an operator) or "waiting-for-window"
+    #: (outside its send_window: its jobs wait).
     state: str
     reason: str = ""
     oldest_waiting_seconds: float = 0.0

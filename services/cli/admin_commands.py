@@ -273,6 +273,9 @@ async def _pause(api: AdminClient, args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         state = "paused" if result.get("paused") else "sending"
+        if result.get("window_open_until"):
+            until = render.format_time(result["window_open_until"])
+            state += f" outside its send window, until it opens at {until}"
         print(f"{result.get('destination', args.destination)}: {state}")
     return EXIT_OK
 

@@ -77,12 +77,22 @@ def render_table(
     return "\n".join(lines)
 
 
+def state_text(destination: Mapping[str, Any]) -> str:
+    """A destination's state as an operator reads it ("waiting for window")."""
+    state = str(destination.get("state", "unknown"))
+    if state == "waiting-for-window":
+        return "waiting for window"
+    if destination.get("window_open_until") and state == "up":
+        return "up (resumed outside window)"
+    return state
+
+
 def render_status(queues: Mapping[str, Any], operation: Mapping[str, Any] | None = None) -> str:
     rows = [
         (
             d.get("name", "?"),
             d.get("kind", ""),
-            d.get("state", "unknown"),
+            state_text(d),
             _count(d.get("ready")),
             _count(d.get("in_flight")),
             _count(sum((d.get("delayed") or {}).values())),

@@ -17,6 +17,7 @@ from sendqueue.services.sender.consumer import DestinationConsumer
 from sendqueue.services.sender.destinations import create_destination
 from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.services.sender.status import StatusReporter
+from sendqueue.services.sender.windows import Clock, WindowKeeper, utc_now
 from sendqueue.shared.cert_expiry import CertificateExpiry
 from sendqueue.shared.config import Config
 from sendqueue.shared.control import follow_control, read_control_state
@@ -53,14 +54,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 async def run_sender(
-    config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
+    config: Config,
+    stop: asyncio.Event,
+    registry: CollectorRegistry | None = None,
+    clock: Clock = utc_now,
 ) -> None:
     async with ServiceParts() as parts:
-        await _serve(parts, config, stop, registry or CollectorRegistry())
+        await _serve(parts, config, stop, registry or CollectorRegistry(), clock)
 
 
 async def _serve(
-    parts: ServiceParts, config: Config, stop: asyncio.Event, registry: CollectorRegistry
+    parts: ServiceParts,
+    config: Config,
+    stop: asyncio.Event,
+    registry: CollectorRegistry,
+    clock: Clock,
 ) -> None:
     metrics = SenderMetrics(registry)
     expiry = CertificateExpiry(registry, service="sender")
@@ -76,6 +84,9 @@ async def _serve(
     metrics.watch_spool(spool)
     publisher = await prepare_bus(publish_conn, config)
     control = await read_control_state(consume_conn, names)
+    windows = {d.name: w for d in config.destinations if (w := d.window()) is not None}
+    keeper = WindowKeeper(windows, clock)
+    keeper.follow(control)
     consumers: list[DestinationConsumer] = []
     for dest_config in config.destinations:
         destination = parts.closing(create_destination(dest_config, source=config.orthanc))
@@ -89,6 +100,7 @@ async def _serve(
             metrics=metrics,
         )
         paused = dest_config.name in control.paused
+        await keeper.add(consumer)
         await consumer.start(await consume_conn.channel(), paused=paused)
         consumers.append(consumer)
     reporter = StatusReporter(
@@ -101,8 +113,11 @@ async def _serve(
     )
     for consumer in consumers:
         consumer.on_change = functools.partial(reporter.report, consumer)
-    await follow_control(consume_conn, names, functools.partial(_apply, consumers, reporter))
+    await follow_control(
+        consume_conn, names, functools.partial(_apply, consumers, reporter, keeper)
+    )
     parts.task(reporter.run(), "status-reporter")
+    parts.task(keeper.run(), "send-windows")
 
     def health() -> dict[str, bool]:
         return {"amqp": not consume_conn.is_closed and not publish_conn.is_closed}
@@ -116,9 +131,13 @@ async def _serve(
 
 
 async def _apply(
-    consumers: list[DestinationConsumer], reporter: StatusReporter, state: ControlState
+    consumers: list[DestinationConsumer],
+    reporter: StatusReporter,
+    keeper: WindowKeeper,
+    state: ControlState,
 ) -> None:
     """An operator's pause/resume broadcast by the retry service."""
+    keeper.follow(state)
     for consumer in consumers:
         paused = consumer.name in state.paused
         if paused != (consumer.state == "paused"):

@@ -78,6 +78,8 @@ class DestinationConsumer:
         self._source_down = False
         #: Paused by an operator (admin API); survives restarts via the control state.
         self._operator_paused = False
+        #: Outside its send window (services/sender/windows.py): its jobs wait.
+        self._window_closed = False
         #: Called after every state change (the status reporter publishes it).
         self.on_change: Callable[[], Awaitable[None]] | None = None
         #: When the newest job we took entered the queue: the head of a FIFO queue is
@@ -96,6 +98,8 @@ class DestinationConsumer:
     def state(self) -> str:
         if self._operator_paused:
             return "paused"
+        if self._window_closed:
+            return "waiting-for-window"
         if not self._down:
             return "up"
         # Orthanc down is no fault of the destination: named apart, so that neither the
@@ -126,7 +130,20 @@ class DestinationConsumer:
         self._metrics.paused.labels(self.name).set(1 if paused else 0)
         if paused:
             await self._cancel()
-        elif not self._down and not self._stopping:
+        elif not self._down and not self._stopping and not self._window_closed:
+            await self._consume()
+        await self._changed()
+
+    @property
+    def window_closed(self) -> bool:
+        return self._window_closed
+
+    async def set_window_closed(self, closed: bool) -> None:
+        """Outside its send window: stop taking jobs, like a pause (no attempt is used)."""
+        self._window_closed = closed
+        if closed:
+            await self._cancel()
+        elif self._queue and not (self._down or self._stopping or self._operator_paused):
             await self._consume()
         await self._changed()
 
@@ -332,7 +349,7 @@ class DestinationConsumer:
         self._down = False
         self._metrics.up.labels(self.name).set(1)
         log.warning("%s: available again, resuming", self.name)
-        if not self._operator_paused:
+        if not self._operator_paused and not self._window_closed:
             await self._consume()
         await self._changed()
 

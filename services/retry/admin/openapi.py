@@ -81,9 +81,11 @@ _DESTINATION = _obj(
     delayed={"type": "object"},
     parked=_INT,
     consumers=_INT,
-    state={"enum": ["up", "down", "source-down", "paused", "unknown"]},
+    state={"enum": ["up", "down", "source-down", "paused", "waiting-for-window", "unknown"]},
     state_reason=_STR,
     oldest_waiting_seconds=_NUM_OR_NULL,
+    send_window={"type": "array", "items": _STR},
+    window_open_until=_NUM_OR_NULL,
 )
 _QUEUES = _obj(
     destinations={"type": "array", "items": _DESTINATION},
@@ -106,7 +108,7 @@ _AUDIT = _obj(
 _OPERATION = _obj(
     running={"type": "boolean"}, action={"type": "string", "nullable": True}, done=_INT, total=_INT
 )
-_PAUSED = _obj(destination=_STR, paused={"type": "boolean"})
+_PAUSED = _obj(destination=_STR, paused={"type": "boolean"}, window_open_until={"type": "number"})
 _SEND = _obj(destination=_STR, resources={"type": "array", "items": _STR})
 
 _PATHS: dict[str, Any] = {
@@ -165,7 +167,10 @@ _PATHS: dict[str, Any] = {
     },
     "/api/destinations/{name}/resume": {
         "post": {
-            "summary": "Resume sending to a paused destination",
+            "summary": (
+                "Resume sending to a paused destination; one outside its send window is"
+                " sent to at once, until the window opens (pause returns it to its schedule)"
+            ),
             "security": _SECURED,
             "parameters": _NAME_IN_PATH,
             "responses": {"200": _json(_PAUSED), "404": _ERROR, **_AUTH_ERRORS},

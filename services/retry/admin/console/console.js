@@ -252,10 +252,11 @@
     link.addEventListener("click", () => filterDestination(d.name));
     name.appendChild(link);
     cell(row, d.kind || "");
-    const stateCell = cell(row, d.state || "unknown", "state state-" + (d.state || "unknown"));
+    const stateCell = cell(row, stateText(d), "state state-" + (d.state || "unknown"));
     stateCell.dataset.testid = "state";
     // Why it is down, or source-down (Orthanc does not answer), in the sender's words.
     if (d.state_reason) stateCell.title = d.state_reason;
+    if ((d.send_window || []).length) stateCell.title = "send window: " + d.send_window.join(", ");
     cell(row, count(d.ready), "num").dataset.testid = "ready";
     cell(row, count(d.in_flight), "num").dataset.testid = "in-flight";
     const delayed = Object.values(d.delayed || {}).reduce((a, b) => a + b, 0);
@@ -266,7 +267,8 @@
     const waiting = d.ready ? formatAge(d.oldest_waiting_seconds) : "–";
     cell(row, waiting, "num").dataset.testid = "oldest-waiting";
     const actions = cell(row, "");
-    const paused = d.state === "paused";
+    // Outside its send window, Resume sends at once, until the window opens anyway.
+    const paused = d.state === "paused" || d.state === "waiting-for-window";
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = paused ? "Resume" : "Pause";
@@ -278,6 +280,12 @@
     return row;
   }
 
+  function stateText(d) {
+    if (d.state === "waiting-for-window") return "waiting for window";
+    if (d.window_open_until && d.state === "up") return "up (resumed outside window)";
+    return d.state || "unknown";
+  }
+
   async function pauseResume(name, pause) {
     const verb = pause ? "pause" : "resume";
     try {
@@ -285,7 +293,10 @@
       const result = await api("POST", path, {});
       showNotice(result && result.paused
         ? name + " is paused: nothing is sent to it until it is resumed."
-        : name + " is sending again.");
+        : result && result.window_open_until
+          ? name + " is sending outside its send window, until the window opens at "
+            + new Date(result.window_open_until * 1000).toLocaleString() + "."
+          : name + " is sending again.");
     } catch (err) {
       showError(explain(err, (pause ? "Pausing " : "Resuming ") + name));
     }
