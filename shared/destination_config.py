@@ -174,6 +174,14 @@ class DicomDestinationConfig(DestinationConfigBase, frozen=True, tag="dicom"):
     idle_timeout: Annotated[
         Duration, doc("an association idle this long is released (and re-opened on demand)")
     ] = Duration(30)
+    warnings: Annotated[
+        Literal["delivered", "retry"],
+        doc(
+            "a C-STORE warning status (0xB000, 0xB006, 0xB007, other 0xBxxx, 0x0001, 0x0107,"
+            ' 0x0116: stored, but not exactly as sent): `"delivered"`, or `"retry"` (retried,'
+            " then parked with the status); see [Warnings](destinations.md#warnings)"
+        ),
+    ] = "delivered"
     transcode: Annotated[
         bool,
         doc(
