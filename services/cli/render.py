@@ -152,6 +152,20 @@ def render_result(action: str, result: Mapping[str, Any], to: str | None = None)
     return text
 
 
+def render_cancelled(result: Mapping[str, Any]) -> str:
+    cancelled = int(result.get("cancelled") or 0)
+    text = f"cancelled {cancelled} waiting job(s): parked as `cancelled`"
+    per = result.get("by_destination") or {}
+    if per:
+        text += " (" + ", ".join(f"{d}: {n}" for d, n in sorted(per.items())) + ")"
+    if cancelled:
+        text += "; `sendqueue parked requeue --reason cancelled` undoes it"
+    failed = int(result.get("failed") or 0)
+    if failed:
+        text += f"; {failed} could not be handled and still wait (see the retry service's log)"
+    return text
+
+
 def progress_line(operation: Mapping[str, Any]) -> str:
     done = int(operation.get("done") or 0)
     total = int(operation.get("total") or 0)

@@ -14,6 +14,7 @@ from sendqueue.services.retry.admin.audit import AuditLog
 from sendqueue.services.retry.admin.auth import OPERATOR
 from sendqueue.services.retry.admin.console_page import check_console_files
 from sendqueue.services.retry.admin.overview import QueueOverview
+from sendqueue.services.retry.cancel import Canceller
 from sendqueue.services.retry.delays import DelayLedger
 from sendqueue.services.retry.failures import FailureRouter
 from sendqueue.services.retry.metrics import RetryMetrics
@@ -142,6 +143,14 @@ async def _serve(
             publisher=publisher,
             names=names,
             on_queued=lambda job: metrics.queued.labels(job.destination, "admin").inc(),
+        ),
+        canceller=Canceller(
+            config=config,
+            names=names,
+            consume_conn=consume_conn,
+            publisher=publisher,
+            parking=parking,
+            ledger=ledger,
         ),
     )
     await parts.server(app, config.retry.listen)

@@ -176,6 +176,39 @@ _PATHS: dict[str, Any] = {
             "responses": {"200": _json(_PAUSED), "404": _ERROR, **_AUTH_ERRORS},
         }
     },
+    "/api/jobs/cancel": {
+        "post": {
+            "summary": (
+                "Park jobs still waiting (queued or delayed) as `cancelled`: by destination,"
+                " study, patient, queued before a time, or all; one pass over those queues"
+            ),
+            "security": _SECURED,
+            "requestBody": _body(
+                _obj(
+                    destination=_STR,
+                    study=_STR,
+                    patient=_STR,
+                    before={
+                        "type": "string",
+                        "description": "queued before: epoch, ISO-8601 or '2h'",
+                    },
+                    all={"type": "boolean"},
+                )
+            ),
+            "responses": {
+                "200": _json(
+                    _obj(
+                        cancelled=_INT,
+                        kept=_INT,
+                        failed=_INT,
+                        by_destination={"type": "object"},
+                    )
+                ),
+                "400": _ERROR,
+                **_AUTH_ERRORS,
+            },
+        }
+    },
     "/api/send": {
         "post": {
             "summary": "Queue Orthanc instances, series, studies or patients for a destination",

@@ -277,7 +277,36 @@
     button.dataset.testid = (paused ? "resume-" : "pause-") + d.name;
     button.addEventListener("click", () => pauseResume(d.name, !paused));
     actions.appendChild(button);
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.textContent = "Cancel waiting";
+    cancel.setAttribute("aria-label", "Cancel the jobs waiting for " + d.name);
+    cancel.dataset.testid = "cancel-" + d.name;
+    cancel.addEventListener("click", () => cancelWaiting(d.name));
+    actions.appendChild(cancel);
     return row;
+  }
+
+  // Jobs still queued or delayed for a destination go to parking as "cancelled":
+  // a requeue of that reason class undoes it.
+  async function cancelWaiting(name) {
+    const text = "Cancel every job still waiting (queued or delayed) for " + name +
+      "? They are parked as \"cancelled\"; requeue them to undo.";
+    if (!(await confirmAction(text, "Cancel waiting jobs"))) return;
+    try {
+      const result = await withProgress(api("POST", "/api/jobs/cancel", { destination: name }));
+      const text2 = "Cancelled " + result.cancelled + " waiting job(s) for " + name + ".";
+      if (result.failed) {
+        showError(text2 + " " + result.failed + " could not be handled and still wait.");
+      } else {
+        showNotice(text2);
+      }
+    } catch (err) {
+      showError(explain(err, "Cancelling the jobs waiting for " + name));
+    }
+    refreshQueues();
+    loadParked();
+    loadAudit(true);
   }
 
   function stateText(d) {
