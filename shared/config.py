@@ -160,11 +160,25 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         ),
     ] = "now"
     batch_size: Annotated[int, doc("changes per `/changes` call (1..10000)")] = 100
+    ledger_max_age: Annotated[
+        Duration,
+        doc(
+            "how long ingest remembers what it queued for each destination, so that a"
+            " series or study that grows is not queued whole again (see"
+            " [No whole-study resends](routing.md#no-whole-study-resends))"
+        ),
+    ] = Duration(30 * 86_400)
+    ledger_max_entries: Annotated[
+        int,
+        doc("at most this many (destination, instance) entries; the oldest go first"),
+    ] = 2_000_000
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)
         if not 1 <= self.batch_size <= 10_000:
             raise ValueError("batch_size must be between 1 and 10000")
+        if self.ledger_max_age <= 0 or self.ledger_max_entries < 1:
+            raise ValueError("ledger_max_age and ledger_max_entries must be more than 0")
 
 
 class SenderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from sendqueue.services.ingest.feed import ChangesFeed
+from sendqueue.services.ingest.ledger import QueuedLedger, Resends
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import Router
 from sendqueue.shared.config import Config
@@ -42,6 +44,14 @@ async def _serve(
     parts.task(source_health.watch(orthanc), "orthanc-health")
     publisher = await prepare_bus(conn, config)
     resolver = Resolver(orthanc)
+    ledger = parts.closing(
+        QueuedLedger(
+            Path(config.ingest.state_dir) / "queued.sqlite3",
+            max_age=config.ingest.ledger_max_age,
+            max_entries=config.ingest.ledger_max_entries,
+        )
+    )
+    resends = Resends(ledger, resolver, lambda job: metrics.skipped.labels(job.destination).inc())
     feed = ChangesFeed(
         config=config.ingest,
         orthanc=orthanc,
@@ -50,6 +60,7 @@ async def _serve(
         publisher=publisher,
         names=names,
         metrics=metrics,
+        resends=resends,
     )
     app = make_app(registry, lambda: {"amqp": not conn.is_closed, "orthanc": feed.healthy})
     send = make_send_handler(

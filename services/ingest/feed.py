@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from sendqueue.services.ingest.cursor import CursorFile
+from sendqueue.services.ingest.ledger import Resends
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import CHANGE_FOR_LEVEL, UNKNOWN_ORIGIN, Origin, Router
 from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
@@ -46,6 +47,7 @@ class ChangesFeed:
         publisher: Publisher,
         names: Names,
         metrics: IngestMetrics,
+        resends: Resends,
     ) -> None:
         self._config = config
         self._orthanc = orthanc
@@ -54,6 +56,7 @@ class ChangesFeed:
         self._publisher = publisher
         self._names = names
         self._metrics = metrics
+        self._resends = resends
         self._cursor_file = CursorFile(config.state_dir)
         #: Rounds in which Orthanc, though up, failed to read an instance's file.
         self._unreadable: dict[str, int] = {}
@@ -107,6 +110,7 @@ class ChangesFeed:
     async def _one_page(self, cursor: int) -> tuple[int, bool]:
         params = {"since": str(cursor), "limit": str(self._config.batch_size)}
         page = await self._changes(params)
+        self._resends.begin_page()
         jobs: list[SendJob] = []
         unroutable: list[Failure] = []
         for change in page.get("Changes", []):
@@ -115,6 +119,7 @@ class ChangesFeed:
             jobs += routed
             unroutable += failed
         await publish_jobs(self._publisher, self._names, jobs, self._on_queued)
+        self._resends.confirmed(jobs)  # before the cursor moves past their changes
         for failure in unroutable:
             await publish_failure(self._publisher, self._names, failure)
             log.error("%s: %s", failure.destination, failure.reason)
@@ -200,6 +205,9 @@ class ChangesFeed:
                     _unreadable(info, destination)
                     for destination in self._router.possible_destinations(level, info.tags, origin)
                 ]
+        if level != "instance":
+            # A series or study that grew is stable again: only what is new or changed.
+            jobs = await self._resends.new_only(jobs)
         return jobs, unroutable
 
     async def _origin(self, level: str, info: InstanceInfo) -> Origin:
