@@ -27,6 +27,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from sendqueue.services.sender.destinations import Destination
 from sendqueue.services.sender.metrics import SenderMetrics
+from sendqueue.services.sender.prepare import fetch_instance
 from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.config import SenderConfig
 from sendqueue.shared.errors import (
@@ -219,7 +220,8 @@ class DestinationConsumer:
     async def _attempt(self, job: SendJob) -> None:
         path = self._spool / f"{job.id}-{uuid.uuid4().hex[:8]}.dcm"
         try:
-            size = await self._orthanc.download_instance(job.orthanc_id, path)
+            config = self.destination.config
+            size = await fetch_instance(self._orthanc, config, job.orthanc_id, path)
             started = time.monotonic()
             detail = await self.destination.send(path)
         except DestinationUnavailable as exc:
