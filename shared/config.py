@@ -308,6 +308,15 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             default='`""` (any)',
         ),
     ] = ""
+    delete_after_delivery: Annotated[
+        bool,
+        doc(
+            "delete an instance this route chose from Orthanc once every destination the"
+            " routes chose for it delivered it (never while one waits or is parked); every"
+            " route must then have the same `level`. See"
+            " [Gateway clean-up](routing.md#delete_after_delivery-gateway-clean-up)"
+        ),
+    ] = False
     origin: Annotated[
         str,
         doc(
@@ -363,6 +372,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             if unknown:
                 raise ValueError(f"routes[{index}] names unknown destinations: {unknown}")
             self._check_match_keys(index, route)
+        levels = {route.level for route in self.routes}
+        if len(levels) > 1 and any(route.delete_after_delivery for route in self.routes):
+            # A route of another level would see the instance later, maybe after it is gone.
+            raise ValueError(
+                "delete_after_delivery needs every route at the same level, got "
+                + ", ".join(sorted(levels))
+            )
 
     def _check_match_keys(self, index: int, route: RouteConfig) -> None:
         """A misspelt keyword would silently never match: it stops the start-up instead."""

@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 _WINDOW = 64
 
 
-def make_job(info: InstanceInfo, destination: str, stored_at: float | None = None) -> SendJob:
+def make_job(
+    info: InstanceInfo,
+    destination: str,
+    stored_at: float | None = None,
+    delete_when: list[str] | None = None,
+) -> SendJob:
     return SendJob(
         id=new_job_id(),
         destination=destination,
@@ -31,6 +36,7 @@ def make_job(info: InstanceInfo, destination: str, stored_at: float | None = Non
         modality=info.tag("Modality"),
         queued_at=time.time(),
         stored_at=stored_at,
+        delete_when=list(delete_when or []),
     )
 
 

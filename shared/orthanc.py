@@ -81,6 +81,19 @@ class OrthancClient:
         path = f"/instances/{quote(orthanc_id, safe='')}/file"
         return int(await self._twice(lambda: self._download(path, target), path))
 
+    async def delete_instance(self, orthanc_id: str) -> bool:
+        """DELETE /instances/{id}: True when deleted, False when it was already gone."""
+        path = f"/instances/{quote(orthanc_id, safe='')}"
+
+        async def call() -> bool:
+            async with self._session.delete(self._base + path) as response:
+                if response.status == 404:
+                    return False
+                _raise_for_status(response, path)
+                return True
+
+        return bool(await self._twice(call, path))
+
     async def download_modified(
         self, orthanc_id: str, body: Mapping[str, object], target: Path
     ) -> int:

@@ -37,6 +37,19 @@ class SendJob(msgspec.Struct, frozen=True, kw_only=True, tag="job"):
     #: Set while the job sits in the parking queue. A job that arrives on a work queue
     #: with this set was moved back by hand (management UI shovel): it starts afresh.
     parked_at: float | None = None
+    #: The destinations that must all deliver this instance before it is deleted from
+    #: Orthanc (a route's delete_after_delivery); empty: it is never deleted.
+    delete_when: list[str] = msgspec.field(default_factory=list)
+
+
+class Delivered(msgspec.Struct, frozen=True, kw_only=True, tag="delivered"):
+    """A sender's report that an instance bound for deletion reached one destination."""
+
+    orthanc_id: str
+    destination: str
+    delete_when: list[str]
+    sop_instance_uid: str = ""
+    delivered_at: float = msgspec.field(default_factory=time.time)
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True, tag="failure"):
@@ -92,6 +105,11 @@ def new_job_id() -> str:
 
 _control_decoder = msgspec.json.Decoder(ControlState)
 _status_decoder = msgspec.json.Decoder(DestinationStatus)
+_delivered_decoder = msgspec.json.Decoder(Delivered)
+
+
+def decode_delivered(body: bytes) -> Delivered:
+    return _delivered_decoder.decode(body)
 
 
 def decode_control(body: bytes) -> ControlState:
@@ -102,7 +120,7 @@ def decode_status(body: bytes) -> DestinationStatus:
     return _status_decoder.decode(body)
 
 
-def encode(message: BusMessage | ControlState | DestinationStatus) -> bytes:
+def encode(message: BusMessage | ControlState | DestinationStatus | Delivered) -> bytes:
     return _encoder.encode(message)
 
 

@@ -54,6 +54,9 @@ class Names:
         #: destination without a queue (a removed one, a hand-moved message) lands here.
         self.unroutable_exchange = f"{prefix}.unroutable"
         self.unroutable_queue = f"{prefix}.unroutable"
+        #: Senders report deliveries of instances bound for deletion; retry deletes them.
+        self.delivered_exchange = f"{prefix}.delivered"
+        self.delivered_queue = f"{prefix}.delivered"
 
     def listener(self, what: str) -> str:
         """A private, exclusive queue of one process following a broadcast exchange."""
@@ -136,6 +139,11 @@ async def declare_topology(
     )
     await parked.bind(parked_x)
     await _declare_control(channel, names)
+    delivered_x = await channel.declare_exchange(names.delivered_exchange, fanout, durable=True)
+    delivered = await channel.declare_queue(
+        names.delivered_queue, arguments=_quorum(), durable=True
+    )
+    await delivered.bind(delivered_x)
     for destination in destinations:
         await declare_work_queue(channel, names, destination, work)
     for delay in delays:

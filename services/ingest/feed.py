@@ -199,7 +199,9 @@ class ChangesFeed:
             origin = await self._origin(level, info)
             if tags is not None:
                 destinations = self._router.destinations(level, tags, origin)
-                jobs += [make_job(info, d) for d in destinations]
+                # Deleted from Orthanc once every one of them delivered it.
+                group = destinations if self._router.deletes_after(level, tags, origin) else []
+                jobs += [make_job(info, d, delete_when=group) for d in destinations]
             else:
                 unroutable += [
                     _unreadable(info, destination)

@@ -73,6 +73,17 @@ class Router:
                 found.update(dict.fromkeys(route.destinations))
         return list(found)
 
+    def deletes_after(
+        self, level: str, tags: Mapping[str, str], origin: Origin = UNKNOWN_ORIGIN
+    ) -> bool:
+        """Whether a matching route asks to delete the instance once delivered."""
+        return any(
+            route.delete_after_delivery
+            and matches(route.match, tags)
+            and origin_matches(route, origin)
+            for route in self.routes_for(level)
+        )
+
     def possible_destinations(
         self, level: str, known: Mapping[str, str], origin: Origin = UNKNOWN_ORIGIN
     ) -> list[str]:

@@ -15,6 +15,7 @@ from sendqueue.services.retry.admin.auth import OPERATOR
 from sendqueue.services.retry.admin.console_page import check_console_files
 from sendqueue.services.retry.admin.overview import QueueOverview
 from sendqueue.services.retry.cancel import Canceller
+from sendqueue.services.retry.cleanup import GatewayCleanup
 from sendqueue.services.retry.delays import DelayLedger
 from sendqueue.services.retry.failures import FailureRouter
 from sendqueue.services.retry.metrics import RetryMetrics
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Failure reports taken at once: routing one is a publish and a SQLite write at most.
 _PREFETCH = 32
+#: Deliveries of an instance still incomplete after this long are forgotten (never deleted).
+_CLEANUP_MEMORY = 90 * 86_400.0
 
 
 def check_admin_exposure(config: Config) -> None:
@@ -73,9 +76,15 @@ async def _serve(
     index = parts.closing(ParkedIndex(state_dir / "parked.sqlite3"))
     audit = parts.closing(AuditLog(state_dir / "audit.sqlite3"))
     ledger = parts.closing(DelayLedger(state_dir / "delays.sqlite3"))
+    orthanc = parts.closing(OrthancClient(config.orthanc))
+    cleanup = parts.closing(
+        GatewayCleanup(
+            path=state_dir / "cleanup.sqlite3", orthanc=orthanc, audit=audit, metrics=metrics
+        )
+    )
+    cleanup.prune(_CLEANUP_MEMORY)
     consume_conn = await parts.connection(config.amqp.url, "sendqueue-retry-consume")
     publish_conn = await parts.connection(config.amqp.url, "sendqueue-retry-publish")
-    orthanc = parts.closing(OrthancClient(config.orthanc))
     publisher = await prepare_bus(publish_conn, config)
     # Follow the senders' reports before broadcasting the control state: senders
     # answer each broadcast with a fresh report, so the status is known at once.
@@ -113,6 +122,7 @@ async def _serve(
         consume_conn, destinations
     )
     await follow_unroutable(consume_conn, names, parking)
+    await cleanup.follow(consume_conn, names)
     parts.task(watch_index(parking, metrics), "parked-index-watch")
     depth = QueueDepthMonitor(config, consume_conn, registry)
     parts.task(depth.run(stop), "queue-gauges")

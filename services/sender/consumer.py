@@ -25,6 +25,7 @@ from pathlib import Path
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from sendqueue.services.sender.deliveries import report_delivery
 from sendqueue.services.sender.destinations import Destination
 from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.services.sender.prepare import fetch_instance
@@ -239,7 +240,9 @@ class DestinationConsumer:
             log.exception("%s: unexpected error sending %s", self.name, job.orthanc_id)
             await self._report(_failure(job, f"internal error: {exc!r}", "internal"), job)
         else:
-            self._delivered(job, size, time.monotonic() - started, detail)
+            took = time.monotonic() - started
+            await report_delivery(self._publisher, self._names, job)  # confirmed, then acked
+            self._delivered(job, size, took, detail)
         finally:
             path.unlink(missing_ok=True)
 

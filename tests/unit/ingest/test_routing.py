@@ -89,3 +89,17 @@ def test_possible_destinations_still_apply_the_origin():
         ]
     )
     assert router.possible_destinations("instance", {}, Origin(remote_aet="CT1")) == ["ct"]
+
+
+def test_a_route_that_deletes_after_delivery_makes_the_whole_choice_a_deletion_group():
+    router = Router(
+        [
+            RouteConfig(
+                destinations=["pacs"], match={"Modality": "CT"}, delete_after_delivery=True
+            ),
+            RouteConfig(destinations=["backup"]),
+        ]
+    )
+    assert router.deletes_after("instance", {"Modality": "CT"})
+    assert not router.deletes_after("instance", {"Modality": "MR"})
+    assert router.destinations("instance", {"Modality": "CT"}) == ["pacs", "backup"]

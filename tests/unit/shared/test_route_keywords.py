@@ -110,3 +110,14 @@ def test_an_origin_orthanc_does_not_know_stops_the_load():
 def test_an_empty_list_of_globs_stops_the_load():
     with pytest.raises(ConfigError, match="a list of globs must not be empty"):
         parse_config(with_routes({"Modality": []}), environ={})
+
+
+def test_delete_after_delivery_needs_routes_of_one_level():
+    # A route of another level would see the instance later, maybe after it is deleted.
+    data = with_routes()
+    data["routes"] = [
+        {"destinations": ["pacs"], "delete_after_delivery": True},
+        {"destinations": ["pacs"], "level": "study"},
+    ]
+    with pytest.raises(ConfigError, match="every route at the same level, got instance, study"):
+        parse_config(data, environ={})
