@@ -199,9 +199,19 @@ class SenderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         Duration,
         doc("how long SIGTERM waits for in-flight sends before returning them to the queue"),
     ] = Duration(10)
+    commitment_listen: Annotated[
+        str,
+        doc(
+            '"host:port" where peers open associations to send Storage Commitment reports'
+            " (N-EVENT-REPORT), for destinations with `storage_commitment`; several sender"
+            ' processes may share it. `""`: reports only on the requesting association'
+        ),
+    ] = ""
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)
+        if self.commitment_listen:
+            _check_listen(self.commitment_listen)
 
 
 _DEFAULT_DELAYS = [Duration(s) for s in (10, 60, 300, 1800, 7200)]

@@ -251,6 +251,18 @@ class DicomDestinationConfig(DestinationConfigBase, frozen=True, tag="dicom"):
             " then parked with the status); see [Warnings](destinations.md#warnings)"
         ),
     ] = "delivered"
+    storage_commitment: Annotated[
+        bool,
+        doc(
+            "ask the peer to commit to keep each instance (Storage Commitment Push Model,"
+            " N-ACTION) and count it delivered only once committed; the peer answers on the"
+            " same association or on `[sender] commitment_listen`"
+        ),
+    ] = False
+    commitment_timeout: Annotated[
+        Duration,
+        doc("the longest wait for the peer's commitment report; then the send is retried"),
+    ] = Duration(60)
     transcode: Annotated[
         bool,
         doc(
@@ -268,7 +280,7 @@ class DicomDestinationConfig(DestinationConfigBase, frozen=True, tag="dicom"):
         for key in ("called_aet", "calling_aet"):
             if not _AET.match(getattr(self, key)):
                 raise self._error(f"{key} must be 1-16 ASCII chars")
-        self._check_positive("acse_timeout", "dimse_timeout")
+        self._check_positive("acse_timeout", "dimse_timeout", "commitment_timeout")
 
 
 class HttpDestinationConfig(DestinationConfigBase, frozen=True):

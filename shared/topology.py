@@ -57,6 +57,8 @@ class Names:
         #: Senders report deliveries of instances bound for deletion; retry deletes them.
         self.delivered_exchange = f"{prefix}.delivered"
         self.delivered_queue = f"{prefix}.delivered"
+        #: Storage commitment reports, passed from the sender that received one to all.
+        self.commitments_exchange = f"{prefix}.commitments"
 
     def listener(self, what: str) -> str:
         """A private, exclusive queue of one process following a broadcast exchange."""

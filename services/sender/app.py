@@ -10,16 +10,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
 from sendqueue.services.sender.certificates import watch_destination_certificates
+from sendqueue.services.sender.commitment import Commitments, share_reports
 from sendqueue.services.sender.consumer import DestinationConsumer
 from sendqueue.services.sender.destinations import create_destination
 from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.services.sender.status import StatusReporter
 from sendqueue.services.sender.windows import Clock, WindowKeeper, utc_now
+from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.cert_expiry import CertificateExpiry
-from sendqueue.shared.config import Config
+from sendqueue.shared.config import Config, DicomDestinationConfig
 from sendqueue.shared.control import follow_control, read_control_state
 from sendqueue.shared.lifecycle import ServiceParts
 from sendqueue.shared.metrics_server import make_app
@@ -84,6 +87,7 @@ async def _serve(
     metrics.watch_spool(spool)
     publisher = await prepare_bus(publish_conn, config)
     control = await read_control_state(consume_conn, names)
+    commitments = await _commitments(parts, config, consume_conn, publisher, names)
     windows = {d.name: w for d in config.destinations if (w := d.window()) is not None}
     keeper = WindowKeeper(windows, clock)
     keeper.follow(control)
@@ -98,6 +102,7 @@ async def _serve(
             config=config.sender,
             spool_dir=spool,
             metrics=metrics,
+            commitments=commitments,
         )
         paused = dest_config.name in control.paused
         await keeper.add(consumer)
@@ -128,6 +133,29 @@ async def _serve(
     log.info("sender stopping: finishing in-flight sends")
     grace = config.sender.shutdown_grace
     await asyncio.gather(*(c.stop(grace) for c in consumers))
+
+
+async def _commitments(
+    parts: ServiceParts,
+    config: Config,
+    connection: AbstractRobustConnection,
+    publisher: Publisher,
+    names: Names,
+) -> Commitments | None:
+    """Storage commitment, when a destination asks for it: the report listener (if this
+    process gets the port) and the sharing of reports between sender processes."""
+    asking = [
+        d
+        for d in config.destinations
+        if isinstance(d, DicomDestinationConfig) and d.storage_commitment
+    ]
+    if not asking:
+        return None
+    commitments = Commitments(listen=config.sender.commitment_listen)
+    await commitments.start(asking[0].calling_aet)
+    parts.callback(commitments.stop)
+    await share_reports(commitments, connection, publisher, names)
+    return commitments
 
 
 async def _apply(

@@ -25,6 +25,7 @@ from pathlib import Path
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from sendqueue.services.sender.commitment import Commitments, commit_if_asked
 from sendqueue.services.sender.deliveries import report_delivery
 from sendqueue.services.sender.destinations import Destination
 from sendqueue.services.sender.metrics import SenderMetrics
@@ -62,8 +63,10 @@ class DestinationConsumer:
         config: SenderConfig,
         spool_dir: Path,
         metrics: SenderMetrics,
+        commitments: Commitments | None = None,
     ) -> None:
         self.destination = destination
+        self._commitments = commitments
         self.name = destination.name
         self._names = names
         self._publisher = publisher
@@ -225,6 +228,7 @@ class DestinationConsumer:
             size = await fetch_instance(self._orthanc, config, job.orthanc_id, path)
             started = time.monotonic()
             detail = await self.destination.send(path)
+            detail = await commit_if_asked(self._commitments, config, path, detail)
         except DestinationUnavailable as exc:
             await self._return_and_pause(job, exc)
         except (InstanceNotFound, SourceUnavailable) as exc:
