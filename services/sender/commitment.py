@@ -80,6 +80,7 @@ class Commitments:
     _waiting: dict[str, asyncio.Future[CommitmentReport]] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     _server: Any = None
+    _dispatching: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self, aet: str) -> None:
         """Listen on `listen` for reports opened by peers (if this process can bind it)."""
@@ -195,8 +196,14 @@ class Commitments:
     def _on_report_thread(self, event: Any) -> int:
         report = _report(event.event_information)
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.create_task, self._dispatch(report))
+        self._loop.call_soon_threadsafe(self._schedule, report)
         return 0x0000
+
+    def _schedule(self, report: CommitmentReport) -> None:
+        # The loop keeps only a weak reference to a task: hold it until it is done.
+        task = asyncio.create_task(self._dispatch(report))
+        self._dispatching.add(task)
+        task.add_done_callback(self._dispatching.discard)
 
     async def _dispatch(self, report: CommitmentReport) -> None:
         self.received(report)
