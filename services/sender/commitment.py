@@ -191,13 +191,14 @@ class Commitments:
                 )
             stop_waiting.wait(config.commitment_timeout)
         finally:
-            assoc.release()
+            if assoc.is_established:  # the peer may have released or aborted it already
+                assoc.release()
 
-    def _on_report_thread(self, event: Any) -> int:
+    def _on_report_thread(self, event: Any) -> tuple[int, None]:
         report = _report(event.event_information)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._schedule, report)
-        return 0x0000
+        return 0x0000, None  # (status, event reply): received
 
     def _schedule(self, report: CommitmentReport) -> None:
         # The loop keeps only a weak reference to a task: hold it until it is done.

@@ -65,3 +65,40 @@ async def test_delivered_once_committed_and_parked_with_the_reason_when_not(
         assert item["reason_class"] == "commitment-failed" and item["attempts"] == 2
         assert "0x0112" in item["reason"] and "no such object instance" in item["reason"]
         await pipeline.stop()
+
+
+async def test_a_report_on_the_same_association_counts_too(make_pipeline, orthanc):
+    from tests.support.commitment_scp import CommittingSCP
+
+    kept = make_study(2)
+    [lost] = make_study(1)
+    # Given a PACS that answers on the requesting association, and loses one instance
+    with CommittingSCP(forget={sop_instance_uid(lost)}) as pacs:
+        pipeline = make_pipeline(
+            destinations=[
+                dicom_destination(
+                    "pacs",
+                    pacs.port,
+                    pacs.aet,
+                    storage_commitment=True,
+                    commitment_timeout="10s",
+                    max_attempts=2,
+                    delays=["200ms"],
+                )
+            ],
+        )
+        await pipeline.start()
+        for data in [*kept, lost]:
+            orthanc.upload(data)
+        # Then what it kept is delivered, and what it lost is parked with its reason
+        parked = await pipeline.wait_parked(1, timeout=60)
+        [item] = parked["items"]
+        assert item["sop_instance_uid"] == sop_instance_uid(lost)
+        assert item["reason_class"] == "commitment-failed" and "0x0112" in item["reason"]
+        await wait_for(
+            lambda: pipeline.metric_sum("sender", "sendqueue_jobs_sent_total"),
+            lambda n: n == 2,
+            timeout=30,
+        )
+        assert pacs.reports == 2 + 2  # each kept one once, the lost one on both attempts
+        await pipeline.stop()
