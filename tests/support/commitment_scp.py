@@ -34,7 +34,10 @@ class CommittingSCP:
         self._server: Any = None
 
     def __enter__(self) -> CommittingSCP:
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_N_ACTION, self._on_action)]
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_N_ACTION, self._on_action),
+        ]
         self._server = self._ae.start_server(
             ("127.0.0.1", self.port), block=False, evt_handlers=handlers
         )
