@@ -180,11 +180,25 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             ' `"off"` ignores them. See [docs/orthanc.md](orthanc.md)'
         ),
     ] = "mapped"
+    ledger_max_age: Annotated[
+        Duration,
+        doc(
+            "how long ingest remembers what it queued for each destination, so that a"
+            " series or study that grows is not queued whole again (see"
+            " [No whole-study resends](routing.md#no-whole-study-resends))"
+        ),
+    ] = Duration(30 * 86_400)
+    ledger_max_entries: Annotated[
+        int,
+        doc("at most this many (destination, instance) entries; the oldest go first"),
+    ] = 2_000_000
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)
         if not 1 <= self.batch_size <= 10_000:
             raise ValueError("batch_size must be between 1 and 10000")
+        if self.ledger_max_age <= 0 or self.ledger_max_entries < 1:
+            raise ValueError("ledger_max_age and ledger_max_entries must be more than 0")
 
 
 class SenderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -205,9 +219,19 @@ class SenderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         Duration,
         doc("how long SIGTERM waits for in-flight sends before returning them to the queue"),
     ] = Duration(10)
+    commitment_listen: Annotated[
+        str,
+        doc(
+            '"host:port" where peers open associations to send Storage Commitment reports'
+            " (N-EVENT-REPORT), for destinations with `storage_commitment`; several sender"
+            ' processes may share it. `""`: reports only on the requesting association'
+        ),
+    ] = ""
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)
+        if self.commitment_listen:
+            _check_listen(self.commitment_listen)
 
 
 _DEFAULT_DELAYS = [Duration(s) for s in (10, 60, 300, 1800, 7200)]
@@ -325,6 +349,10 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 Level = Literal["instance", "series", "study"]
+#: The values of Orthanc's `Origin` metadata (RequestOrigin).
+ORIGINS = ("DicomProtocol", "RestApi", "Plugins", "Lua", "WebDav", "Unknown")
+_ORIGINS_LOWER = {origin.lower() for origin in ORIGINS}
+_GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -339,17 +367,61 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         ),
     ] = "instance"
     match: Annotated[
-        dict[str, str],
+        dict[str, str | list[str]],
         doc(
-            'DICOM keyword → glob (`"CT*"`, `"1.2.840.*"`); all must match, case-insensitive,'
-            ' `"A|B"` for alternatives; a missing tag is `""`. A name that is not a DICOM'
-            " keyword is a start-up error (see [Route keywords](#route-keywords))"
+            'DICOM keyword → glob (`"CT*"`, `"1.2.840.*"`), or a list of globs that must all'
+            ' match; all keys must match, case-insensitive, `"A|B"` for alternatives, `"!"`'
+            ' in front for "does not match" (`"!SR|PR"`); a missing tag is `""`. A name that'
+            " is not a DICOM keyword is a start-up error (see [Route keywords](#route-keywords))"
         ),
     ] = msgspec.field(default_factory=dict)
+    from_aet: Annotated[
+        str,
+        doc(
+            "glob on the AE title of the modality that sent the instance to Orthanc (its"
+            ' `RemoteAET` metadata), `"A|B"`, `"!"` as in `match`. An instance uploaded by'
+            ' REST has no sender AE title: it counts as `""`, so `"CT1"` never matches it and'
+            ' `"!CT1"` does',
+            default='`""` (any)',
+        ),
+    ] = ""
+    called_aet_in: Annotated[
+        str,
+        doc(
+            "glob on the AE title Orthanc was called with when it received the instance"
+            ' (`CalledAET` metadata; `""` for REST uploads)',
+            default='`""` (any)',
+        ),
+    ] = ""
+    delete_after_delivery: Annotated[
+        bool,
+        doc(
+            "delete an instance this route chose from Orthanc once every destination the"
+            " routes chose for it delivered it (never while one waits or is parked); every"
+            " route must then have the same `level`. See"
+            " [Gateway clean-up](routing.md#delete_after_delivery-gateway-clean-up)"
+        ),
+    ] = False
+    origin: Annotated[
+        str,
+        doc(
+            "how the instance reached Orthanc (`Origin` metadata): `DicomProtocol`, `RestApi`,"
+            ' `Plugins`, `Lua`, `WebDav`, `Unknown`; `"A|B"` and `"!"` as in `match`',
+            default='`""` (any)',
+        ),
+    ] = ""
 
     def __post_init__(self) -> None:
         if not self.destinations:
             raise ValueError("a route needs at least one destination")
+        for keyword, rules in self.match.items():
+            if isinstance(rules, list) and not rules:
+                raise ValueError(f"match.{keyword}: a list of globs must not be empty")
+        for choice in self.origin.lstrip("!").split("|") if self.origin else ():
+            if not _GLOB_CHARS.search(choice) and choice.lower() not in _ORIGINS_LOWER:
+                raise ValueError(
+                    f"origin {choice!r} is none of Orthanc's origins: {', '.join(ORIGINS)}"
+                )
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -385,6 +457,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             if unknown:
                 raise ValueError(f"routes[{index}] names unknown destinations: {unknown}")
             self._check_match_keys(index, route)
+        levels = {route.level for route in self.routes}
+        if len(levels) > 1 and any(route.delete_after_delivery for route in self.routes):
+            # A route of another level would see the instance later, maybe after it is gone.
+            raise ValueError(
+                "delete_after_delivery needs every route at the same level, got "
+                + ", ".join(sorted(levels))
+            )
 
     def _check_match_keys(self, index: int, route: RouteConfig) -> None:
         """A misspelt keyword would silently never match: it stops the start-up instead."""

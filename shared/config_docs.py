@@ -33,6 +33,7 @@ from sendqueue.shared.destination_config import (
     KIND_DOC,
     KINDS,
     DestinationConfigBase,
+    ModifyConfig,
     TlsConfig,
     kinds_with,
 )
@@ -105,6 +106,7 @@ TABLES: dict[str, Callable[[], str]] = {
     **{f"destinations-{kind}": _kind_table(kind) for kind in KINDS},
     "destinations": destinations_table,
     "tls": _section(TlsConfig),
+    "modify": _section(ModifyConfig),
     "routes": _section(RouteConfig),
 }
 

@@ -17,8 +17,10 @@ from typing import Annotated, ClassVar, Literal, Self
 import msgspec
 
 from sendqueue.shared.config_fields import doc
+from sendqueue.shared.dicom_keywords import unknown_tag_names
 from sendqueue.shared.durations import Duration
 from sendqueue.shared.errors import ConfigError
+from sendqueue.shared.send_window import SendWindow
 
 #: Destination names and the amqp prefix: they end up in queue names and metric labels.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -63,6 +65,24 @@ class TlsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     ] = ""
 
 
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+
+
+class ModifyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """[destinations.modify]: tags changed in the copy sent (Orthanc's /modify)."""
+
+    replace: Annotated[
+        dict[str, str], doc('DICOM keyword → new value (`InstitutionName = "Main site"`)')
+    ] = msgspec.field(default_factory=dict)
+    remove: Annotated[list[str], doc("DICOM keywords removed from the copy")] = msgspec.field(
+        default_factory=list
+    )
+    keep_private_tags: Annotated[bool, doc("`false` removes every private tag")] = True
+
+    def keywords(self) -> list[str]:
+        return [*self.replace, *self.remove]
+
+
 class DestinationConfigBase(
     msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind"
 ):
@@ -88,6 +108,37 @@ class DestinationConfigBase(
     ] = None
     connect_timeout: Annotated[Duration, doc("TCP connect (and TLS handshake)")] = Duration(10)
     tls: Annotated[TlsConfig | None, doc("table; see [TLS](destinations.md#tls)")] = None
+    send_window: Annotated[
+        str | list[str],
+        doc(
+            'when it may be sent to: `"Mon-Fri 19:00-07:00"`, or a list of such windows'
+            " (`[DAYS] HH:MM[:SS]-HH:MM[:SS]`; an end before the start runs overnight)."
+            " Outside them its jobs wait in its queue without using an attempt; see"
+            " [Send windows](routing.md#send_window-when-a-destination-is-sent-to)",
+            default="always",
+        ),
+    ] = ""
+    transfer_syntax: Annotated[
+        str,
+        doc(
+            "send Orthanc's copy transcoded to this transfer syntax UID"
+            ' (`"1.2.840.10008.1.2.4.70"`), made by Orthanc and not stored there; see'
+            " [Prepare before sending](routing.md#prepare-before-sending)",
+            default="as stored",
+        ),
+    ] = ""
+    modify: Annotated[
+        ModifyConfig | None,
+        doc(
+            "table `{ replace = {...}, remove = [...], keep_private_tags = false }`: the copy"
+            " sent is Orthanc's `/instances/{id}/modify` answer, not stored there",
+            default="none",
+        ),
+    ] = None
+    send_window_timezone: Annotated[
+        str,
+        doc("IANA time zone of `send_window` (`Europe/Paris`)", default="the machine's local time"),
+    ] = ""
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -101,6 +152,54 @@ class DestinationConfigBase(
         self._check_positive("connect_timeout")
         if self.tls is not None:
             self._check_tls(self.tls)
+        if self.transfer_syntax and not _UID.match(self.transfer_syntax):
+            raise self._error(f"transfer_syntax {self.transfer_syntax!r} is not a UID")
+        if self.modify is not None:
+            self._check_modify(self.modify)
+        if self.send_window_timezone and not self.send_window:
+            raise self._error("send_window_timezone needs send_window")
+        if self.send_window == []:
+            raise self._error("send_window needs at least one window (leave it out: always)")
+        if self.send_window:
+            try:
+                self.window()
+            except ValueError as exc:
+                raise self._error(str(exc)) from None
+
+    def _check_modify(self, modify: ModifyConfig) -> None:
+        identity = {"SOPInstanceUID", "SOPClassUID"} & set(modify.keywords())
+        if identity:
+            raise self._error(
+                f"modify must leave {sorted(identity)[0]} alone: it names the instance"
+            )
+        unknown = unknown_tag_names(modify.keywords())
+        if unknown:
+            raise self._error(f"modify: {unknown[0]!r} is not a DICOM keyword")
+
+    def prepare_body(self) -> dict[str, object] | None:
+        """The body of Orthanc's POST /instances/{id}/modify that makes the copy to send,
+        or None when the stored file is sent as it is."""
+        if not self.transfer_syntax and self.modify is None:
+            return None
+        # Force and Keep: the copy keeps the instance's identity (Orthanc would give a
+        # modified instance a new SOP Instance UID).
+        body: dict[str, object] = {"Force": True, "Keep": ["SOPInstanceUID"]}
+        if self.transfer_syntax:
+            body["Transcode"] = self.transfer_syntax
+        if self.modify is not None:
+            if self.modify.replace:
+                body["Replace"] = dict(self.modify.replace)
+            if self.modify.remove:
+                body["Remove"] = list(self.modify.remove)
+            if not self.modify.keep_private_tags:
+                body["RemovePrivateTags"] = True
+        return body
+
+    def window(self) -> SendWindow | None:
+        """Its send windows; None when it may always be sent to."""
+        if not self.send_window:
+            return None
+        return SendWindow.parse(self.send_window, self.send_window_timezone)
 
     def _error(self, message: str) -> ValueError:
         return ValueError(f"destination {self.name!r} (kind {self.kind!r}): {message}")
@@ -144,6 +243,26 @@ class DicomDestinationConfig(DestinationConfigBase, frozen=True, tag="dicom"):
     idle_timeout: Annotated[
         Duration, doc("an association idle this long is released (and re-opened on demand)")
     ] = Duration(30)
+    warnings: Annotated[
+        Literal["delivered", "retry"],
+        doc(
+            "a C-STORE warning status (0xB000, 0xB006, 0xB007, other 0xBxxx, 0x0001, 0x0107,"
+            ' 0x0116: stored, but not exactly as sent): `"delivered"`, or `"retry"` (retried,'
+            " then parked with the status); see [Warnings](destinations.md#warnings)"
+        ),
+    ] = "delivered"
+    storage_commitment: Annotated[
+        bool,
+        doc(
+            "ask the peer to commit to keep each instance (Storage Commitment Push Model,"
+            " N-ACTION) and count it delivered only once committed; the peer answers on the"
+            " same association or on `[sender] commitment_listen`"
+        ),
+    ] = False
+    commitment_timeout: Annotated[
+        Duration,
+        doc("the longest wait for the peer's commitment report; then the send is retried"),
+    ] = Duration(60)
     transcode: Annotated[
         bool,
         doc(
@@ -170,7 +289,7 @@ class DicomDestinationConfig(DestinationConfigBase, frozen=True, tag="dicom"):
         for key in ("called_aet", "calling_aet"):
             if not _AET.match(getattr(self, key)):
                 raise self._error(f"{key} must be 1-16 ASCII chars")
-        self._check_positive("acse_timeout", "dimse_timeout")
+        self._check_positive("acse_timeout", "dimse_timeout", "commitment_timeout")
 
 
 class HttpDestinationConfig(DestinationConfigBase, frozen=True):

@@ -20,7 +20,11 @@ _WINDOW = 64
 
 
 def make_job(
-    info: InstanceInfo, destination: str, stored_at: float | None = None, source: str = ""
+    info: InstanceInfo,
+    destination: str,
+    stored_at: float | None = None,
+    source: str = "",
+    delete_when: list[str] | None = None,
 ) -> SendJob:
     return SendJob(
         id=new_job_id(),
@@ -35,6 +39,7 @@ def make_job(
         queued_at=time.time(),
         stored_at=stored_at,
         source=source,
+        delete_when=list(delete_when or []),
     )
 
 

@@ -14,7 +14,7 @@ import errno
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -131,6 +131,45 @@ class OrthancClient:
         # The ID comes from a message: never let it reach another path of the REST API.
         path = f"/instances/{quote(orthanc_id, safe='')}/file"
         return int(await self._twice(lambda: self._download(path, target), path))
+
+    async def delete_instance(self, orthanc_id: str) -> bool:
+        """DELETE /instances/{id}: True when deleted, False when it was already gone."""
+        path = f"/instances/{quote(orthanc_id, safe='')}"
+
+        async def call() -> bool:
+            async with self._session.delete(self._base + path) as response:
+                if response.status == 404:
+                    return False
+                _raise_for_status(response, path)
+                return True
+
+        return bool(await self._twice(call, path))
+
+    async def download_modified(
+        self, orthanc_id: str, body: Mapping[str, object], target: Path
+    ) -> int:
+        """Stream Orthanc's modified copy (POST /instances/{id}/modify: answered, not
+        stored) into target; memory stays flat. A 400 (a transfer syntax Orthanc cannot
+        produce, a tag it refuses) is a PermanentError with Orthanc's own words."""
+        path = f"/instances/{quote(orthanc_id, safe='')}/modify"
+        payload = json.dumps(body)
+        return int(await self._twice(lambda: self._post_download(path, payload, target), path))
+
+    async def _post_download(self, path: str, payload: str, target: Path) -> int:
+        written = 0
+        async with self._session.post(self._base + path, data=payload) as response:
+            if response.status == 400:
+                details = (await response.text())[:500]
+                raise PermanentError(
+                    f"Orthanc cannot prepare this instance (HTTP 400 on POST {path}): {details}",
+                    reason_class="prepare-failed",
+                )
+            _raise_for_status(response, path)
+            with open(target, "wb") as out:
+                async for chunk in response.content.iter_chunked(_CHUNK):
+                    out.write(chunk)
+                    written += len(chunk)
+        return written
 
     async def _twice(self, call: Callable[[], Awaitable[Any]], path: str) -> Any:
         try:

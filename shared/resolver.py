@@ -57,6 +57,24 @@ class Resolver:
         )
         return InstanceInfo(info.orthanc_id, {**_strings(tags), **info.tags})
 
+    async def metadata(self, orthanc_id: str) -> dict[str, str]:
+        """The instance's metadata (RemoteAET, CalledAET, Origin, ...): one GET."""
+        found = await self._orthanc.get_json(
+            f"/instances/{quote(orthanc_id, safe='')}/metadata", {"expand": ""}
+        )
+        return _strings(found)
+
+    async def content_identity(self, orthanc_id: str) -> str | None:
+        """What identifies the stored file's content: its MD5 (or, where Orthanc keeps
+        none, its attachment's UUID, new on every overwrite); None if it is gone."""
+        try:
+            info = await self._orthanc.get_json(
+                f"/instances/{quote(orthanc_id, safe='')}/attachments/dicom/info"
+            )
+        except InstanceNotFound:
+            return None
+        return str(info.get("UncompressedMD5") or info.get("Uuid") or "")
+
     async def expand(self, orthanc_id: str) -> list[InstanceInfo]:
         """An instance, series, study or patient ID -> its instances."""
         for plural in _LEVELS:

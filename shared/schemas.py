@@ -59,6 +59,19 @@ class SendJob(msgspec.Struct, frozen=True, kw_only=True, tag="job"):
     source: str = ""
     #: Set when source is "orthanc-job": the Orthanc job whose failure it repairs.
     orthanc_job: OrthancJobRef | None = None
+    #: The destinations that must all deliver this instance before it is deleted from
+    #: Orthanc (a route's delete_after_delivery); empty: it is never deleted.
+    delete_when: list[str] = msgspec.field(default_factory=list)
+
+
+class Delivered(msgspec.Struct, frozen=True, kw_only=True, tag="delivered"):
+    """A sender's report that an instance bound for deletion reached one destination."""
+
+    orthanc_id: str
+    destination: str
+    delete_when: list[str]
+    sop_instance_uid: str = ""
+    delivered_at: float = msgspec.field(default_factory=time.time)
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True, tag="failure"):
@@ -81,6 +94,9 @@ class ControlState(msgspec.Struct, frozen=True, kw_only=True, tag="control"):
     """The operator's decisions, broadcast whole on every change."""
 
     paused: list[str] = msgspec.field(default_factory=list)
+    #: Destinations an operator resumed outside their send window: sent to until this
+    #: time (epoch seconds), when their window opens anyway.
+    window_open_until: dict[str, float] = msgspec.field(default_factory=dict)
     updated_at: float = msgspec.field(default_factory=time.time)
 
 
@@ -89,7 +105,8 @@ class DestinationStatus(msgspec.Struct, frozen=True, kw_only=True, tag="status")
 
     destination: str
     #: "up", "down" (unreachable, probing), "source-down" (Orthanc does not answer: its
-    #: jobs wait, Orthanc is probed) or "paused" (by an operator).
+    #: jobs wait, Orthanc is probed), "paused" (by an operator) or "waiting-for-window"
+    #: (outside its send_window: its jobs wait).
     state: str
     reason: str = ""
     oldest_waiting_seconds: float = 0.0
@@ -132,6 +149,13 @@ def decode_captured(body: bytes) -> CapturedJob:
     return _captured_decoder.decode(body)
 
 
+_delivered_decoder = msgspec.json.Decoder(Delivered)
+
+
+def decode_delivered(body: bytes) -> Delivered:
+    return _delivered_decoder.decode(body)
+
+
 def decode_control(body: bytes) -> ControlState:
     return _control_decoder.decode(body)
 
@@ -140,7 +164,9 @@ def decode_status(body: bytes) -> DestinationStatus:
     return _status_decoder.decode(body)
 
 
-def encode(message: BusMessage | ControlState | DestinationStatus | CapturedJob) -> bytes:
+def encode(
+    message: BusMessage | ControlState | DestinationStatus | CapturedJob | Delivered,
+) -> bytes:
     return _encoder.encode(message)
 
 

@@ -91,6 +91,11 @@ class Names:
         #: Ingest's records of the failed Orthanc jobs it captured, for the audit log.
         self.captured_exchange = f"{prefix}.captured"
         self.captured_queue = f"{prefix}.captured"
+        #: Senders report deliveries of instances bound for deletion; retry deletes them.
+        self.delivered_exchange = f"{prefix}.delivered"
+        self.delivered_queue = f"{prefix}.delivered"
+        #: Storage commitment reports, passed from the sender that received one to all.
+        self.commitments_exchange = f"{prefix}.commitments"
 
     def listener(self, what: str) -> str:
         """A private, exclusive queue of one process following a broadcast exchange."""
@@ -266,6 +271,15 @@ async def _declare_all(
         names.captured_queue, _quorum(**{"x-delivery-limit": DELIVERY_LIMIT})
     )
     await captured.bind(captured_x)
+    delivered_x = await declarer.channel.declare_exchange(
+        names.delivered_exchange, fanout, durable=True
+    )
+    # Deliveries of instances bound for deletion: one that cannot be handled in 20
+    # deliveries is dropped, so its instance stays in Orthanc (never deleted too early).
+    delivered = await declarer.queue(
+        names.delivered_queue, _quorum(**{"x-delivery-limit": DELIVERY_LIMIT})
+    )
+    await delivered.bind(delivered_x)
     for destination in destinations:
         await declare_work_queue(declarer.channel, names, destination, work, declarer=declarer)
     for delay in delays:

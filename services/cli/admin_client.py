@@ -82,6 +82,9 @@ class AdminClient:
     async def delete(self, selection: Mapping[str, Any]) -> dict[str, Any]:
         return await self._json("POST", "/api/parked/delete", body=selection, bulk=True)
 
+    async def cancel(self, selection: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._json("POST", "/api/jobs/cancel", body=selection, bulk=True)
+
     async def operation(self) -> dict[str, Any] | None:
         """The bulk operation running now; None when this API version cannot tell."""
         try:

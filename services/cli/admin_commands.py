@@ -1,4 +1,5 @@
-"""The operator commands: `sendqueue status | parked list|requeue|delete | pause | resume`.
+"""The operator commands: `sendqueue status | parked list|requeue|delete | pause | resume |
+cancel`.
 
 They talk to the retry service's admin HTTP API, so they work from any host that reaches
 its [retry] listen address. Exit codes are stable, for scripts:
@@ -29,7 +30,7 @@ from sendqueue.shared.durations import Duration
 from sendqueue.shared.errors import AdminApiError, AdminUnreachable, ConfigError
 
 #: The `command` values these functions handle (the hook in services/cli.py checks it).
-ADMIN_COMMANDS = frozenset({"status", "parked", "pause", "resume"})
+ADMIN_COMMANDS = frozenset({"status", "parked", "pause", "resume", "cancel"})
 
 EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -149,6 +150,16 @@ def add_admin_commands(subparsers: Any) -> None:
     for name, text in (("pause", "stop sending to"), ("resume", "start sending again to")):
         cmd = _add(subparsers, name, f"{text} a destination", conn)
         cmd.add_argument("destination", metavar="DEST", help="destination name")
+    cancel = _add(
+        subparsers, "cancel", "park jobs still waiting (queued or delayed) as cancelled", conn
+    )
+    group = cancel.add_argument_group("which waiting jobs (all given filters must match)")
+    group.add_argument("--destination", metavar="D", help="destination name")
+    group.add_argument("--study", metavar="UID", help="StudyInstanceUID")
+    group.add_argument("--patient", metavar="ID", help="PatientID")
+    group.add_argument("--before", metavar="T", type=time_value, help="queued before T")
+    cancel.add_argument("--all", action="store_true", help="every waiting job")
+    cancel.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
 
 def _add(
@@ -234,6 +245,19 @@ def selection(args: argparse.Namespace) -> dict[str, Any]:
 # -- running ------------------------------------------------------------------------------
 
 
+def cancel_selection(args: argparse.Namespace) -> dict[str, Any]:
+    """The body of a cancel call; UsageError when it selects nothing clearly."""
+    keys = ("destination", "study", "patient", "before")
+    body: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k)}
+    if args.all and body:
+        raise UsageError("--all cannot be combined with filters: drop one of them")
+    if args.all:
+        return {"all": True}
+    if not body:
+        raise UsageError("say what to cancel: filters (--destination ...) or --all")
+    return body
+
+
 def run_admin_command(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
     """Run one parsed admin command; returns the exit code (messages already printed)."""
     environ = os.environ if environ is None else environ
@@ -241,6 +265,8 @@ def run_admin_command(args: argparse.Namespace, environ: Mapping[str, str] | Non
         target = resolve_target(args, environ)
         if args.command == "parked" and args.parked_action != "list":
             selection(args)  # a usage error must stop us before anything is sent
+        if args.command == "cancel":
+            cancel_selection(args)
     except (UsageError, ConfigError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     try:
@@ -275,6 +301,8 @@ async def _execute(args: argparse.Namespace, target: Target) -> int:
             return await _status(api, args)
         if args.command in ("pause", "resume"):
             return await _pause(api, args)
+        if args.command == "cancel":
+            return await _cancel(api, args)
         if args.parked_action == "list":
             return await _list(api, args)
         return await _act(api, args)
@@ -297,8 +325,28 @@ async def _pause(api: AdminClient, args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         state = "paused" if result.get("paused") else "sending"
+        if result.get("window_open_until"):
+            until = render.format_time(result["window_open_until"])
+            state += f" outside its send window, until it opens at {until}"
         print(render.printable(f"{result.get('destination', args.destination)}: {state}"))
     return EXIT_OK
+
+
+async def _cancel(api: AdminClient, args: argparse.Namespace) -> int:
+    body = cancel_selection(args)
+    if not args.yes and sys.stdin.isatty() and sys.stderr.isatty():
+        what = "every waiting job" if "all" in body else f"the waiting jobs matching {body}"
+        print(f"cancel {what}? [y/N] ", end="", file=sys.stderr, flush=True)
+        answer = await asyncio.to_thread(sys.stdin.readline)
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing cancelled")
+            return EXIT_OK
+    result = await _with_progress(api, api.cancel(body))
+    if args.json:
+        _print_json(result)
+    else:
+        print(render.render_cancelled(result))
+    return EXIT_API if int(result.get("failed") or 0) else EXIT_OK
 
 
 async def _list(api: AdminClient, args: argparse.Namespace) -> int:

@@ -103,12 +103,22 @@ def render_table(
     return "\n".join(lines)
 
 
+def state_text(destination: Mapping[str, Any]) -> str:
+    """A destination's state as an operator reads it ("waiting for window")."""
+    state = str(destination.get("state", "unknown"))
+    if state == "waiting-for-window":
+        return "waiting for window"
+    if destination.get("window_open_until") and state == "up":
+        return "up (resumed outside window)"
+    return state
+
+
 def render_status(queues: Mapping[str, Any], operation: Mapping[str, Any] | None = None) -> str:
     rows = [
         (
             d.get("name", "?"),
             d.get("kind", ""),
-            d.get("state", "unknown"),
+            state_text(d),
             _count(d.get("ready")),
             _count(d.get("in_flight")),
             _count(sum((d.get("delayed") or {}).values())),
@@ -194,6 +204,20 @@ def render_result(action: str, result: Mapping[str, Any], to: str | None = None)
     if failed:
         text += f"; {failed} failed and stay parked (see the retry service's log)"
     return printable(text)
+
+
+def render_cancelled(result: Mapping[str, Any]) -> str:
+    cancelled = int(result.get("cancelled") or 0)
+    text = f"cancelled {cancelled} waiting job(s): parked as `cancelled`"
+    per = result.get("by_destination") or {}
+    if per:
+        text += " (" + ", ".join(f"{d}: {n}" for d, n in sorted(per.items())) + ")"
+    if cancelled:
+        text += "; `sendqueue parked requeue --reason cancelled` undoes it"
+    failed = int(result.get("failed") or 0)
+    if failed:
+        text += f"; {failed} could not be handled and still wait (see the retry service's log)"
+    return text
 
 
 def progress_line(operation: Mapping[str, Any]) -> str:

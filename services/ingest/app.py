@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from sendqueue.services.ingest.feed import ChangesFeed
 from sendqueue.services.ingest.job_capture import JobCapture
 from sendqueue.services.ingest.job_hook import job_hook
+from sendqueue.services.ingest.ledger import QueuedLedger, Resends
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import Router
 from sendqueue.services.ingest.take_over import TakeOver
@@ -49,6 +51,14 @@ async def _serve(
     parts.task(source_health.watch(orthanc), "orthanc-health")
     publisher = await prepare_bus(conn, config)
     resolver = Resolver(orthanc)
+    ledger = parts.closing(
+        QueuedLedger(
+            Path(config.ingest.state_dir) / "queued.sqlite3",
+            max_age=config.ingest.ledger_max_age,
+            max_entries=config.ingest.ledger_max_entries,
+        )
+    )
+    resends = Resends(ledger, resolver, lambda job: metrics.skipped.labels(job.destination).inc())
     feed = ChangesFeed(
         config=config.ingest,
         orthanc=orthanc,
@@ -57,6 +67,7 @@ async def _serve(
         publisher=publisher,
         names=names,
         metrics=metrics,
+        resends=resends,
     )
     capture = parts.closing(
         JobCapture(

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from sendqueue.services.ingest.cursor import CursorFile, WindowFile
+from sendqueue.services.ingest.ledger import Resends
 from sendqueue.services.ingest.lookback import LookBack, seq_of
 from sendqueue.services.ingest.metrics import IngestMetrics
-from sendqueue.services.ingest.routing import CHANGE_FOR_LEVEL, Router
+from sendqueue.services.ingest.routing import CHANGE_FOR_LEVEL, UNKNOWN_ORIGIN, Origin, Router
 from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
 from sendqueue.shared.config import IngestConfig
 from sendqueue.shared.errors import (
@@ -65,6 +66,7 @@ class ChangesFeed:
         publisher: Publisher,
         names: Names,
         metrics: IngestMetrics,
+        resends: Resends,
     ) -> None:
         self._config = config
         self._orthanc = orthanc
@@ -73,6 +75,7 @@ class ChangesFeed:
         self._publisher = publisher
         self._names = names
         self._metrics = metrics
+        self._resends = resends
         self._cursor_file = CursorFile(config.state_dir)
         self._window_file = WindowFile(config.state_dir)
         self._window = LookBack(self._window_file.load())
@@ -143,6 +146,7 @@ class ChangesFeed:
         window = self._window.sort(changes, cursor)
         if window.replaced or (done and newest < cursor):
             return self._replaced(newest, cursor)
+        self._resends.begin_page()
         jobs: list[SendJob] = []
         unroutable: list[Failure] = []
         for change in window.fresh:
@@ -151,6 +155,7 @@ class ChangesFeed:
             jobs += routed
             unroutable += failed
         await publish_jobs(self._publisher, self._names, jobs, self._on_queued)
+        self._resends.confirmed(jobs)  # before the cursor moves past their changes
         for failure in unroutable:
             await publish_failure(self._publisher, self._names, failure)
             log.error("%s: %s", failure.destination, failure.reason)
@@ -242,17 +247,30 @@ class ChangesFeed:
         jobs: list[SendJob] = []
         unroutable: list[Failure] = []
         for info, tags in routed:
+            # How it reached Orthanc is the instance's own, at every level.
+            origin = await self._origin(level, info)
             if tags is not None:
+                destinations = self._router.destinations(level, tags, origin)
+                # Deleted from Orthanc once every one of them delivered it.
+                group = destinations if self._router.deletes_after(level, tags, origin) else []
                 jobs += [
-                    make_job(info, d, source="changes")
-                    for d in self._router.destinations(level, tags)
+                    make_job(info, d, source="changes", delete_when=group) for d in destinations
                 ]
             else:
                 unroutable += [
                     _unreadable(info, destination)
-                    for destination in self._router.possible_destinations(level, info.tags)
+                    for destination in self._router.possible_destinations(level, info.tags, origin)
                 ]
+        if level != "instance":
+            # A series or study that grew is stable again: only what is new or changed.
+            jobs = await self._resends.new_only(jobs)
         return jobs, unroutable
+
+    async def _origin(self, level: str, info: InstanceInfo) -> Origin:
+        """Its metadata, only when a route of the level asks (one GET per instance)."""
+        if not self._router.needs_origin(level):
+            return UNKNOWN_ORIGIN
+        return Origin.from_metadata(await self._resolver.metadata(info.orthanc_id))
 
     async def _resource_tags(
         self, infos: list[InstanceInfo], needed: set[str]

@@ -13,6 +13,13 @@ class IngestMetrics:
             ["destination", "source"],
             registry=registry,
         )
+        self.skipped = Counter(
+            "sendqueue_jobs_skipped",
+            "Jobs of a series or study change not queued: the instance, unchanged, was"
+            " already queued for that destination.",
+            ["destination"],
+            registry=registry,
+        )
         self.changes = Counter(
             "sendqueue_ingest_changes",
             "Orthanc changes read, by change type.",

@@ -16,7 +16,9 @@ from sendqueue.services.retry.admin.auth import OPERATOR, check_admin_exposure
 from sendqueue.services.retry.admin.console_page import check_console_files
 from sendqueue.services.retry.admin.hardening import tls_context
 from sendqueue.services.retry.admin.overview import QueueOverview
+from sendqueue.services.retry.cancel import Canceller
 from sendqueue.services.retry.captured import follow_captured
+from sendqueue.services.retry.cleanup import GatewayCleanup
 from sendqueue.services.retry.delays import DelayLedger
 from sendqueue.services.retry.failures import FailureRouter
 from sendqueue.services.retry.metrics import RetryMetrics
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Failure reports taken at once: routing one is a publish and a SQLite write at most.
 _PREFETCH = 32
+#: Deliveries of an instance still incomplete after this long are forgotten (never deleted).
+_CLEANUP_MEMORY = 90 * 86_400.0
 
 
 async def run_retry(
@@ -74,9 +78,15 @@ async def _serve(
     index = parts.closing(ParkedIndex(state_dir / "parked.sqlite3"))
     audit = parts.closing(AuditLog(state_dir / "audit.sqlite3"))
     ledger = parts.closing(DelayLedger(state_dir / "delays.sqlite3"))
+    orthanc = parts.closing(OrthancClient(config.orthanc))
+    cleanup = parts.closing(
+        GatewayCleanup(
+            path=state_dir / "cleanup.sqlite3", orthanc=orthanc, audit=audit, metrics=metrics
+        )
+    )
+    cleanup.prune(_CLEANUP_MEMORY)
     consume_conn = await parts.connection(config.amqp.url, "sendqueue-retry-consume")
     publish_conn = await parts.connection(config.amqp.url, "sendqueue-retry-publish")
-    orthanc = parts.closing(OrthancClient(config.orthanc))
     publisher = await prepare_bus(publish_conn, config)
     # Follow the senders' reports before broadcasting the control state: senders
     # answer each broadcast with a fresh report, so the status is known at once.
@@ -115,6 +125,7 @@ async def _serve(
     )
     await follow_unroutable(consume_conn, names, parking)
     await follow_captured(consume_conn, names, audit)
+    await cleanup.follow(consume_conn, names)
     parts.task(watch_index(parking, metrics), "parked-index-watch")
     depth = QueueDepthMonitor(config, consume_conn, registry)
     parts.task(depth.run(stop), "queue-gauges")
@@ -145,6 +156,14 @@ async def _serve(
             publisher=publisher,
             names=names,
             on_queued=lambda job: metrics.queued.labels(job.destination, "admin").inc(),
+        ),
+        canceller=Canceller(
+            config=config,
+            names=names,
+            consume_conn=consume_conn,
+            publisher=publisher,
+            parking=parking,
+            ledger=ledger,
         ),
     )
     await parts.server(app, config.retry.listen, tls)

@@ -44,6 +44,22 @@ class DelayLedger:
         self._remember(leaves_at, destination, tier)
         self._expire()  # keeps the table as small as what the tiers hold
 
+    def remove(self, destination: str, tier: str) -> None:
+        """One job of this destination left the tier early (cancelled, or moved)."""
+        if self._waiting[(destination, tier)] <= 0:
+            return
+        found = next((entry for entry in self._leaving if entry[1:] == (destination, tier)), None)
+        if found is None:
+            return
+        self._leaving.remove(found)
+        heapq.heapify(self._leaving)
+        self._waiting[(destination, tier)] -= 1
+        self._db.execute(
+            "DELETE FROM leaving WHERE rowid = (SELECT rowid FROM leaving WHERE leaves_at = ?"
+            " AND destination = ? AND tier = ? LIMIT 1)",
+            found,
+        )
+
     def waiting(self, destination: str) -> dict[str, int]:
         self._expire()
         return {

@@ -13,6 +13,17 @@ class RetryMetrics:
             ["destination", "source"],
             registry=registry,
         )
+        self.instances_deleted = Counter(
+            "sendqueue_instances_deleted",
+            "Instances deleted from Orthanc once every destination chosen for them delivered"
+            " them (delete_after_delivery).",
+            registry=registry,
+        )
+        self.delete_failed = Counter(
+            "sendqueue_instance_deletes_failed",
+            "Deletions after delivery that Orthanc refused (the instance stays in Orthanc).",
+            registry=registry,
+        )
         self.retried = Counter(
             "sendqueue_jobs_retried",
             "Jobs scheduled for another attempt, by delay tier.",

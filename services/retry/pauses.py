@@ -3,6 +3,9 @@
 The broadcast at start-up runs in the background until RabbitMQ confirms it: a broker
 that blocks publishers (a memory or disk alarm) must not keep the retry service, and the
 admin API with it, from starting (under `sendqueue run`, the other services too).
+
+Besides the paused destinations it keeps, per destination, until when an operator's
+resume holds it open outside its send window (the window's next opening).
 """
 
 from __future__ import annotations
@@ -37,18 +40,28 @@ class PauseStore:
         self._publisher = publisher
         self._paused: set[str] = set()
         self._initial: asyncio.Task[None] | None = None
+        self._open_until: dict[str, float] = {}
 
     @property
     def paused(self) -> set[str]:
         return set(self._paused)
 
+    def open_until(self, destination: str) -> float | None:
+        """Until when a resume holds it open outside its send window, if it does now."""
+        until = self._open_until.get(destination)
+        return until if until is not None and until > time.time() else None
+
     async def load(self, connection: AbstractRobustConnection) -> None:
         """From our file; on a first start, adopt what the broker last saw. Returns before
         the broadcast is confirmed (module doc)."""
         if self._path.exists():
-            self._paused = set(json.loads(self._path.read_text())["paused"])
+            saved = json.loads(self._path.read_text())
+            self._paused = set(saved["paused"])
+            self._open_until = dict(saved.get("window_open_until", {}))
         else:
-            self._paused = set((await read_control_state(connection, self._names)).paused)
+            state = await read_control_state(connection, self._names)
+            self._paused = set(state.paused)
+            self._open_until = dict(state.window_open_until)
         self._initial = asyncio.create_task(self._broadcast_until_confirmed())
 
     async def close(self) -> None:
@@ -72,6 +85,14 @@ class PauseStore:
             await asyncio.sleep(pause)
             pause = min(pause * 2, _RETRY_MAX)
 
+    async def open_window(self, destination: str, until: float) -> None:
+        """An operator's resume outside the destination's send window, until `until`."""
+        if self._initial is not None and not self._initial.done():
+            self._initial.cancel()  # superseded: this broadcast carries the whole state
+        self._open_until[destination] = until
+        self._save()
+        await self._broadcast()
+
     async def set(self, destination: str, paused: bool) -> bool:
         """Returns whether anything changed. Broadcasts even if not: a call repeated after
         RabbitMQ was unavailable must still reach the senders."""
@@ -79,16 +100,23 @@ class PauseStore:
             self._initial.cancel()  # superseded: this broadcast carries the whole state
         before = set(self._paused)
         (self._paused.add if paused else self._paused.discard)(destination)
-        if before != self._paused:
+        # A pause ends a resume outside the window: back to the schedule after it.
+        closing = paused and self._open_until.pop(destination, None) is not None
+        if before != self._paused or closing:
             self._save()
         await self._broadcast()
         return before != self._paused
 
     def _save(self) -> None:
-        state = {"paused": sorted(self._paused), "updated_at": time.time()}
+        now = time.time()
+        self._open_until = {d: t for d, t in self._open_until.items() if t > now}
+        state = {
+            "paused": sorted(self._paused),
+            "window_open_until": self._open_until,
+            "updated_at": now,
+        }
         write_atomic(self._path, json.dumps(state))
 
     async def _broadcast(self) -> None:
-        await broadcast_control(
-            self._publisher, self._names, ControlState(paused=sorted(self._paused))
-        )
+        state = ControlState(paused=sorted(self._paused), window_open_until=self._open_until)
+        await broadcast_control(self._publisher, self._names, state)

@@ -10,15 +10,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
 from sendqueue.services.sender.certificates import watch_destination_certificates
+from sendqueue.services.sender.commitment import Commitments, share_reports
 from sendqueue.services.sender.consumer import DestinationConsumer
 from sendqueue.services.sender.destinations import create_destination
 from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.services.sender.status import StatusReporter
+from sendqueue.services.sender.windows import Clock, WindowKeeper, utc_now
+from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.cert_expiry import CertificateExpiry
-from sendqueue.shared.config import Config
+from sendqueue.shared.config import Config, DicomDestinationConfig
 from sendqueue.shared.control import follow_control, read_control_state
 from sendqueue.shared.lifecycle import ServiceParts
 from sendqueue.shared.metrics_server import make_app
@@ -53,14 +57,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 async def run_sender(
-    config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
+    config: Config,
+    stop: asyncio.Event,
+    registry: CollectorRegistry | None = None,
+    clock: Clock = utc_now,
 ) -> None:
     async with ServiceParts() as parts:
-        await _serve(parts, config, stop, registry or CollectorRegistry())
+        await _serve(parts, config, stop, registry or CollectorRegistry(), clock)
 
 
 async def _serve(
-    parts: ServiceParts, config: Config, stop: asyncio.Event, registry: CollectorRegistry
+    parts: ServiceParts,
+    config: Config,
+    stop: asyncio.Event,
+    registry: CollectorRegistry,
+    clock: Clock,
 ) -> None:
     metrics = SenderMetrics(registry)
     expiry = CertificateExpiry(registry, service="sender")
@@ -76,6 +87,10 @@ async def _serve(
     metrics.watch_spool(spool)
     publisher = await prepare_bus(publish_conn, config)
     control = await read_control_state(consume_conn, names)
+    commitments = await _commitments(parts, config, consume_conn, publisher, names)
+    windows = {d.name: w for d in config.destinations if (w := d.window()) is not None}
+    keeper = WindowKeeper(windows, clock)
+    keeper.follow(control)
     consumers: list[DestinationConsumer] = []
     for dest_config in config.destinations:
         destination = parts.closing(create_destination(dest_config, source=config.orthanc))
@@ -87,8 +102,10 @@ async def _serve(
             config=config.sender,
             spool_dir=spool,
             metrics=metrics,
+            commitments=commitments,
         )
         paused = dest_config.name in control.paused
+        await keeper.add(consumer)
         await consumer.start(await consume_conn.channel(), paused=paused)
         consumers.append(consumer)
     reporter = StatusReporter(
@@ -101,8 +118,11 @@ async def _serve(
     )
     for consumer in consumers:
         consumer.on_change = functools.partial(reporter.report, consumer)
-    await follow_control(consume_conn, names, functools.partial(_apply, consumers, reporter))
+    await follow_control(
+        consume_conn, names, functools.partial(_apply, consumers, reporter, keeper)
+    )
     parts.task(reporter.run(), "status-reporter")
+    parts.task(keeper.run(), "send-windows")
 
     def health() -> dict[str, bool]:
         return {
@@ -119,10 +139,37 @@ async def _serve(
     await asyncio.gather(*(c.stop(grace) for c in consumers))
 
 
+async def _commitments(
+    parts: ServiceParts,
+    config: Config,
+    connection: AbstractRobustConnection,
+    publisher: Publisher,
+    names: Names,
+) -> Commitments | None:
+    """Storage commitment, when a destination asks for it: the report listener (if this
+    process gets the port) and the sharing of reports between sender processes."""
+    asking = [
+        d
+        for d in config.destinations
+        if isinstance(d, DicomDestinationConfig) and d.storage_commitment
+    ]
+    if not asking:
+        return None
+    commitments = Commitments(listen=config.sender.commitment_listen)
+    await commitments.start(asking[0].calling_aet)
+    parts.callback(commitments.stop)
+    await share_reports(commitments, connection, publisher, names)
+    return commitments
+
+
 async def _apply(
-    consumers: list[DestinationConsumer], reporter: StatusReporter, state: ControlState
+    consumers: list[DestinationConsumer],
+    reporter: StatusReporter,
+    keeper: WindowKeeper,
+    state: ControlState,
 ) -> None:
     """An operator's pause/resume broadcast by the retry service."""
+    keeper.follow(state)
     for consumer in consumers:
         paused = consumer.name in state.paused
         if paused != (consumer.state == "paused"):

@@ -28,8 +28,11 @@ from pathlib import Path
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from sendqueue.services.sender.commitment import Commitments, commit_if_asked
+from sendqueue.services.sender.deliveries import report_delivery
 from sendqueue.services.sender.destinations import Destination
 from sendqueue.services.sender.metrics import SenderMetrics
+from sendqueue.services.sender.prepare import fetch_instance
 from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.config import SenderConfig
 from sendqueue.shared.errors import (
@@ -73,8 +76,10 @@ class DestinationConsumer:
         config: SenderConfig,
         spool_dir: Path,
         metrics: SenderMetrics,
+        commitments: Commitments | None = None,
     ) -> None:
         self.destination = destination
+        self._commitments = commitments
         self.name = destination.name
         self._names = names
         self._publisher = publisher
@@ -91,6 +96,8 @@ class DestinationConsumer:
         self._source_down = False
         #: Paused by an operator (admin API); survives restarts via the control state.
         self._operator_paused = False
+        #: Outside its send window (services/sender/windows.py): its jobs wait.
+        self._window_closed = False
         #: Called after every state change (the status reporter publishes it).
         self.on_change: Callable[[], Awaitable[None]] | None = None
         #: When the newest job we took entered the queue: the head of a FIFO queue is
@@ -111,6 +118,8 @@ class DestinationConsumer:
     def state(self) -> str:
         if self._operator_paused:
             return "paused"
+        if self._window_closed:
+            return "waiting-for-window"
         if not self._down:
             return "up"
         # Orthanc down is no fault of the destination: named apart, so that neither the
@@ -141,7 +150,20 @@ class DestinationConsumer:
         self._metrics.paused.labels(self.name).set(1 if paused else 0)
         if paused:
             await self._cancel()
-        elif not self._down and not self._stopping:
+        elif not self._down and not self._stopping and not self._window_closed:
+            await self._consume()
+        await self._changed()
+
+    @property
+    def window_closed(self) -> bool:
+        return self._window_closed
+
+    async def set_window_closed(self, closed: bool) -> None:
+        """Outside its send window: stop taking jobs, like a pause (no attempt is used)."""
+        self._window_closed = closed
+        if closed:
+            await self._cancel()
+        elif self._queue and not (self._down or self._stopping or self._operator_paused):
             await self._consume()
         await self._changed()
 
@@ -227,9 +249,11 @@ class DestinationConsumer:
     async def _attempt(self, job: SendJob) -> None:
         path = self._spool / f"{job.id}-{uuid.uuid4().hex[:8]}.dcm"
         try:
-            size = await self._orthanc.download_instance(job.orthanc_id, path)
+            config = self.destination.config
+            size = await fetch_instance(self._orthanc, config, job.orthanc_id, path)
             started = time.monotonic()
             detail = await self.destination.send(path)
+            detail = await commit_if_asked(self._commitments, config, path, detail)
         except DestinationUnavailable as exc:
             await self._return_and_pause(job, exc)
         except SourceThrottled as exc:
@@ -249,7 +273,9 @@ class DestinationConsumer:
             log.exception("%s: unexpected error sending %s", self.name, job.orthanc_id)
             await self._report(_failure(job, f"internal error: {exc!r}", "internal"), job)
         else:
-            self._delivered(job, size, time.monotonic() - started, detail)
+            took = time.monotonic() - started
+            await report_delivery(self._publisher, self._names, job)  # confirmed, then acked
+            self._delivered(job, size, took, detail)
         finally:
             path.unlink(missing_ok=True)
 
@@ -364,7 +390,7 @@ class DestinationConsumer:
         self._down = False
         self._metrics.up.labels(self.name).set(1)
         log.warning("%s: available again, resuming", self.name)
-        if not self._operator_paused:
+        if not self._operator_paused and not self._window_closed:
             await self._consume()
         await self._changed()
 

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LATENCY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600, 86400)
 #: Values of sendqueue_destination_state's `state` label (DestinationConsumer.state).
-DESTINATION_STATES = ("up", "down", "source-down", "paused")
+DESTINATION_STATES = ("up", "down", "source-down", "paused", "waiting-for-window")
 
 
 class SenderMetrics:
@@ -61,7 +61,8 @@ class SenderMetrics:
         )
         self.state = Gauge(
             "sendqueue_destination_state",
-            "1 for the destination's state (up, down, source-down, paused), 0 for the others.",
+            "1 for the destination's state (up, down, source-down, paused, waiting-for-window),"
+            " 0 for the others.",
             [*dest, "state"],
             registry=registry,
         )

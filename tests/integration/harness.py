@@ -94,6 +94,7 @@ class Pipeline:
         retry: dict[str, Any] | None = None,
         ingest: dict[str, Any] | None = None,
         amqp: dict[str, Any] | None = None,
+        sender: dict[str, Any] | None = None,
     ) -> None:
         self.tmp = tmp
         self.data: dict[str, Any] = {
@@ -116,6 +117,7 @@ class Pipeline:
                 "probe_min": "200ms",
                 "probe_max": "1s",
                 "shutdown_grace": "5s",
+                **(sender or {}),
             },
             "retry": {
                 "listen": f"127.0.0.1:{free_port()}",

@@ -211,3 +211,47 @@ def test_the_sendqueue_command_has_the_admin_commands():
     args = cli.build_parser().parse_args(["parked", "list", "--url", "http://127.0.0.1:1"])
     assert (args.command, args.parked_action) == ("parked", "list")
     assert cli.main(["status", "--url", f"http://127.0.0.1:{free_port()}"]) == 3
+
+
+async def test_status_shows_waiting_for_window_resume_sends_now_and_cancel_parks(
+    make_pipeline, orthanc, scp, capsys
+):
+    from datetime import UTC, datetime, timedelta
+
+    # Given a destination whose window opens in two hours, with jobs waiting
+    opens = datetime.now(UTC) + timedelta(hours=2)
+    window = f"{opens:%H:%M:%S}-{opens + timedelta(hours=1):%H:%M:%S}"
+    with ScriptedSCP(aet="LATER") as later:
+        pipeline = make_pipeline(
+            destinations=[
+                dicom_destination(
+                    "night", scp.port, scp.aet, send_window=window, send_window_timezone="UTC"
+                ),
+                dicom_destination(
+                    "later", later.port, later.aet, send_window=window, send_window_timezone="UTC"
+                ),
+            ]
+        )
+        await pipeline.start()
+        config = ["--config", str(pipeline.config_path)]
+        study = make_study(2)
+        for data in study:
+            orthanc.upload(data)
+
+        async def table() -> str:
+            return (await sendqueue(capsys, "status", *config))[1]
+
+        text = await wait_for(table, lambda t: t.count("waiting for window") == 2, 30)
+        assert "night" in text and "later" in text
+
+        # When the operator resumes one, it is sent now, until its window opens
+        code, out, _ = await sendqueue(capsys, "resume", "night", *config)
+        assert code == 0 and "sending outside its send window, until it opens at" in out
+        assert await wait_received(scp, 2, timeout=30) == {sop_instance_uid(d) for d in study}
+
+        # And cancelling the other's waiting jobs parks them as cancelled
+        code, out, _ = await sendqueue(capsys, "cancel", "--destination", "later", "--yes", *config)
+        assert code == 0 and out.startswith("cancelled 2 waiting job(s)"), out
+        parked = await sendqueue_json(capsys, "parked", "list", "--reason", "cancelled", *config)
+        assert {i["destination"] for i in parked["items"]} == {"later"}
+        assert len(parked["items"]) == 2 and later.stored_uids() == set()

@@ -378,3 +378,35 @@ def test_parked_items_from_orthanc_jobs_are_summed_up_per_job():
     assert line.split()[3:5] == ["10", "2"]  # instances of the job, parked here
     assert line.endswith("Error in the network protocol: connection refused")
     assert "captured from" not in render_parked({"items": [{"id": "x3"}], "total": 1})
+
+
+# -- cancel and send windows --------------------------------------------------------------
+
+
+def test_cancel_sends_its_filters_or_all_and_refuses_an_unclear_selection():
+    from sendqueue.services.cli.admin_commands import cancel_selection
+
+    args = parse("cancel", "--destination", "pacs", "--before", "2h", *URL)
+    assert cancel_selection(args) == {"destination": "pacs", "before": "2h"}
+    assert cancel_selection(parse("cancel", "--all", *URL)) == {"all": True}
+    with pytest.raises(UsageError, match="say what to cancel"):
+        cancel_selection(parse("cancel", *URL))
+    with pytest.raises(UsageError, match="--all cannot be combined"):
+        cancel_selection(parse("cancel", "--all", "--study", "1.2", *URL))
+
+
+def test_cancelled_jobs_are_counted_per_destination_with_how_to_undo():
+    from sendqueue.services.cli.render import render_cancelled
+
+    text = render_cancelled({"cancelled": 3, "by_destination": {"b": 1, "a": 2}, "failed": 0})
+    assert text.startswith("cancelled 3 waiting job(s)") and "(a: 2, b: 1)" in text
+    assert "parked requeue --reason cancelled" in text
+    assert "still wait" in render_cancelled({"cancelled": 0, "failed": 2})
+
+
+def test_a_destination_outside_its_window_reads_waiting_for_window():
+    from sendqueue.services.cli.render import state_text
+
+    queues = {"destinations": [{"name": "night", "state": "waiting-for-window", "ready": 4}]}
+    assert "waiting for window" in render_status(queues)
+    assert state_text({"state": "up", "window_open_until": 1.0}) == "up (resumed outside window)"

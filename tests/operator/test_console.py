@@ -135,3 +135,40 @@ async def test_an_operator_finds_a_parked_study_and_requeues_it_from_the_console
     )
     for action in ("requeue", "delete", "pause", "resume"):
         assert action in audit
+
+
+async def test_the_console_shows_a_destination_waiting_for_its_window_and_cancels_its_jobs(
+    make_pipeline, orthanc, scp, browser
+):
+    from datetime import UTC, datetime, timedelta
+
+    # Given a destination whose send window opens only in two hours, with two jobs waiting
+    opens = datetime.now(UTC) + timedelta(hours=2)
+    window = f"{opens:%H:%M:%S}-{opens + timedelta(hours=1):%H:%M:%S}"
+    pipeline = make_pipeline(
+        destinations=[
+            dicom_destination(
+                "night", scp.port, scp.aet, send_window=window, send_window_timezone="UTC"
+            )
+        ]
+    )
+    await pipeline.start()
+    for data in make_study(2):
+        orthanc.upload(data)
+
+    # When the engineer opens the console, it says why nothing is sent
+    await browser.goto(pipeline.url("retry", "/console"))
+    await browser.wait(QUEUE_CELL, "night", "state", "waiting for window", what="waiting")
+    await browser.wait(QUEUE_CELL, "night", "ready", "2", what="2 jobs waiting")
+    await browser.fill("#token", ADMIN_TOKEN)
+    await browser.click("#login")
+    await browser.wait("return !document.getElementById('session').hidden", what="signed in")
+
+    # And cancelling the waiting jobs parks them as cancelled, after a confirmation
+    await browser.click("[data-testid=cancel-night]")
+    await browser.wait("return document.getElementById('confirm').open", what="confirm dialog")
+    await browser.click("#confirm-yes")
+    await wait_notice(browser, "Cancelled 2 waiting job(s) for night")
+    await wait_rows(browser, 2)
+    assert "cancelled" in await browser.text("#parked-body")
+    assert scp.stored_uids() == set()

@@ -132,6 +132,8 @@ class ScriptedSCP:
         self.counts: Counter[str] = Counter()
         self.received: list[tuple[str, int]] = []  # (uid, status) in arrival order
         self.stored: set[str] = set()
+        #: The transfer syntax each instance last arrived in.
+        self.syntax_of: dict[str, str] = {}
         self.associations = 0
         #: AE titles the stores came from.
         self.calling_aets: set[str] = set()
@@ -201,6 +203,7 @@ class ScriptedSCP:
             self.calling_aets.add(str(event.assoc.requestor.ae_title).strip())
             self.counts[uid] += 1
             nth = self.counts[uid]
+            self.syntax_of[uid] = str(event.context.transfer_syntax)
         if self.store_delay:
             time.sleep(self.store_delay)
         status = self.status_for(uid, nth)

@@ -9,6 +9,7 @@ objects, so they copy only the parts of those interfaces that sendqueue uses.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
@@ -394,6 +395,8 @@ class FakeOrthanc:
         self.tags: dict[str, dict[str, str]] = {}
         self.file_tags: dict[str, dict[str, str]] = {}
         self.files: dict[str, bytes] = {}
+        #: Orthanc's metadata of an instance (RemoteAET, CalledAET, Origin...).
+        self.metadata: dict[str, dict[str, str]] = {}
         self.errors: dict[str, Exception] = {}
         #: Every path asked for, with its query string.
         self.calls: list[str] = []
@@ -436,6 +439,18 @@ class FakeOrthanc:
                 return {"ParentSeries": "series-1", "MainDicomTags": self.tags[orthanc_id]}
             case ["instances", orthanc_id, "simplified-tags"] if orthanc_id in self.tags:
                 return {**self.file_tags[orthanc_id], **self.tags[orthanc_id]}
+            case ["instances", orthanc_id, "attachments", "dicom", "info"] if (
+                orthanc_id in self.files
+            ):
+                return {"UncompressedMD5": hashlib.md5(self.files[orthanc_id]).hexdigest()}
+            case ["instances", orthanc_id, "metadata"] if orthanc_id in self.tags:
+                return dict(self.metadata.get(orthanc_id, {}))
+            case ["series", "series-1", "instances"] | ["studies", "study-1", "instances"]:
+                # One series in one study: every stored instance is in both.
+                return [
+                    {"ID": i, "ParentSeries": "series-1", "MainDicomTags": tags}
+                    for i, tags in self.tags.items()
+                ]
             case ["series", _]:
                 return {"ParentStudy": "study-1", "MainDicomTags": {}}
             case ["studies", _]:

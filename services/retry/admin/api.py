@@ -32,6 +32,8 @@ from sendqueue.services.retry.admin.input import BadRequest
 from sendqueue.services.retry.admin.openapi import OPENAPI
 from sendqueue.services.retry.admin.overview import QueueOverview
 from sendqueue.services.retry.admin.parked import ParkedRoutes
+from sendqueue.services.retry.admin.waiting import WaitingRoutes
+from sendqueue.services.retry.cancel import Canceller
 from sendqueue.services.retry.parking.queue import Parking
 from sendqueue.services.retry.pauses import PauseStore
 from sendqueue.shared.amqp import BROKER_ERRORS
@@ -56,6 +58,7 @@ def add_admin_api(
     pauses: PauseStore,
     overview: QueueOverview,
     send: Handler | None = None,
+    canceller: Canceller | None = None,
 ) -> None:
     """Every admin route and the console on `app` (whose client_max_size is MAX_BODY)."""
     access = Access.from_config(config.retry)
@@ -65,6 +68,8 @@ def add_admin_api(
     DestinationRoutes(config=config, pauses=pauses, overview=overview, audit=audit).register(
         app, access
     )
+    if canceller is not None:
+        WaitingRoutes(config=config, canceller=canceller, audit=audit).register(app, access)
     add_audit_route(app, audit, access)
     access.add_whoami(app)
     app.router.add_get("/api/openapi.json", _openapi)

@@ -106,9 +106,11 @@ _DESTINATION = _obj(
     delayed={"type": "object"},
     parked=_INT,
     consumers=_INT,
-    state={"enum": ["up", "down", "source-down", "paused", "unknown"]},
+    state={"enum": ["up", "down", "source-down", "paused", "waiting-for-window", "unknown"]},
     state_reason=_STR,
     oldest_waiting_seconds=_NUM_OR_NULL,
+    send_window={"type": "array", "items": _STR},
+    window_open_until=_NUM_OR_NULL,
 )
 _QUEUES = _obj(
     destinations={"type": "array", "items": _DESTINATION},
@@ -131,7 +133,7 @@ _AUDIT = _obj(
 _OPERATION = _obj(
     running={"type": "boolean"}, action={"type": "string", "nullable": True}, done=_INT, total=_INT
 )
-_PAUSED = _obj(destination=_STR, paused={"type": "boolean"})
+_PAUSED = _obj(destination=_STR, paused={"type": "boolean"}, window_open_until={"type": "number"})
 _SEND = _obj(destination=_STR, resources={"type": "array", "items": _STR})
 
 _PATHS: dict[str, Any] = {
@@ -200,10 +202,46 @@ _PATHS: dict[str, Any] = {
     },
     "/api/destinations/{name}/resume": {
         "post": {
-            "summary": "Resume sending to a paused destination",
+            "summary": (
+                "Resume sending to a paused destination; one outside its send window is"
+                " sent to at once, until the window opens (pause returns it to its schedule)"
+            ),
             "security": _SECURED,
             "parameters": _NAME_IN_PATH,
             "responses": {"200": _json(_PAUSED), "404": _ERROR, **_AUTH_ERRORS},
+        }
+    },
+    "/api/jobs/cancel": {
+        "post": {
+            "summary": (
+                "Park jobs still waiting (queued or delayed) as `cancelled`: by destination,"
+                " study, patient, queued before a time, or all; one pass over those queues"
+            ),
+            "security": _SECURED,
+            "requestBody": _body(
+                _obj(
+                    destination=_STR,
+                    study=_STR,
+                    patient=_STR,
+                    before={
+                        "type": "string",
+                        "description": "queued before: epoch, ISO-8601 or '2h'",
+                    },
+                    all={"type": "boolean"},
+                )
+            ),
+            "responses": {
+                "200": _json(
+                    _obj(
+                        cancelled=_INT,
+                        kept=_INT,
+                        failed=_INT,
+                        by_destination={"type": "object"},
+                    )
+                ),
+                "400": _ERROR,
+                **_AUTH_ERRORS,
+            },
         }
     },
     "/api/send": {

@@ -65,7 +65,16 @@ class QueueOverview:
             "state": state,
             "state_reason": status.reason if status else "",
             "oldest_waiting_seconds": status.oldest_waiting_seconds if status else None,
+            "send_window": self._send_window(name),
+            "window_open_until": self._pauses.open_until(name),
         }
+
+    def _send_window(self, name: str) -> list[str]:
+        dest = self._config.destination(name)
+        if dest is None or not dest.send_window:
+            return []
+        window = dest.send_window
+        return [window] if isinstance(window, str) else list(window)
 
     def _tiers(self, stats: dict[str, QueueStats]) -> list[dict[str, Any]]:
         tiers = []

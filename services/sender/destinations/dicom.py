@@ -168,7 +168,8 @@ class DicomDestination:
                 ) from None
             link.last_used = time.monotonic()
             if "Status" in response:
-                return raise_for_status(int(response.Status), meta.sop_instance_uid)
+                status = int(response.Status)
+                return raise_for_status(status, meta.sop_instance_uid, self.config.warnings)
             # Well before the DIMSE timeout: the peer aborted or closed the association.
             aborted = link.last_used - started < 0.9 * self.config.dimse_timeout
             self._drop(link)

@@ -7,6 +7,7 @@ PS3.7 C.4.2 name the codes; they do not say what a forwarder should do about the
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 from sendqueue.shared.errors import PermanentError, TransientError
 
@@ -17,12 +18,24 @@ class Outcome(enum.Enum):
     PERMANENT = "permanent"
 
 
+#: What a destination's `warnings` key asks: count a warning as delivered, or retry it.
+WarningsPolicy = Literal["delivered", "retry"]
+
+#: The warning statuses (PS3.7 C.4.2 and PS3.4 B.2.3): the peer stored the instance, but
+#: not exactly as sent. Delivered, unless the destination says `warnings = "retry"`.
+WARNINGS: dict[int, str] = {
+    0x0001: "Warning: requested optional attributes not supported",
+    0x0107: "Warning: attribute list error",
+    0x0116: "Warning: attribute value out of range",
+    0xB000: "Warning: coercion of data elements",
+    0xB006: "Warning: elements discarded",
+    0xB007: "Warning: data set does not match SOP class",
+}
+
 #: Exact codes first; ranges below. Warnings mean the peer stored the instance.
 _EXACT: dict[int, tuple[Outcome, str]] = {
     0x0000: (Outcome.DELIVERED, "Success"),
-    0xB000: (Outcome.DELIVERED, "Warning: coercion of data elements"),
-    0xB006: (Outcome.DELIVERED, "Warning: elements discarded"),
-    0xB007: (Outcome.DELIVERED, "Warning: data set does not match SOP class"),
+    **{code: (Outcome.DELIVERED, text) for code, text in WARNINGS.items()},
     # The peer already has this SOP instance: what we wanted.
     0x0111: (Outcome.DELIVERED, "Duplicate SOP instance (already stored)"),
     0x0110: (Outcome.TRANSIENT, "Processing failure"),
@@ -55,9 +68,24 @@ def classify(status: int) -> tuple[Outcome, str, str]:
     return Outcome.PERMANENT, "Unknown status", "dimse-other"
 
 
-def raise_for_status(status: int, sop_instance_uid: str) -> str:
-    """Returns the description when delivered; raises Transient/PermanentError otherwise."""
+def is_warning(status: int) -> bool:
+    """A warning: stored, but not exactly as sent (0x0111, already stored, is none)."""
+    return status in WARNINGS or 0xB000 <= status <= 0xBFFF
+
+
+def raise_for_status(
+    status: int, sop_instance_uid: str, warnings: WarningsPolicy = "delivered"
+) -> str:
+    """Returns the description when delivered; raises Transient/PermanentError otherwise.
+    With `warnings = "retry"` a warning is a transient failure: retried, then parked
+    with the peer's status once the attempts are used up."""
     outcome, text, reason_class = classify(status)
+    if outcome is Outcome.DELIVERED and warnings == "retry" and is_warning(status):
+        raise TransientError(
+            f"C-STORE of {sop_instance_uid} answered a warning: DIMSE status 0x{status:04X}"
+            f' ({text}); this destination retries warnings (warnings = "retry")',
+            reason_class=reason_class,
+        )
     if outcome is Outcome.DELIVERED:
         return text
     message = f"C-STORE of {sop_instance_uid} failed: DIMSE status 0x{status:04X} ({text})"

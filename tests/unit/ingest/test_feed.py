@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from sendqueue.services.ingest.cursor import CursorFile
 from sendqueue.services.ingest.feed import ChangesFeed
+from sendqueue.services.ingest.ledger import QueuedLedger, Resends
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import Router
 from sendqueue.shared.config import IngestConfig, RouteConfig
@@ -80,6 +81,7 @@ MakeIngest = Callable[..., Awaitable[Ingest]]
 @pytest.fixture
 async def make_ingest(tmp_path: Path) -> AsyncIterator[MakeIngest]:
     made: list[Ingest] = []
+    ledgers: list[QueuedLedger] = []
 
     async def make(
         orthanc: FakeOrthanc,
@@ -101,6 +103,13 @@ async def make_ingest(tmp_path: Path) -> AsyncIterator[MakeIngest]:
             cursor_file.save(saved_cursor)
         publisher = FakePublisher()
         registry = CollectorRegistry()
+        ledger = QueuedLedger(
+            Path(config.state_dir) / "queued.sqlite3",
+            max_age=config.ledger_max_age,
+            max_entries=config.ledger_max_entries,
+        )
+        ledgers.append(ledger)
+        metrics = IngestMetrics(registry)
         feed = ChangesFeed(
             config=config,
             orthanc=orthanc,  # type: ignore[arg-type]
@@ -108,7 +117,12 @@ async def make_ingest(tmp_path: Path) -> AsyncIterator[MakeIngest]:
             router=Router(routes or EVERYTHING_TO_PACS),
             publisher=publisher,  # type: ignore[arg-type]
             names=NAMES,
-            metrics=IngestMetrics(registry),
+            metrics=metrics,
+            resends=Resends(
+                ledger,
+                Resolver(orthanc),  # type: ignore[arg-type]
+                lambda job: metrics.skipped.labels(job.destination).inc(),
+            ),
         )
         ingest = Ingest(feed, orthanc, publisher, registry, cursor_file)
         made.append(ingest)
@@ -117,6 +131,8 @@ async def make_ingest(tmp_path: Path) -> AsyncIterator[MakeIngest]:
     yield make
     for ingest in made:
         await ingest.close()
+    for ledger in ledgers:
+        ledger.close()
 
 
 def _orthanc(*ids: str, **tags: Any) -> FakeOrthanc:

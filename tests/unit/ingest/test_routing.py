@@ -1,6 +1,6 @@
 """Routing rules: levels, globs, several destinations."""
 
-from sendqueue.services.ingest.routing import Router, matches
+from sendqueue.services.ingest.routing import Origin, Router, matches
 from sendqueue.shared.config import RouteConfig
 
 
@@ -45,3 +45,61 @@ def test_possible_destinations_ignore_the_tags_that_could_not_be_read():
     assert router.possible_destinations("instance", {"Modality": "CT"}) == ["thin", "all"]
     # nothing known: every route might match
     assert router.possible_destinations("instance", {}) == ["thin", "mr", "all"]
+
+
+def test_a_leading_bang_negates_and_a_list_must_all_hold():
+    assert matches({"Modality": "!SR|PR"}, {"Modality": "CT"})
+    assert not matches({"Modality": "!SR|PR"}, {"Modality": "pr"})
+    # a missing tag is "": "!" alone means "present"
+    assert matches({"Modality": "!"}, {"Modality": "CT"})
+    assert not matches({"BodyPartExamined": "!"}, {"Modality": "CT"})
+    rules = {"StudyDescription": ["*CHEST*", "!*PEDS*"]}
+    assert matches(rules, {"StudyDescription": "CT Chest"})
+    assert not matches(rules, {"StudyDescription": "Peds chest"})
+    assert not matches(rules, {"StudyDescription": "Head"})
+
+
+def test_routes_on_the_sender_the_called_aet_and_the_origin():
+    router = Router(
+        [
+            RouteConfig(destinations=["ct"], from_aet="CT1|CT2"),
+            RouteConfig(destinations=["not-mr"], from_aet="!MR*"),
+            RouteConfig(destinations=["gw"], called_aet_in="GATEWAY"),
+            RouteConfig(destinations=["rest"], origin="RestApi"),
+            RouteConfig(destinations=["all"]),
+        ]
+    )
+    assert router.needs_origin("instance") and not Router(
+        [RouteConfig(destinations=["a"])]
+    ).needs_origin("instance")
+    ct = Origin(remote_aet="ct2", called_aet="GATEWAY", origin="DicomProtocol")
+    mr = Origin(remote_aet="MR_3T", called_aet="ORTHANC", origin="DicomProtocol")
+    rest = Origin.from_metadata({"Origin": "RestApi", "ReceptionDate": "20260101T000000"})
+    assert router.destinations("instance", {}, ct) == ["ct", "not-mr", "gw", "all"]
+    assert router.destinations("instance", {}, mr) == ["all"]
+    # a REST upload has no sender AE title: it is "", which "!MR*" matches and "CT1" not
+    assert router.destinations("instance", {}, rest) == ["not-mr", "rest", "all"]
+
+
+def test_possible_destinations_still_apply_the_origin():
+    router = Router(
+        [
+            RouteConfig(destinations=["ct"], from_aet="CT1", match={"SliceThickness": "1"}),
+            RouteConfig(destinations=["other"], from_aet="!CT1"),
+        ]
+    )
+    assert router.possible_destinations("instance", {}, Origin(remote_aet="CT1")) == ["ct"]
+
+
+def test_a_route_that_deletes_after_delivery_makes_the_whole_choice_a_deletion_group():
+    router = Router(
+        [
+            RouteConfig(
+                destinations=["pacs"], match={"Modality": "CT"}, delete_after_delivery=True
+            ),
+            RouteConfig(destinations=["backup"]),
+        ]
+    )
+    assert router.deletes_after("instance", {"Modality": "CT"})
+    assert not router.deletes_after("instance", {"Modality": "MR"})
+    assert router.destinations("instance", {"Modality": "CT"}) == ["pacs", "backup"]

@@ -45,3 +45,18 @@ def test_a_reopened_ledger_keeps_what_has_not_left_yet(tmp_path, clock):
     # the job that left was dropped from the file too
     with closing(sqlite3.connect(tmp_path / "delays.sqlite3")) as db:
         assert db.execute("SELECT count(*) FROM leaving").fetchone() == (1,)
+
+
+def test_a_job_removed_early_leaves_the_count_and_the_file(tmp_path, clock):
+    ledger = DelayLedger(tmp_path / "delays.sqlite3")
+    ledger.add("pacs", "10s", 10)
+    ledger.add("pacs", "10s", 12)
+    ledger.add("archive", "10s", 10)
+    ledger.remove("pacs", "10s")
+    ledger.remove("pacs", "1m")  # none there: nothing happens
+    assert ledger.waiting("pacs") == {"10s": 1}
+    ledger.close()
+    reopened = DelayLedger(tmp_path / "delays.sqlite3")
+    assert reopened.waiting("pacs") == {"10s": 1}
+    assert reopened.waiting("archive") == {"10s": 1}
+    reopened.close()

@@ -240,3 +240,48 @@ def test_an_env_secret_that_breaks_the_rules_is_a_config_error():
 def test_an_env_secret_for_a_dicom_destination_is_a_config_error():
     with pytest.raises(ConfigError, match="SENDQUEUE_DEST_PACS_\\* is for HTTP kinds only"):
         config({"name": "pacs", "host": "h"}, environ={"SENDQUEUE_DEST_PACS_PASSWORD": "p"})
+
+
+# -- prepare before sending, send windows --------------------------------------------------
+
+ORTHANC_PEER = {"name": "peer", "kind": "orthanc", "url": "http://127.0.0.1:8043"}
+
+
+def test_transfer_syntax_and_modify_become_one_modify_call_that_keeps_the_instance():
+    modify = {"replace": {"InstitutionName": "Main"}, "remove": ["ImageComments"]}
+    [dest] = config(
+        {**ORTHANC_PEER, "transfer_syntax": "1.2.840.10008.1.2.4.70", "modify": modify}
+    ).destinations
+    assert dest.prepare_body() == {
+        "Force": True,
+        "Keep": ["SOPInstanceUID"],
+        "Transcode": "1.2.840.10008.1.2.4.70",
+        "Replace": {"InstitutionName": "Main"},
+        "Remove": ["ImageComments"],
+    }
+    [plain] = config(ORTHANC_PEER).destinations
+    assert plain.prepare_body() is None
+    [stripped] = config({**ORTHANC_PEER, "modify": {"keep_private_tags": False}}).destinations
+    assert stripped.prepare_body() == {
+        "Force": True,
+        "Keep": ["SOPInstanceUID"],
+        "RemovePrivateTags": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"transfer_syntax": "JPEG"}, "transfer_syntax 'JPEG' is not a UID"),
+        ({"modify": {"remove": ["SOPInstanceUID"]}}, "modify must leave SOPInstanceUID alone"),
+        ({"modify": {"replace": {"InstitutionNam": "x"}}}, "'InstitutionNam' is not a DICOM"),
+        ({"modify": {"rename": {}}}, "rename"),
+        ({"send_window": "Mon-Fry 19:00-07:00"}, "'mon-fry' is not a day"),
+        ({"send_window": []}, "send_window needs at least one window"),
+        ({"send_window_timezone": "UTC"}, "send_window_timezone needs send_window"),
+        ({"send_window": "19:00-07:00", "send_window_timezone": "Mars/X"}, "unknown time zone"),
+    ],
+)
+def test_a_bad_prepare_or_window_key_stops_the_load_naming_it(extra, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        config({**ORTHANC_PEER, **extra})

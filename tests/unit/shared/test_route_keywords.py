@@ -14,7 +14,7 @@ from sendqueue.shared.errors import ConfigError
 PACS = {"name": "pacs", "host": "h"}
 
 
-def with_routes(*matches: dict[str, str], tag_names: list[str] | None = None) -> dict[str, Any]:
+def with_routes(*matches: dict[str, Any], tag_names: list[str] | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "destinations": [PACS],
         "routes": [{"destinations": ["pacs"], "match": match} for match in matches],
@@ -90,3 +90,34 @@ def test_a_service_does_not_start_with_an_unknown_keyword(tmp_path, capsys):
     # When the ingest service starts, Then it stops before connecting to anything
     assert main(["ingest", "--config", str(path)]) == 2
     assert "'StudyDescripton' is not a DICOM keyword" in capsys.readouterr().err
+
+
+def test_origin_conditions_and_lists_of_globs_load():
+    data = with_routes({"Modality": "!SR|PR", "StudyDescription": ["*CHEST*", "!*PEDS*"]})
+    data["routes"][0].update(from_aet="CT1|CT2", called_aet_in="GATEWAY", origin="!RestApi")
+    route = parse_config(data, environ={}).routes[0]
+    assert (route.from_aet, route.called_aet_in, route.origin) == ("CT1|CT2", "GATEWAY", "!RestApi")
+    assert route.match["StudyDescription"] == ["*CHEST*", "!*PEDS*"]
+
+
+def test_an_origin_orthanc_does_not_know_stops_the_load():
+    data = with_routes()
+    data["routes"] = [{"destinations": ["pacs"], "origin": "Dicom"}]
+    with pytest.raises(ConfigError, match="origin 'Dicom' is none of Orthanc's origins"):
+        parse_config(data, environ={})
+
+
+def test_an_empty_list_of_globs_stops_the_load():
+    with pytest.raises(ConfigError, match="a list of globs must not be empty"):
+        parse_config(with_routes({"Modality": []}), environ={})
+
+
+def test_delete_after_delivery_needs_routes_of_one_level():
+    # A route of another level would see the instance later, maybe after it is deleted.
+    data = with_routes()
+    data["routes"] = [
+        {"destinations": ["pacs"], "delete_after_delivery": True},
+        {"destinations": ["pacs"], "level": "study"},
+    ]
+    with pytest.raises(ConfigError, match="every route at the same level, got instance, study"):
+        parse_config(data, environ={})

@@ -316,10 +316,11 @@
     link.addEventListener("click", () => filterDestination(d.name));
     name.appendChild(link);
     cell(row, d.kind || "");
-    const stateCell = cell(row, d.state || "unknown", "state state-" + (d.state || "unknown"));
+    const stateCell = cell(row, stateText(d), "state state-" + (d.state || "unknown"));
     stateCell.dataset.testid = "state";
     // Why it is down, or source-down (Orthanc does not answer), in the sender's words.
     if (d.state_reason) stateCell.title = d.state_reason;
+    if ((d.send_window || []).length) stateCell.title = "send window: " + d.send_window.join(", ");
     cell(row, count(d.ready), "num").dataset.testid = "ready";
     cell(row, count(d.in_flight), "num").dataset.testid = "in-flight";
     const delayed = Object.values(d.delayed || {}).reduce((a, b) => a + b, 0);
@@ -331,7 +332,8 @@
     cell(row, waiting, "num").dataset.testid = "oldest-waiting";
     if (!canAct()) return row;
     const actions = cell(row, "");
-    const paused = d.state === "paused";
+    // Outside its send window, Resume sends at once, until the window opens anyway.
+    const paused = d.state === "paused" || d.state === "waiting-for-window";
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = paused ? "Resume" : "Pause";
@@ -340,7 +342,42 @@
     button.dataset.testid = (paused ? "resume-" : "pause-") + d.name;
     button.addEventListener("click", () => pauseResume(d.name, !paused));
     actions.appendChild(button);
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.textContent = "Cancel waiting";
+    cancel.setAttribute("aria-label", "Cancel the jobs waiting for " + d.name);
+    cancel.dataset.testid = "cancel-" + d.name;
+    cancel.addEventListener("click", () => cancelWaiting(d.name));
+    actions.appendChild(cancel);
     return row;
+  }
+
+  // Jobs still queued or delayed for a destination go to parking as "cancelled":
+  // a requeue of that reason class undoes it.
+  async function cancelWaiting(name) {
+    const text = "Cancel every job still waiting (queued or delayed) for " + name +
+      "? They are parked as \"cancelled\"; requeue them to undo.";
+    if (!(await confirmAction(text, "Cancel waiting jobs"))) return;
+    try {
+      const result = await withProgress(api("POST", "/api/jobs/cancel", { destination: name }));
+      const text2 = "Cancelled " + result.cancelled + " waiting job(s) for " + name + ".";
+      if (result.failed) {
+        showError(text2 + " " + result.failed + " could not be handled and still wait.");
+      } else {
+        showNotice(text2);
+      }
+    } catch (err) {
+      showError(explain(err, "Cancelling the jobs waiting for " + name));
+    }
+    refreshQueues();
+    loadParked();
+    loadAudit(true);
+  }
+
+  function stateText(d) {
+    if (d.state === "waiting-for-window") return "waiting for window";
+    if (d.window_open_until && d.state === "up") return "up (resumed outside window)";
+    return d.state || "unknown";
   }
 
   async function pauseResume(name, pause) {
@@ -350,7 +387,10 @@
       const result = await api("POST", path, {});
       showNotice(result && result.paused
         ? name + " is paused: nothing is sent to it until it is resumed."
-        : name + " is sending again.");
+        : result && result.window_open_until
+          ? name + " is sending outside its send window, until the window opens at "
+            + new Date(result.window_open_until * 1000).toLocaleString() + "."
+          : name + " is sending again.");
     } catch (err) {
       showError(explain(err, (pause ? "Pausing " : "Resuming ") + name));
     }

@@ -50,6 +50,7 @@ def admin_app(**retry: Any) -> web.Application:
         pauses=None,  # type: ignore[arg-type]
         overview=None,  # type: ignore[arg-type]
         send=_unreachable,
+        canceller=object(),  # type: ignore[arg-type]
     )
     return app
 
@@ -103,7 +104,12 @@ async def test_no_route_but_the_document_answers_without_a_token(client):
 
 async def test_a_read_token_is_refused_every_state_change(client):
     posts = [path for method, path in api_routes(client.app) if method == "POST"]
-    assert {"/api/parked/requeue", "/api/parked/delete", "/api/send"} <= set(posts)
+    assert {
+        "/api/parked/requeue",
+        "/api/parked/delete",
+        "/api/send",
+        "/api/jobs/cancel",
+    } <= set(posts)
     for path in posts:
         response = await client.post(concrete(path), json={"all": True}, headers=bearer(READER))
         assert response.status == 403, (path, await response.text())

@@ -29,3 +29,16 @@ def test_reason_names_the_status_and_its_class():
     with pytest.raises(TransientError) as transient:
         raise_for_status(0xA702, "1.2.3")
     assert transient.value.reason_class == "dimse-a7xx"
+
+
+@pytest.mark.parametrize("status", [0xB000, 0xB006, 0xB007, 0xB123, 0x0001, 0x0107, 0x0116])
+def test_warnings_are_delivered_or_retried_as_the_destination_says(status):
+    assert raise_for_status(status, "1.2.3", "delivered").startswith("Warning")
+    with pytest.raises(TransientError) as caught:
+        raise_for_status(status, "1.2.3", "retry")
+    assert f"0x{status:04X}" in str(caught.value) and 'warnings = "retry"' in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [0x0000, 0x0111])
+def test_success_and_already_stored_are_no_warnings(status):
+    assert raise_for_status(status, "1.2.3", "retry")
