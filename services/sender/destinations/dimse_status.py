@@ -55,12 +55,16 @@ def classify(status: int) -> tuple[Outcome, str, str]:
     return Outcome.PERMANENT, "Unknown status", "dimse-other"
 
 
-def raise_for_status(status: int, sop_instance_uid: str) -> str:
-    """Returns the description when delivered; raises Transient/PermanentError otherwise."""
+def raise_for_status(status: int, sop_instance_uid: str, detail: str = "") -> str:
+    """Returns the description when delivered; raises Transient/PermanentError otherwise.
+
+    detail: what the peer said beyond the code (error comment, offending element)."""
     outcome, text, reason_class = classify(status)
     if outcome is Outcome.DELIVERED:
-        return text
+        return f"{text} ({detail})" if detail and status != 0 else text
     message = f"C-STORE of {sop_instance_uid} failed: DIMSE status 0x{status:04X} ({text})"
+    if detail:
+        message += f": {detail}"
     if outcome is Outcome.TRANSIENT:
         raise TransientError(message, reason_class=reason_class)
     raise PermanentError(message, reason_class=reason_class)
