@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from sendqueue.services.sender.certificates import watch_destination_certificates
 from sendqueue.services.sender.consumer import DestinationConsumer
 from sendqueue.services.sender.destinations import create_destination
+from sendqueue.services.sender.fetch import InstanceFetcher
 from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.services.sender.status import StatusReporter
 from sendqueue.shared.cert_expiry import CertificateExpiry
@@ -77,8 +78,11 @@ async def _serve(
     publisher = await prepare_bus(publish_conn, config)
     control = await read_control_state(consume_conn, names)
     consumers: list[DestinationConsumer] = []
+    memory_limit = config.sender.in_memory_mb * 1024 * 1024
     for dest_config in config.destinations:
         destination = parts.closing(create_destination(dest_config, source=config.orthanc))
+        fetcher = InstanceFetcher(config.orthanc, memory_limit)
+        parts.callback(fetcher.close)
         consumer = DestinationConsumer(
             destination,
             names=names,
@@ -87,6 +91,7 @@ async def _serve(
             config=config.sender,
             spool_dir=spool,
             metrics=metrics,
+            fetcher=fetcher,
         )
         paused = dest_config.name in control.paused
         await consumer.start(await consume_conn.channel(), paused=paused)

@@ -26,6 +26,7 @@ import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from sendqueue.services.sender.destinations import Destination
+from sendqueue.services.sender.fetch import InstanceFetcher
 from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.config import SenderConfig
@@ -60,6 +61,7 @@ class DestinationConsumer:
         config: SenderConfig,
         spool_dir: Path,
         metrics: SenderMetrics,
+        fetcher: InstanceFetcher | None = None,
     ) -> None:
         self.destination = destination
         self.name = destination.name
@@ -69,6 +71,8 @@ class DestinationConsumer:
         self._config = config
         self._spool = spool_dir
         self._metrics = metrics
+        #: Downloads in the destination's worker threads (destinations with `deliver`).
+        self._fetcher = fetcher
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         #: Unreachable (or Orthanc is): probing until it answers.
@@ -202,9 +206,8 @@ class DestinationConsumer:
     async def _attempt(self, job: SendJob) -> None:
         path = self._spool / f"{job.id}-{uuid.uuid4().hex[:8]}.dcm"
         try:
-            size = await self._orthanc.download_instance(job.orthanc_id, path)
             started = time.monotonic()
-            detail = await self.destination.send(path)
+            size, detail = await self._download_and_send(job, path)
         except DestinationUnavailable as exc:
             await self._return_and_pause(job, exc)
         except (InstanceNotFound, SourceUnavailable) as exc:
@@ -223,6 +226,16 @@ class DestinationConsumer:
             self._delivered(job, size, time.monotonic() - started, detail)
         finally:
             path.unlink(missing_ok=True)
+
+    async def _download_and_send(self, job: SendJob, path: Path) -> tuple[int, str]:
+        """The hot path: where the destination can, its worker thread downloads and sends
+        (the event loop only hands the job over); otherwise download here, then send."""
+        deliver = getattr(self.destination, "deliver", None)
+        if deliver is not None and self._fetcher is not None:
+            size, detail = await deliver(self._fetcher, job.orthanc_id, path)
+            return int(size), str(detail)
+        size = await self._orthanc.download_instance(job.orthanc_id, path)
+        return size, await self.destination.send(path)
 
     async def _source_failed(self, job: SendJob, exc: SendQueueError) -> None:
         """Orthanc failed on this job: the instance's fault only if Orthanc itself answers.

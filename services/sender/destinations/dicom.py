@@ -28,15 +28,19 @@ from sendqueue.services.sender.destinations.contexts import (
     NeedsTranscode,
 )
 from sendqueue.services.sender.destinations.contexts import proposals as _proposals
+from sendqueue.services.sender.destinations.dicom_fast import FastPath
 from sendqueue.services.sender.destinations.instance import InstanceMeta, read_meta
 from sendqueue.services.sender.destinations.tls import client_context
 from sendqueue.services.sender.destinations.transcode import Transcoder
+from sendqueue.services.sender.fetch import InstanceFetcher
 from sendqueue.shared.config import DicomDestinationConfig
 from sendqueue.shared.errors import PermanentError
 
 __all__ = ["DicomDestination", "InstanceMeta", "NeedsTranscode", "_proposals", "read_meta"]
 
 log = logging.getLogger(__name__)
+
+Delivered = tuple[int, str]  # (bytes downloaded, the peer's answer)
 
 
 class DataPath(Protocol):
@@ -76,6 +80,38 @@ class DicomDestination:
             return await self._in_pool(path)
         except NeedsTranscode as need:
             return await self._send_transcoded(path, need)
+
+    async def deliver(self, fetcher: InstanceFetcher, orthanc_id: str, spool: Path) -> Delivered:
+        """Download from Orthanc and send, both in one worker thread (the hot path).
+
+        Small instances never touch the disk; large ones go through `spool`, which the
+        caller removes. Returns (bytes, the peer's answer)."""
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._release_idle_forever())
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._pool, self._deliver_blocking, fetcher, orthanc_id, spool
+            )
+        except NeedsTranscode as need:
+            # _deliver_blocking left the instance in the spool file for the transcoder
+            size = spool.stat().st_size
+            return size, await self._send_transcoded(spool, need)
+
+    def _deliver_blocking(
+        self, fetcher: InstanceFetcher, orthanc_id: str, spool: Path
+    ) -> Delivered:
+        fetched = fetcher.fetch(orthanc_id, spool)
+        if fetched.data is None:
+            return fetched.size, self.data_path.send_blocking(spool)
+        if isinstance(self.data_path, FastPath):
+            try:
+                return fetched.size, self.data_path.send_bytes(fetched.data)
+            except NeedsTranscode:
+                spool.write_bytes(fetched.data)
+                raise
+        spool.write_bytes(fetched.data)
+        return fetched.size, self.data_path.send_blocking(spool)
 
     async def _in_pool(self, path: Path) -> str:
         loop = asyncio.get_running_loop()
@@ -130,6 +166,4 @@ def _data_path(config: DicomDestinationConfig, tls: ssl.SSLContext | None) -> Da
         from sendqueue.services.sender.destinations.dicom_pynetdicom import PynetdicomPath
 
         return PynetdicomPath(config, tls, known)
-    from sendqueue.services.sender.destinations.dicom_fast import FastPath
-
     return FastPath(config, tls, known)

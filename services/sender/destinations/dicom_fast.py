@@ -36,7 +36,11 @@ from sendqueue.services.sender.destinations.scu.association import (
     Unreachable,
 )
 from sendqueue.services.sender.destinations.scu.part10 import HEAD_SIZE, read_part10
-from sendqueue.services.sender.destinations.scu.payload import FilePayload, Payload
+from sendqueue.services.sender.destinations.scu.payload import (
+    FilePayload,
+    MemoryPayload,
+    Payload,
+)
 from sendqueue.shared.config import DicomDestinationConfig
 from sendqueue.shared.errors import (
     AssociationRejected,
@@ -108,6 +112,21 @@ class FastPath:
             # deflate stream is the standard padding, and inflaters ignore it.
             payload = FilePayload(path, part10.dataset_offset, pad=True)
         return self.send_payload(meta, payload)
+
+    def send_bytes(self, data: bytearray) -> str:
+        """C-STORE a Part-10 file held in memory (the worker downloaded it there)."""
+        part10 = read_part10(bytes(data[:HEAD_SIZE]), lambda: bytes(data))
+        meta = InstanceMeta(
+            part10.sop_class_uid,
+            part10.sop_instance_uid,
+            part10.transfer_syntax_uid,
+            part10.dataset_offset,
+        )
+        data_set = memoryview(data)[part10.dataset_offset :]
+        odd_deflated = meta.transfer_syntax_uid == DeflatedExplicitVRLittleEndian and (
+            len(data_set) % 2
+        )
+        return self.send_payload(meta, MemoryPayload(data_set, pad=bool(odd_deflated)))
 
     def send_payload(self, meta: InstanceMeta, payload: Payload) -> str:
         link = self._link()
