@@ -83,6 +83,7 @@ class Setup:
         total_bytes: int,
         concurrency: int,
         senders: int = 1,
+        data_path: str = "fast",
     ) -> None:
         self.tmp = tmp
         self.source = source
@@ -93,6 +94,8 @@ class Setup:
         self.total_bytes = total_bytes
         self.concurrency = concurrency
         self.senders = senders
+        #: The DICOM destination's data_path for the sendqueue measure.
+        self.data_path = data_path
 
     def clear_scp(self) -> None:
         for path in self.scp.output_dir.iterdir():
@@ -137,7 +140,7 @@ async def by_orthanc(setup: Setup, _run: int) -> dict[str, Any]:
     return {"seconds": time.monotonic() - started}
 
 
-async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
+async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
     from tests.integration.harness import Pipeline, dicom_destination
     from tests.support.ports import free_port
 
@@ -151,7 +154,11 @@ async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
             tmp=run_dir,
             destinations=[
                 dicom_destination(
-                    "storescp", setup.scp.port, setup.scp.aet, concurrency=setup.concurrency
+                    "storescp",
+                    setup.scp.port,
+                    setup.scp.aet,
+                    concurrency=setup.concurrency,
+                    data_path=setup.data_path,
                 )
             ],
         )
