@@ -206,8 +206,7 @@ class DestinationConsumer:
     async def _attempt(self, job: SendJob) -> None:
         path = self._spool / f"{job.id}-{uuid.uuid4().hex[:8]}.dcm"
         try:
-            started = time.monotonic()
-            size, detail = await self._download_and_send(job, path)
+            size, detail, took = await self._download_and_send(job, path)
         except DestinationUnavailable as exc:
             await self._return_and_pause(job, exc)
         except (InstanceNotFound, SourceUnavailable) as exc:
@@ -223,19 +222,22 @@ class DestinationConsumer:
             log.exception("%s: unexpected error sending %s", self.name, job.orthanc_id)
             await self._report(_failure(job, f"internal error: {exc!r}", "internal"), job)
         else:
-            self._delivered(job, size, time.monotonic() - started, detail)
+            self._delivered(job, size, took, detail)
         finally:
             path.unlink(missing_ok=True)
 
-    async def _download_and_send(self, job: SendJob, path: Path) -> tuple[int, str]:
-        """The hot path: where the destination can, its worker thread downloads and sends
-        (the event loop only hands the job over); otherwise download here, then send."""
+    async def _download_and_send(self, job: SendJob, path: Path) -> tuple[int, str, float]:
+        """(bytes, the peer's answer, seconds sending). The hot path: where the destination
+        can, its worker thread downloads and sends (the event loop only hands the job
+        over); otherwise download here, then send."""
         deliver = getattr(self.destination, "deliver", None)
         if deliver is not None and self._fetcher is not None:
-            size, detail = await deliver(self._fetcher, job.orthanc_id, path)
-            return int(size), str(detail)
+            size, detail, took = await deliver(self._fetcher, job.orthanc_id, path)
+            return int(size), str(detail), float(took)
         size = await self._orthanc.download_instance(job.orthanc_id, path)
-        return size, await self.destination.send(path)
+        started = time.monotonic()
+        detail = await self.destination.send(path)
+        return size, detail, time.monotonic() - started
 
     async def _source_failed(self, job: SendJob, exc: SendQueueError) -> None:
         """Orthanc failed on this job: the instance's fault only if Orthanc itself answers.

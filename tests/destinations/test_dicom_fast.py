@@ -331,3 +331,41 @@ async def test_an_odd_deflate_stream_is_padded_without_touching_the_file(
     destination = make_destination(config(scp.port, scp.aet))
     assert await destination.send(path) == "Success"
     assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("data_path", ["fast", "pynetdicom"])
+@pytest.mark.parametrize("memory_limit", [1 << 20, 0], ids=["in-memory", "spooled"])
+async def test_deliver_downloads_and_sends_in_one_worker(
+    orthanc, scp, make_destination, workdir, data_path, memory_limit
+):
+    from sendqueue.services.sender.fetch import InstanceFetcher
+    from tests.destinations.conftest import source_config
+
+    fetcher = InstanceFetcher(source_config(orthanc), memory_limit)
+    destination = make_destination(config(scp.port, scp.aet, data_path=data_path))
+    data = make_instance()
+    spool = workdir / "job.dcm"
+    size, detail, took = await destination.deliver(fetcher, orthanc.upload(data), spool)
+    fetcher.close()
+    assert (size, detail) == (len(data), "Success") and took >= 0
+    assert scp.stored_uids() == {sop_instance_uid(data)}
+    assert spool.exists() == (memory_limit == 0 or data_path == "pynetdicom")
+
+
+async def test_deliver_falls_back_to_an_uncompressed_copy(orthanc, make_destination, workdir):
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from sendqueue.services.sender.fetch import InstanceFetcher
+    from tests.destinations.conftest import source_config
+    from tests.support.dicom_factory import make_jpeg_instance
+
+    if shutil.which("dcmcjpeg") is None:
+        unavailable("dcmcjpeg (dcmtk) makes the JPEG instance")
+    fetcher = InstanceFetcher(source_config(orthanc), 1 << 20)
+    with ScriptedSCP(aet="PLAIN", transfer_syntaxes=[ExplicitVRLittleEndian]) as plain:
+        destination = make_destination(config(plain.port, plain.aet), source=source_config(orthanc))
+        data = make_jpeg_instance()
+        _, detail, _ = await destination.deliver(fetcher, orthanc.upload(data), workdir / "job.dcm")
+        fetcher.close()
+        assert "transcoded to Explicit VR Little Endian" in detail
+        assert plain.stored_uids() == {sop_instance_uid(data)}

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -40,7 +41,7 @@ __all__ = ["DicomDestination", "InstanceMeta", "NeedsTranscode", "_proposals", "
 
 log = logging.getLogger(__name__)
 
-Delivered = tuple[int, str]  # (bytes downloaded, the peer's answer)
+Delivered = tuple[int, str, float]  # (bytes downloaded, the peer's answer, seconds sending)
 
 
 class DataPath(Protocol):
@@ -85,7 +86,7 @@ class DicomDestination:
         """Download from Orthanc and send, both in one worker thread (the hot path).
 
         Small instances never touch the disk; large ones go through `spool`, which the
-        caller removes. Returns (bytes, the peer's answer)."""
+        caller removes."""
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._release_idle_forever())
         loop = asyncio.get_running_loop()
@@ -95,23 +96,27 @@ class DicomDestination:
             )
         except NeedsTranscode as need:
             # _deliver_blocking left the instance in the spool file for the transcoder
-            size = spool.stat().st_size
-            return size, await self._send_transcoded(spool, need)
+            started = time.monotonic()
+            detail = await self._send_transcoded(spool, need)
+            return spool.stat().st_size, detail, time.monotonic() - started
 
     def _deliver_blocking(
         self, fetcher: InstanceFetcher, orthanc_id: str, spool: Path
     ) -> Delivered:
         fetched = fetcher.fetch(orthanc_id, spool)
+        started = time.monotonic()
         if fetched.data is None:
-            return fetched.size, self.data_path.send_blocking(spool)
-        if isinstance(self.data_path, FastPath):
+            detail = self.data_path.send_blocking(spool)
+        elif isinstance(self.data_path, FastPath):
             try:
-                return fetched.size, self.data_path.send_bytes(fetched.data)
+                detail = self.data_path.send_bytes(fetched.data)
             except NeedsTranscode:
                 spool.write_bytes(fetched.data)
                 raise
-        spool.write_bytes(fetched.data)
-        return fetched.size, self.data_path.send_blocking(spool)
+        else:
+            spool.write_bytes(fetched.data)
+            detail = self.data_path.send_blocking(spool)
+        return fetched.size, detail, time.monotonic() - started
 
     async def _in_pool(self, path: Path) -> str:
         loop = asyncio.get_running_loop()
