@@ -15,9 +15,11 @@ each run sends them to the same receivers, one way after the other:
 
 The DICOM receiver is DCMTK storescp (--fork, TCP_NODELAY=1, as Orthanc); the sendqueue
 legs are bench/pipeline_throughput.py's (ingest starts at the beginning of the change log;
-timed until the receiver holds every instance). Each row gives the median instances/s and
-MB/s, the ratio to `native` (taken within each run, then the median), CPU milliseconds per
-instance of each process that does the sending, and the peak RSS of the sending process.
+timed until the receiver holds every instance; with --backlog the sender starts only once
+every job waits in its queue, which measures the sender alone). Each row gives the median
+instances/s and MB/s, the ratio to `native` (taken within each run, then the median), CPU
+milliseconds per instance of each process that does the sending, and the peak RSS of the
+sending process.
 Everything lives in one temp dir and one RabbitMQ vhost per sendqueue measure, removed at
 the end. No figure is asserted: --quick only shows that every leg works.
 """
@@ -172,7 +174,13 @@ def make_files(files: Path, n: int, frames: int) -> tuple[set[str], int]:
 
 
 async def one_size(
-    label: str, frames: int, n: int, runs: int, concurrency: int, methods: list[str]
+    label: str,
+    frames: int,
+    n: int,
+    runs: int,
+    concurrency: int,
+    methods: list[str],
+    backlog: bool = False,
 ) -> list[dict[str, Any]]:
     from tests.support.orthanc import OrthancProcess
     from tests.support.scp import StorescpProcess
@@ -188,6 +196,7 @@ async def one_size(
         scp = stack.enter_context(StorescpProcess(output_dir=tmp / "storescp"))
         source.put_modality("storescp", scp.aet, scp.port)
         bench = Bench(tmp, source, scp, tmp / "files", ids, uids, total, concurrency)
+        bench.backlog = backlog
         if "peer-store" in methods:
             bench.peer = stack.enter_context(OrthancProcess(aet="PEER", start_timeout=60))
             source.request(
@@ -271,7 +280,9 @@ async def compare(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for label, (frames, n, quick_n) in SIZES.items():
         count = quick_n if args.quick else (args.instances or n)
-        rows += await one_size(label, frames, count, args.runs, args.concurrency, methods)
+        rows += await one_size(
+            label, frames, count, args.runs, args.concurrency, methods, args.backlog
+        )
     load_after = os.getloadavg()
     print()
     print(render(rows))
@@ -296,6 +307,11 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=0, help="per size (default: per size)")
     parser.add_argument("--concurrency", type=int, default=4, help="sendqueue associations")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--backlog",
+        action="store_true",
+        help="sendqueue legs: start the sender once every job is queued (its drain rate)",
+    )
     parser.add_argument("--json", default="", help="write the results here (else stdout)")
     args = parser.parse_args()
     if args.quick:
