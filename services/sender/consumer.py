@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -48,6 +48,9 @@ from sendqueue.shared.topology import Names, declare_work_exchange, declare_work
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[None]]
+#: Spool file names: job id + a number unique in this process (cheaper than a uuid4; the
+#: spool directory is this process's own).
+_SPOOL_NAMES = itertools.count()
 
 
 class DestinationConsumer:
@@ -92,6 +95,13 @@ class DestinationConsumer:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # The hot path's metric children, looked up once rather than per job.
+        protocol = destination.protocol
+        self._in_flight_gauge = metrics.in_flight.labels(self.name)
+        self._sent_count = metrics.sent.labels(self.name, protocol)
+        self._send_duration = metrics.duration.labels(self.name, protocol)
+        self._sent_bytes = metrics.bytes.labels(self.name)
+        self._latency = metrics.latency.labels(self.name)
         metrics.up.labels(self.name).set(1)
         metrics.show_state(self.name, self.state)
         metrics.associations.labels(self.name).set_function(destination.connections_open)
@@ -166,7 +176,7 @@ class DestinationConsumer:
         self._idle.clear()
         if message.timestamp is not None:
             self._head_since = message.timestamp.timestamp()
-        self._metrics.in_flight.labels(self.name).inc()
+        self._in_flight_gauge.inc()
 
         async def report_crash(exc: BaseException) -> None:
             await self._report(_crash_report(self.name, message.body, exc), None)
@@ -180,7 +190,7 @@ class DestinationConsumer:
             )
         finally:
             self._in_flight -= 1
-            self._metrics.in_flight.labels(self.name).dec()
+            self._in_flight_gauge.dec()
             if self._in_flight == 0:
                 self._idle.set()
 
@@ -204,7 +214,7 @@ class DestinationConsumer:
         await self._attempt(job)
 
     async def _attempt(self, job: SendJob) -> None:
-        path = self._spool / f"{job.id}-{uuid.uuid4().hex[:8]}.dcm"
+        path = self._spool / f"{job.id}-{next(_SPOOL_NAMES)}.dcm"
         try:
             size, detail, took = await self._download_and_send(job, path)
         except DestinationUnavailable as exc:
@@ -257,13 +267,12 @@ class DestinationConsumer:
             await self._return_and_pause(job, why)
 
     def _delivered(self, job: SendJob, size: int, took: float, detail: str) -> None:
-        protocol = self.destination.protocol
-        self._metrics.sent.labels(self.name, protocol).inc()
-        self._metrics.duration.labels(self.name, protocol).observe(took)
-        self._metrics.bytes.labels(self.name).inc(size)
+        self._sent_count.inc()
+        self._send_duration.observe(took)
+        self._sent_bytes.inc(size)
         origin = job.stored_at or job.queued_at
         if origin:
-            self._metrics.latency.labels(self.name).observe(max(0.0, time.time() - origin))
+            self._latency.observe(max(0.0, time.time() - origin))
         job_event(
             log,
             "sent",
