@@ -15,7 +15,9 @@ more on a fresh one.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,9 +118,14 @@ class InstanceFetcher:
         return SourceUnavailable(f"Orthanc unreachable on GET {path}: {why}")
 
     def close(self) -> None:
+        """Close every thread's connection; a download still running fails at once (its
+        socket is shut down first: closing alone would not wake a blocked read)."""
         with self._lock:
             connections, self._connections = self._connections, []
         for connection in connections:
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
             connection.close()
 
 

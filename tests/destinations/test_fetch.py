@@ -94,3 +94,32 @@ def test_a_dropped_keep_alive_connection_is_replaced_once(tmp_path: Path):
             assert fetcher.fetch("id", tmp_path / "x.dcm").data == b"DICM-ish"
         fetcher.close()
         assert server.requests == 3  # type: ignore[attr-defined]
+
+
+def test_closing_ends_a_download_from_a_stalled_orthanc(tmp_path: Path):
+    import socket
+    import time
+
+    # Given an "Orthanc" that accepts the connection and never answers
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        fetcher = InstanceFetcher(OrthancConfig(url=f"http://127.0.0.1:{port}", timeout=60), 1024)
+        failed: list[BaseException] = []
+
+        def download() -> None:
+            try:
+                fetcher.fetch("id", tmp_path / "x.dcm")
+            except BaseException as exc:
+                failed.append(exc)
+
+        worker = threading.Thread(target=download)
+        worker.start()
+        accepted, _ = server.accept()
+        time.sleep(0.2)  # the request is out; the worker waits for the answer
+        started = time.monotonic()
+        fetcher.close()
+        worker.join(10)
+        accepted.close()
+    # Then the worker is free at once (not after the 60 s timeout), with a clear error
+    assert not worker.is_alive() and time.monotonic() - started < 5
+    assert isinstance(failed[0], SourceUnavailable)
