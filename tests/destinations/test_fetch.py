@@ -12,6 +12,7 @@ import pytest
 
 from sendqueue.services.sender.fetch import InstanceFetcher
 from sendqueue.shared.config import OrthancConfig
+from sendqueue.shared.durations import Duration
 from sendqueue.shared.errors import InstanceNotFound, SourceUnavailable
 from tests.destinations.conftest import source_config
 from tests.support.dicom_factory import make_instance
@@ -103,7 +104,9 @@ def test_closing_ends_a_download_from_a_stalled_orthanc(tmp_path: Path):
     # Given an "Orthanc" that accepts the connection and never answers
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        fetcher = InstanceFetcher(OrthancConfig(url=f"http://127.0.0.1:{port}", timeout=60), 1024)
+        fetcher = InstanceFetcher(
+            OrthancConfig(url=f"http://127.0.0.1:{port}", timeout=Duration(60)), 1024
+        )
         failed: list[BaseException] = []
 
         def download() -> None:

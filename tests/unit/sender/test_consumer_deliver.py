@@ -36,7 +36,7 @@ async def sender(tmp_path, no_publish_pause, monkeypatch):
     monkeypatch.setattr(base, "FakeDestination", lambda *a, **k: destination)
     started = await base._start(tmp_path)
     started.consumer._fetcher = fetcher = object()  # what app.py hands every consumer
-    started.fetcher = fetcher  # type: ignore[attr-defined]
+    started.fetcher = fetcher
     yield started
     await started.consumer.stop(grace=0)
 
