@@ -278,7 +278,10 @@ async def compare(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown method(s): {', '.join(sorted(unknown))}")
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
+    sizes = [size.strip() for size in args.sizes.split(",")]
     for label, (frames, n, quick_n) in SIZES.items():
+        if label not in sizes:
+            continue
         count = quick_n if args.quick else (args.instances or n)
         rows += await one_size(
             label, frames, count, args.runs, args.concurrency, methods, args.backlog
@@ -307,6 +310,7 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=0, help="per size (default: per size)")
     parser.add_argument("--concurrency", type=int, default=4, help="sendqueue associations")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--sizes", default=",".join(SIZES), help="of: " + ", ".join(SIZES))
     parser.add_argument(
         "--backlog",
         action="store_true",

@@ -175,6 +175,9 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
             if setup.backlog:
                 ingest = pipeline.spawn("ingest")
                 await _wait_backlog(pipeline, n)
+            # Backlog: the sender takes jobs as soon as it connects, before it reports
+            # healthy, so its time starts at its spawn (its start-up included).
+            spawned = time.monotonic()
             senders = [pipeline.spawn("sender")] + [
                 pipeline.spawn("sender", "--listen", listen, key=key)
                 for listen, key in zip(listens[1:], keys[1:], strict=True)
@@ -184,7 +187,7 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
             cpu = {"sender": sum(cpu_s(p.pid) for p in senders), "retry": cpu_s(retry.pid),
                    "orthanc": cpu_s(setup.source.pid)}  # fmt: skip
             profilers = [_profile(setup, senders[0].pid, f"sender-{run}")]
-            started = time.monotonic()
+            started = spawned if setup.backlog else time.monotonic()
             if not setup.backlog:
                 ingest = pipeline.spawn("ingest")
                 profilers.append(_profile(setup, ingest.pid, f"ingest-{run}", wait=0))
