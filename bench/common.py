@@ -96,14 +96,17 @@ class RssSampler:
 @contextmanager
 def bench_vhost() -> Iterator[Any]:
     """A fresh vhost named sq-bench-<hex> (not sq-test-: test leak checks ignore it), deleted
-    at the end."""
+    at the end. Held with the tests' shared lock on the machine's broker, so a test that
+    stops the broker waits for the measure to end (and the measure for it)."""
     from tests.support import rabbit
+    from tests.support.broker_lock import using_broker
 
-    vhost = rabbit.create_vhost(f"sq-bench-{uuid.uuid4().hex[:8]}")
-    try:
-        yield vhost
-    finally:
-        rabbit.delete_vhost(vhost.name)
+    with using_broker():
+        vhost = rabbit.create_vhost(f"sq-bench-{uuid.uuid4().hex[:8]}")
+        try:
+            yield vhost
+        finally:
+            rabbit.delete_vhost(vhost.name)
 
 
 async def declare_topology_for(config: Any) -> None:

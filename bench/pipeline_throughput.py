@@ -39,6 +39,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,7 @@ class Setup:
         total_bytes: int,
         concurrency: int,
         senders: int = 1,
+        data_path: str = "fast",
     ) -> None:
         self.tmp = tmp
         self.source = source
@@ -93,6 +95,12 @@ class Setup:
         self.total_bytes = total_bytes
         self.concurrency = concurrency
         self.senders = senders
+        #: The DICOM destination's data_path for the sendqueue measure.
+        self.data_path = data_path
+        #: Backlog mode: the sender starts once every job waits in its queue.
+        self.backlog = False
+        #: Where py-spy writes the first sender's collapsed stacks per run (None: no profile).
+        self.profile_dir: Path | None = None
 
     def clear_scp(self) -> None:
         for path in self.scp.output_dir.iterdir():
@@ -137,7 +145,7 @@ async def by_orthanc(setup: Setup, _run: int) -> dict[str, Any]:
     return {"seconds": time.monotonic() - started}
 
 
-async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
+async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
     from tests.integration.harness import Pipeline, dicom_destination
     from tests.support.ports import free_port
 
@@ -151,7 +159,11 @@ async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
             tmp=run_dir,
             destinations=[
                 dicom_destination(
-                    "storescp", setup.scp.port, setup.scp.aet, concurrency=setup.concurrency
+                    "storescp",
+                    setup.scp.port,
+                    setup.scp.aet,
+                    concurrency=setup.concurrency,
+                    data_path=setup.data_path,
                 )
             ],
         )
@@ -160,6 +172,12 @@ async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
         keys = ["sender", *(f"sender-{i + 2}" for i in range(setup.senders - 1))]
         try:
             retry = pipeline.spawn("retry")
+            if setup.backlog:
+                ingest = pipeline.spawn("ingest")
+                await _wait_backlog(pipeline, n)
+            # Backlog: the sender takes jobs as soon as it connects, before it reports
+            # healthy, so its time starts at its spawn (its start-up included).
+            spawned = time.monotonic()
             senders = [pipeline.spawn("sender")] + [
                 pipeline.spawn("sender", "--listen", listen, key=key)
                 for listen, key in zip(listens[1:], keys[1:], strict=True)
@@ -168,8 +186,11 @@ async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
             rss_start = status_mb(senders[0].pid, "VmRSS")
             cpu = {"sender": sum(cpu_s(p.pid) for p in senders), "retry": cpu_s(retry.pid),
                    "orthanc": cpu_s(setup.source.pid)}  # fmt: skip
-            started = time.monotonic()
-            ingest = pipeline.spawn("ingest")
+            profilers = [_profile(setup, senders[0].pid, f"sender-{run}")]
+            started = spawned if setup.backlog else time.monotonic()
+            if not setup.backlog:
+                ingest = pipeline.spawn("ingest")
+                profilers.append(_profile(setup, ingest.pid, f"ingest-{run}", wait=0))
             first: float | None = None
 
             def all_received() -> bool:
@@ -187,6 +208,10 @@ async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
                 "retry": cpu_s(retry.pid) - cpu["retry"],
                 "orthanc": cpu_s(setup.source.pid) - cpu["orthanc"],
             }
+            for profiler in profilers:
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                    profiler.wait(60)
             # Not timed: every C-STORE answered, then the sender's own count of it.
             await wait_until(
                 lambda: _sent_is(pipeline, n, listens), timeout=60, interval=0.2, what="sent"
@@ -208,6 +233,35 @@ async def by_sendqueue(setup: Setup, run: int) -> dict[str, Any]:
         "failed_attempts": failed,
         **{f"cpu_ms_per_inst_{k}": v * 1000 / n for k, v in used.items()},
     }
+
+
+async def _wait_backlog(pipeline: Any, n: int) -> None:
+    from tests.integration.harness import queue_ready
+
+    async def full() -> bool:
+        check_alive(pipeline, "ingest", "retry")
+        try:
+            return await queue_ready(pipeline, "work.storescp") >= n
+        except Exception:  # not declared yet
+            return False
+
+    await wait_until(full, timeout=600, interval=0.5, what="every job queued")
+
+
+def _profile(
+    setup: Setup, pid: int, name: str, wait: float = 0.5
+) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling a process (all threads, 200 Hz) into collapsed stacks."""
+    if setup.profile_dir is None:
+        return None
+    setup.profile_dir.mkdir(parents=True, exist_ok=True)
+    out = setup.profile_dir / f"{name}.txt"
+    cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+           "--rate", "200", "--format", "raw", "--threads", "--nonblocking",
+           "--output", str(out)]  # fmt: skip
+    profiler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(wait)  # attached before ingest starts
+    return profiler
 
 
 async def _sent_is(pipeline: Any, n: int, listens: list[str] | None = None) -> bool:
@@ -247,7 +301,15 @@ def make_files(files: Path, n: int) -> tuple[set[str], int]:
 
 
 async def throughput(
-    n: int, runs: int, concurrency: int, methods: list[str], senders: int = 1
+    n: int,
+    runs: int,
+    concurrency: int,
+    methods: list[str],
+    senders: int = 1,
+    *,
+    data_path: str = "fast",
+    profile: Path | None = None,
+    backlog: bool = False,
 ) -> int:
     from tests.support.orthanc import OrthancProcess
     from tests.support.scp import StorescpProcess
@@ -262,7 +324,11 @@ async def throughput(
             ids = list(pool.map(lambda p: upload_file(source, p), paths))
         scp = stack.enter_context(StorescpProcess(output_dir=tmp / "storescp"))
         source.put_modality("storescp", scp.aet, scp.port)
-        setup = Setup(tmp, source, scp, files, ids, uids, total_bytes, concurrency, senders)
+        setup = Setup(
+            tmp, source, scp, files, ids, uids, total_bytes, concurrency, senders, data_path
+        )
+        setup.profile_dir = profile
+        setup.backlog = backlog
         print(
             f"{n} instances, {total_bytes / MB:.1f} MB ({total_bytes / n / MB:.2f} MB each);"
             f" {runs} run(s); sendqueue concurrency {concurrency} per sender,"
@@ -403,6 +469,17 @@ def main() -> int:
         "--senders", type=int, default=1, help="sendqueue sender processes (competing consumers)"
     )
     parser.add_argument(
+        "--backlog",
+        action="store_true",
+        help="start the sender only once every job waits in its queue (its drain rate)",
+    )
+    parser.add_argument("--data-path", default="fast", choices=["fast", "pynetdicom"])
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="directory for py-spy's collapsed stacks of the sender, one file per run",
+    )
+    parser.add_argument(
         "--large-mb",
         type=int,
         default=0,
@@ -417,7 +494,16 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown method(s): {', '.join(sorted(unknown))}")
     return asyncio.run(
-        throughput(args.instances, args.runs, args.concurrency, methods, args.senders)
+        throughput(
+            args.instances,
+            args.runs,
+            args.concurrency,
+            methods,
+            args.senders,
+            data_path=args.data_path,
+            profile=Path(args.profile) if args.profile else None,
+            backlog=args.backlog,
+        )
     )
 
 

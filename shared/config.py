@@ -209,6 +209,14 @@ class SenderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         str,
         doc('where instance files wait while they are sent; `""` = the system temp dir'),
     ] = ""
+    in_memory_mb: Annotated[
+        int,
+        doc(
+            "instances up to this size (MiB) are downloaded into memory and sent from there"
+            " (kind dicom); larger ones go through `spool_dir`. Each unit of `concurrency`"
+            " holds at most one"
+        ),
+    ] = 8
     probe_min: Annotated[
         Duration, doc("first wait between probes of an unreachable destination")
     ] = Duration(1)
@@ -232,6 +240,8 @@ class SenderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         _check_listen(self.listen)
         if self.commitment_listen:
             _check_listen(self.commitment_listen)
+        if not 0 <= self.in_memory_mb <= 1024:
+            raise ValueError(f"[sender] in_memory_mb must be 0..1024, got {self.in_memory_mb}")
 
 
 _DEFAULT_DELAYS = [Duration(s) for s in (10, 60, 300, 1800, 7200)]

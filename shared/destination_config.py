@@ -227,7 +227,7 @@ class DestinationConfigBase(
 
 
 class DicomDestinationConfig(DestinationConfigBase, frozen=True, tag="dicom"):
-    """kind = "dicom": C-STORE with pynetdicom, optionally over DICOM TLS."""
+    """kind = "dicom": C-STORE, optionally over DICOM TLS."""
 
     kind: ClassVar[Literal["dicom"]] = "dicom"
 
@@ -279,6 +279,14 @@ class DicomDestinationConfig(DestinationConfigBase, frozen=True, tag="dicom"):
             default="none",
         ),
     ] = ""
+    data_path: Annotated[
+        Literal["fast", "pynetdicom"],
+        doc(
+            '`"fast"`: sendqueue\'s own associations, data written straight from the instance'
+            ' (several times less CPU per instance); `"pynetdicom"`: pynetdicom\'s associations'
+            " and threads, for a peer the fast path does not suit"
+        ),
+    ] = "fast"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -191,9 +191,9 @@ class OrthancClient:
             expected = response.content_length
             if expected is not None and expected > MAX_FILE_BYTES:
                 raise SourceUnavailable(f"GET {path}: {expected} bytes is no instance file")
-            with _SpoolFile(target) as out:
+            with SpoolFile(target) as out:
                 async for chunk in response.content.iter_chunked(_CHUNK):
-                    _spool_write(out, chunk, target)
+                    spool_write(out, chunk, target)
                     written += len(chunk)
                     self._check_rate(path, written, started)
         if expected is not None and written != expected:
@@ -212,7 +212,7 @@ class OrthancClient:
             )
 
 
-class _SpoolFile:
+class SpoolFile:
     """open(target, "wb"), with the spool's faults raised as SpoolUnavailable."""
 
     def __init__(self, target: Path) -> None:
@@ -233,7 +233,7 @@ class _SpoolFile:
             raise _spool_fault(exc, self._target) from None
 
 
-def _spool_write(out: Any, chunk: bytes, target: Path) -> None:
+def spool_write(out: Any, chunk: bytes, target: Path) -> None:
     try:
         out.write(chunk)
     except OSError as exc:

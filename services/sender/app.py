@@ -17,6 +17,7 @@ from sendqueue.services.sender.certificates import watch_destination_certificate
 from sendqueue.services.sender.commitment import Commitments, share_reports
 from sendqueue.services.sender.consumer import DestinationConsumer
 from sendqueue.services.sender.destinations import create_destination
+from sendqueue.services.sender.fetch import InstanceFetcher
 from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.services.sender.status import StatusReporter
 from sendqueue.services.sender.windows import Clock, WindowKeeper, utc_now
@@ -92,8 +93,11 @@ async def _serve(
     keeper = WindowKeeper(windows, clock)
     keeper.follow(control)
     consumers: list[DestinationConsumer] = []
+    memory_limit = config.sender.in_memory_mb * 1024 * 1024
     for dest_config in config.destinations:
         destination = parts.closing(create_destination(dest_config, source=config.orthanc))
+        fetcher = InstanceFetcher(config.orthanc, memory_limit)
+        parts.callback(fetcher.close)
         consumer = DestinationConsumer(
             destination,
             names=names,
@@ -103,6 +107,7 @@ async def _serve(
             spool_dir=spool,
             metrics=metrics,
             commitments=commitments,
+            fetcher=fetcher,
         )
         paused = dest_config.name in control.paused
         await keeper.add(consumer)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -31,10 +32,11 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from sendqueue.services.sender.commitment import Commitments, commit_if_asked
 from sendqueue.services.sender.deliveries import report_delivery
 from sendqueue.services.sender.destinations import Destination
+from sendqueue.services.sender.fetch import InstanceFetcher
 from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.services.sender.prepare import fetch_instance
 from sendqueue.shared.amqp import Publisher
-from sendqueue.shared.config import SenderConfig
+from sendqueue.shared.config import DestinationConfig, SenderConfig
 from sendqueue.shared.errors import (
     TRANSIENT_IO_ERRORS,
     DestinationUnavailable,
@@ -55,6 +57,9 @@ from sendqueue.shared.topology import Names, declare_work_exchange, declare_work
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[None]]
+#: Spool file names: job id + a number unique in this process (cheaper than a uuid4; the
+#: spool directory is this process's own).
+_SPOOL_NAMES = itertools.count()
 
 #: RabbitMQ takes a job back from a consumer that holds it longer than its consumer
 #: timeout (30 min by default) and delivers it again, mid-send. Each consumer asks for
@@ -77,6 +82,7 @@ class DestinationConsumer:
         spool_dir: Path,
         metrics: SenderMetrics,
         commitments: Commitments | None = None,
+        fetcher: InstanceFetcher | None = None,
     ) -> None:
         self.destination = destination
         self._commitments = commitments
@@ -87,6 +93,8 @@ class DestinationConsumer:
         self._config = config
         self._spool = spool_dir
         self._metrics = metrics
+        #: Downloads in the destination's worker threads (destinations with `deliver`).
+        self._fetcher = fetcher
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         #: Unreachable (or Orthanc is): probing until it answers.
@@ -110,6 +118,13 @@ class DestinationConsumer:
         self._taken_at: dict[int, float] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        # The hot path's metric children, looked up once rather than per job.
+        protocol = destination.protocol
+        self._in_flight_gauge = metrics.in_flight.labels(self.name)
+        self._sent_count = metrics.sent.labels(self.name, protocol)
+        self._send_duration = metrics.duration.labels(self.name, protocol)
+        self._sent_bytes = metrics.bytes.labels(self.name)
+        self._latency = metrics.latency.labels(self.name)
         metrics.up.labels(self.name).set(1)
         metrics.show_state(self.name, self.state)
         metrics.associations.labels(self.name).set_function(destination.connections_open)
@@ -208,7 +223,7 @@ class DestinationConsumer:
         self._idle.clear()
         if message.timestamp is not None:
             self._head_since = message.timestamp.timestamp()
-        self._metrics.in_flight.labels(self.name).inc()
+        self._in_flight_gauge.inc()
 
         async def report_crash(exc: BaseException) -> None:
             await self._report(_crash_report(self.name, message.body, exc), None)
@@ -223,7 +238,7 @@ class DestinationConsumer:
         finally:
             self._taken_at.pop(taken, None)
             self._in_flight -= 1
-            self._metrics.in_flight.labels(self.name).dec()
+            self._in_flight_gauge.dec()
             if self._in_flight == 0:
                 self._idle.set()
 
@@ -247,13 +262,10 @@ class DestinationConsumer:
         await self._attempt(job)
 
     async def _attempt(self, job: SendJob) -> None:
-        path = self._spool / f"{job.id}-{uuid.uuid4().hex[:8]}.dcm"
+        path = self._spool / f"{job.id}-{next(_SPOOL_NAMES)}.dcm"
         try:
-            config = self.destination.config
-            size = await fetch_instance(self._orthanc, config, job.orthanc_id, path)
-            started = time.monotonic()
-            detail = await self.destination.send(path)
-            detail = await commit_if_asked(self._commitments, config, path, detail)
+            size, detail, took = await self._download_and_send(job, path)
+            detail = await commit_if_asked(self._commitments, self.destination.config, path, detail)
         except DestinationUnavailable as exc:
             await self._return_and_pause(job, exc)
         except SourceThrottled as exc:
@@ -273,11 +285,24 @@ class DestinationConsumer:
             log.exception("%s: unexpected error sending %s", self.name, job.orthanc_id)
             await self._report(_failure(job, f"internal error: {exc!r}", "internal"), job)
         else:
-            took = time.monotonic() - started
             await report_delivery(self._publisher, self._names, job)  # confirmed, then acked
             self._delivered(job, size, took, detail)
         finally:
             path.unlink(missing_ok=True)
+
+    async def _download_and_send(self, job: SendJob, path: Path) -> tuple[int, str, float]:
+        """(bytes, the peer's answer, seconds sending). The hot path: where the destination
+        can, its worker thread downloads and sends (the event loop only hands the job
+        over); otherwise download (or have Orthanc prepare the file) here, then send."""
+        config = self.destination.config
+        deliver = getattr(self.destination, "deliver", None)
+        if deliver is not None and self._fetcher is not None and _stored_file_as_is(config):
+            size, detail, took = await deliver(self._fetcher, job.orthanc_id, path)
+            return int(size), str(detail), float(took)
+        size = await fetch_instance(self._orthanc, config, job.orthanc_id, path)
+        started = time.monotonic()
+        detail = await self.destination.send(path)
+        return size, detail, time.monotonic() - started
 
     async def _source_failed(self, job: SendJob, exc: SendQueueError) -> None:
         """Orthanc failed on this job: the instance's fault only if Orthanc itself answers.
@@ -297,13 +322,12 @@ class DestinationConsumer:
             await self._return_and_pause(job, why)
 
     def _delivered(self, job: SendJob, size: int, took: float, detail: str) -> None:
-        protocol = self.destination.protocol
-        self._metrics.sent.labels(self.name, protocol).inc()
-        self._metrics.duration.labels(self.name, protocol).observe(took)
-        self._metrics.bytes.labels(self.name).inc(size)
+        self._sent_count.inc()
+        self._send_duration.observe(took)
+        self._sent_bytes.inc(size)
         origin = job.stored_at or job.queued_at
         if origin:
-            self._metrics.latency.labels(self.name).observe(max(0.0, time.time() - origin))
+            self._latency.observe(max(0.0, time.time() - origin))
         job_event(
             log,
             "sent",
@@ -454,3 +478,11 @@ def _failure(
         reason_class=reason_class,
         retry_after=retry_after,
     )
+
+
+def _stored_file_as_is(config: DestinationConfig) -> bool:
+    """Whether the stored file goes out as it is, read once: then a worker thread may
+    download it (into memory) and send it. A file Orthanc prepares (transfer_syntax,
+    modify) comes from another request, and storage commitment reads the spooled file
+    again after the send."""
+    return config.prepare_body() is None and not getattr(config, "storage_commitment", False)

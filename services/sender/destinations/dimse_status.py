@@ -74,11 +74,16 @@ def is_warning(status: int) -> bool:
 
 
 def raise_for_status(
-    status: int, sop_instance_uid: str, warnings: WarningsPolicy = "delivered"
+    status: int,
+    sop_instance_uid: str,
+    warnings: WarningsPolicy = "delivered",
+    detail: str = "",
 ) -> str:
     """Returns the description when delivered; raises Transient/PermanentError otherwise.
-    With `warnings = "retry"` a warning is a transient failure: retried, then parked
-    with the peer's status once the attempts are used up."""
+
+    With `warnings = "retry"` a warning is a transient failure: retried, then parked with
+    the peer's status once the attempts are used up. detail: what the peer said beyond
+    the code (error comment, offending element)."""
     outcome, text, reason_class = classify(status)
     if outcome is Outcome.DELIVERED and warnings == "retry" and is_warning(status):
         raise TransientError(
@@ -87,8 +92,10 @@ def raise_for_status(
             reason_class=reason_class,
         )
     if outcome is Outcome.DELIVERED:
-        return text
+        return f"{text} ({detail})" if detail and status != 0 else text
     message = f"C-STORE of {sop_instance_uid} failed: DIMSE status 0x{status:04X} ({text})"
+    if detail:
+        message += f": {detail}"
     if outcome is Outcome.TRANSIENT:
         raise TransientError(message, reason_class=reason_class)
     raise PermanentError(message, reason_class=reason_class)

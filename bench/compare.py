@@ -1,0 +1,329 @@
+"""The whole forwarding comparison, from scratch, in one table.
+
+    .venv/bin/python bench/compare.py                  # 0.5 MB and 5 MB, 3 runs each
+    .venv/bin/python bench/compare.py --runs 5 --json /tmp/compare.json
+    .venv/bin/python bench/compare.py --quick          # smoke test: a few instances, 1 run
+
+For each instance size, N synthetic instances are uploaded once to a source Orthanc; then
+each run sends them to the same receivers, one way after the other:
+
+    native                Orthanc's own bulk C-STORE: POST /modalities/{id}/store, all ids
+    storescu              DCMTK storescu, all files over one association (the wire limit)
+    sendqueue-fast        the three sendqueue services, data_path = "fast" (the default)
+    sendqueue-pynetdicom  the same with data_path = "pynetdicom"
+    peer-store            Orthanc's own peer store: POST /peers/{id}/store to a second Orthanc
+
+The DICOM receiver is DCMTK storescp (--fork, TCP_NODELAY=1, as Orthanc); the sendqueue
+legs are bench/pipeline_throughput.py's (ingest starts at the beginning of the change log;
+timed until the receiver holds every instance; with --backlog the sender starts only once
+every job waits in its queue, which measures the sender alone). Each row gives the median
+instances/s and MB/s, the ratio to `native` (taken within each run, then the median), CPU
+milliseconds per instance of each process that does the sending, and the peak RSS of the
+sending process.
+Everything lives in one temp dir and one RabbitMQ vhost per sendqueue measure, removed at
+the end. No figure is asserted: --quick only shows that every leg works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import MB, ROOT, cpu_s, median, reset_peak, status_mb, table, upload_file
+from bench.pipeline_throughput import Setup, by_sendqueue
+
+METHODS = ["native", "storescu", "sendqueue-fast", "sendqueue-pynetdicom", "peer-store"]
+#: name -> (frames of 512x512 16-bit, instances, instances in --quick)
+SIZES = {"0.5 MB": (1, 400, 12), "5 MB": (10, 60, 3)}
+_MULTI_FRAME = "1.2.840.10008.5.1.4.1.1.7.3"
+
+
+class Bench(Setup):
+    """Setup plus the second Orthanc for peer store."""
+
+    peer: Any = None
+
+
+# -- the legs: each returns seconds, CPU per process and the sender's peak -----------------
+
+
+async def native(bench: Bench, _run: int) -> dict[str, Any]:
+    source = bench.source
+    reset_peak(source.pid)
+    before = cpu_s(source.pid)
+    started = time.monotonic()
+    await asyncio.to_thread(source.post_json, "/modalities/storescp/store", bench.ids, 1800)
+    seconds = time.monotonic() - started
+    return {
+        "seconds": seconds,
+        "cpu_s": {"orthanc": cpu_s(source.pid) - before},
+        "peak_mb": status_mb(source.pid, "VmHWM"),
+    }
+
+
+async def storescu(bench: Bench, _run: int) -> dict[str, Any]:
+    cmd = [
+        "storescu", "-aet", "STORESCU", "-aec", bench.scp.aet,
+        "127.0.0.1", str(bench.scp.port), "+sd", str(bench.files),
+    ]  # fmt: skip
+    env = dict(os.environ, TCP_NODELAY="1")
+    started = time.monotonic()
+
+    def run() -> tuple[int, Any]:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode, usage
+
+    code, usage = await asyncio.to_thread(run)
+    seconds = time.monotonic() - started
+    if code != 0:
+        raise RuntimeError(f"storescu failed ({code})")
+    return {
+        "seconds": seconds,
+        "cpu_s": {"storescu": usage.ru_utime + usage.ru_stime},
+        "peak_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def sendqueue(data_path: str) -> Callable[[Bench, int], Awaitable[dict[str, Any]]]:
+    async def leg(bench: Bench, run: int) -> dict[str, Any]:
+        bench.data_path = data_path
+        result = await by_sendqueue(bench, f"{data_path}-{run}")
+        n = len(bench.uids)
+        who = ("sender", "ingest", "retry", "orthanc")
+        return {
+            "seconds": result["seconds"],
+            "cpu_s": {w: result[f"cpu_ms_per_inst_{w}"] * n / 1000 for w in who},
+            "peak_mb": result["sender_peak_mb"],
+            "failed_attempts": result["failed_attempts"],
+        }
+
+    return leg
+
+
+async def peer_store(bench: Bench, _run: int) -> dict[str, Any]:
+    source, peer = bench.source, bench.peer
+    await asyncio.to_thread(peer.reset_database)
+    reset_peak(source.pid)
+    before = {"orthanc": cpu_s(source.pid), "peer orthanc": cpu_s(peer.pid)}
+    started = time.monotonic()
+    await asyncio.to_thread(source.post_json, "/peers/peer/store", bench.ids, 1800)
+    seconds = time.monotonic() - started
+    got = len(peer.instances())
+    if got != len(bench.ids):
+        raise RuntimeError(f"peer-store: the peer holds {got} of {len(bench.ids)} instances")
+    return {
+        "seconds": seconds,
+        "cpu_s": {
+            "orthanc": cpu_s(source.pid) - before["orthanc"],
+            "peer orthanc": cpu_s(peer.pid) - before["peer orthanc"],
+        },
+        "peak_mb": status_mb(source.pid, "VmHWM"),
+    }
+
+
+LEGS: dict[str, Callable[[Bench, int], Awaitable[dict[str, Any]]]] = {
+    "native": native,
+    "storescu": storescu,
+    "sendqueue-fast": sendqueue("fast"),
+    "sendqueue-pynetdicom": sendqueue("pynetdicom"),
+    "peer-store": peer_store,
+}
+#: Legs that C-STORE to storescp: its received set is checked after each.
+_TO_STORESCP = {"native", "storescu", "sendqueue-fast", "sendqueue-pynetdicom"}
+
+
+# -- one size -------------------------------------------------------------------------------
+
+
+def make_files(files: Path, n: int, frames: int) -> tuple[set[str], int]:
+    from pydicom.uid import generate_uid
+
+    from tests.support.dicom_factory import make_instance
+
+    files.mkdir()
+    study, series = generate_uid(), generate_uid()
+    uids: set[str] = set()
+    total = 0
+    for i in range(n):
+        uid = generate_uid()
+        extra = {"sop_class": _MULTI_FRAME, "frames": frames} if frames > 1 else {}
+        data = make_instance(
+            study, series, sop_uid=uid, rows=512, cols=512, instance_number=i + 1, **extra
+        )
+        (files / f"{i:05d}.dcm").write_bytes(data)
+        uids.add(uid)
+        total += len(data)
+    return uids, total
+
+
+async def one_size(
+    label: str,
+    frames: int,
+    n: int,
+    runs: int,
+    concurrency: int,
+    methods: list[str],
+    backlog: bool = False,
+) -> list[dict[str, Any]]:
+    from tests.support.orthanc import OrthancProcess
+    from tests.support.scp import StorescpProcess
+
+    with tempfile.TemporaryDirectory(prefix="sq-compare-") as name, ExitStack() as stack:
+        tmp = Path(name)
+        uids, total = make_files(tmp / "files", n, frames)
+        source = stack.enter_context(OrthancProcess(aet="SOURCE", start_timeout=60))
+        with ThreadPoolExecutor(4) as pool:
+            ids = list(
+                pool.map(lambda p: upload_file(source, p), sorted(tmp.joinpath("files").iterdir()))
+            )
+        scp = stack.enter_context(StorescpProcess(output_dir=tmp / "storescp"))
+        source.put_modality("storescp", scp.aet, scp.port)
+        bench = Bench(tmp, source, scp, tmp / "files", ids, uids, total, concurrency)
+        bench.backlog = backlog
+        if "peer-store" in methods:
+            bench.peer = stack.enter_context(OrthancProcess(aet="PEER", start_timeout=60))
+            source.request(
+                "PUT",
+                "/peers/peer",
+                json.dumps(
+                    {
+                        "Url": bench.peer.url,
+                        "Username": bench.peer.username,
+                        "Password": bench.peer.password,
+                    }
+                ).encode(),
+            )
+        print(f"\n{label}: {n} instances, {total / MB:.1f} MB; {runs} run(s)", flush=True)
+        measured: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+        for run in range(runs):
+            for method in methods:
+                bench.clear_scp()
+                result = await LEGS[method](bench, run)
+                if method in _TO_STORESCP:
+                    bench.check_received(method)
+                result["per_s"] = n / result["seconds"]
+                measured[method].append(result)
+                print(json.dumps({"size": label, "run": run + 1, "method": method,
+                                  "per_s": round(result["per_s"], 1)}), flush=True)  # fmt: skip
+        return _summary(label, n, total, measured)
+
+
+def _summary(
+    label: str, n: int, total: int, measured: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    rows = []
+    base = measured.get("native")
+    for method, runs in measured.items():
+        seconds = median([r["seconds"] for r in runs])
+        ratios = [r["per_s"] / b["per_s"] for r, b in zip(runs, base or [], strict=False)]
+        processes = sorted({p for r in runs for p in r["cpu_s"]})
+        rows.append(
+            {
+                "size": label,
+                "method": method,
+                "instances": n,
+                "runs": len(runs),
+                "inst_per_s": n / seconds,
+                "mb_per_s": total / MB / seconds,
+                "ratio_to_native": median(ratios) if ratios else None,
+                "ratios": ratios,
+                "cpu_ms_per_instance": {
+                    p: median([r["cpu_s"].get(p, 0.0) for r in runs]) * 1000 / n for p in processes
+                },
+                "peak_rss_mb": max(r["peak_mb"] for r in runs),
+                "failed_attempts": sum(r.get("failed_attempts", 0) for r in runs),
+            }
+        )
+    return rows
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    headers = ["size", "method", "inst/s", "MB/s", "x native", "CPU ms/inst", "peak RSS MB"]
+    body = [
+        [
+            r["size"],
+            r["method"],
+            r["inst_per_s"],
+            r["mb_per_s"],
+            "-" if r["ratio_to_native"] is None else f"{r['ratio_to_native']:.2f}",
+            ", ".join(f"{p} {ms:.2f}" for p, ms in r["cpu_ms_per_instance"].items()),
+            r["peak_rss_mb"],
+        ]
+        for r in rows
+    ]
+    return table(headers, body)
+
+
+async def compare(args: argparse.Namespace) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"unknown method(s): {', '.join(sorted(unknown))}")
+    load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    sizes = [size.strip() for size in args.sizes.split(",")]
+    for label, (frames, n, quick_n) in SIZES.items():
+        if label not in sizes:
+            continue
+        count = quick_n if args.quick else (args.instances or n)
+        rows += await one_size(
+            label, frames, count, args.runs, args.concurrency, methods, args.backlog
+        )
+    load_after = os.getloadavg()
+    print()
+    print(render(rows))
+    print(
+        f"\nload average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)};"
+        f" after: {', '.join(f'{x:.2f}' for x in load_after)}"
+    )
+    document = {"rows": rows, "load_before": load_before, "load_after": load_after,
+                "quick": args.quick, "concurrency": args.concurrency}  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(document, indent=2))
+        print(f"JSON: {args.json}")
+    else:
+        print(json.dumps(document))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few instances, one run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--instances", type=int, default=0, help="per size (default: per size)")
+    parser.add_argument("--concurrency", type=int, default=4, help="sendqueue associations")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--sizes", default=",".join(SIZES), help="of: " + ", ".join(SIZES))
+    parser.add_argument(
+        "--backlog",
+        action="store_true",
+        help="sendqueue legs: start the sender once every job is queued (its drain rate)",
+    )
+    parser.add_argument("--json", default="", help="write the results here (else stdout)")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs = 1
+    os.chdir(ROOT)
+    return asyncio.run(compare(args))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
