@@ -158,11 +158,11 @@ async def test_the_console_shows_a_destination_waiting_for_its_window_and_cancel
 
     # When the engineer opens the console, it says why nothing is sent
     await browser.goto(pipeline.url("retry", "/console"))
-    await browser.wait(QUEUE_CELL, "night", "state", "waiting for window", what="waiting")
-    await browser.wait(QUEUE_CELL, "night", "ready", "2", what="2 jobs waiting")
     await browser.fill("#token", ADMIN_TOKEN)
     await browser.click("#login")
     await browser.wait("return !document.getElementById('session').hidden", what="signed in")
+    await browser.wait(QUEUE_CELL, "night", "state", "waiting for window", what="waiting")
+    await browser.wait(QUEUE_CELL, "night", "ready", "2", what="2 jobs waiting")
 
     # And cancelling the waiting jobs parks them as cancelled, after a confirmation
     await browser.click("[data-testid=cancel-night]")
