@@ -225,6 +225,9 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
         finally:
             await pipeline.stop()
     seconds = done - started
+    if setup.profile_dir is not None:  # the services' logs (a line per job) with the stacks
+        for log in run_dir.glob("*.log"):
+            shutil.copy(log, setup.profile_dir / f"{log.stem}-{run}.log")
     # A running ingest: from the moment it reads the changes, its own start-up (imports,
     # the broker's connection, ~1 s here) left out, as for an ingest that runs already.
     warm = None if setup.backlog else seconds - (_ingest_ready(run_dir) - spawned_wall)
