@@ -56,9 +56,12 @@ from bench.common import (
     MB,
     ROOT,
     bench_vhost,
+    broker_cpu_s,
     check_alive,
+    cores_busy,
     cpu_s,
     failures_by_class,
+    machine_jiffies,
     median,
     status_mb,
     table,
@@ -185,7 +188,8 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
             await pipeline.wait_healthy("retry", *listens, timeout=60)
             rss_start = status_mb(senders[0].pid, "VmRSS")
             cpu = {"sender": sum(cpu_s(p.pid) for p in senders), "retry": cpu_s(retry.pid),
-                   "orthanc": cpu_s(setup.source.pid)}  # fmt: skip
+                   "orthanc": cpu_s(setup.source.pid), "rabbitmq": broker_cpu_s()}  # fmt: skip
+            machine = machine_jiffies()
             profilers = [_profile(setup, senders[0].pid, f"sender-{run}")]
             started = spawned if setup.backlog else time.monotonic()
             spawned_wall = time.time()
@@ -208,7 +212,9 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
                 "ingest": cpu_s(ingest.pid),  # its start-up (imports) included
                 "retry": cpu_s(retry.pid) - cpu["retry"],
                 "orthanc": cpu_s(setup.source.pid) - cpu["orthanc"],
+                "rabbitmq": broker_cpu_s() - cpu["rabbitmq"],
             }
+            busy = cores_busy(machine, machine_jiffies())
             for profiler in profilers:
                 if profiler is not None:
                     profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
@@ -235,6 +241,7 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
         "failed_by_class": failed_by_class,
         "seconds": seconds,
         "warm_seconds": warm,
+        "cores_busy": busy,
         "steady_per_s": (n - 1) / (done - first) if first and done > first else float("nan"),
         "first_s": (first or done) - started,
         "sender_rss_start_mb": rss_start,
