@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 CHUNK = 4096
 
 
-@dataclass
+@dataclass(eq=False)  # kept in a set: identity, not value
 class _Link:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter

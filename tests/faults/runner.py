@@ -27,7 +27,7 @@ from tests.faults.scenarios import (
     Scenario,
 )
 from tests.faults.spool_disk import small_tmpfs
-from tests.faults.stage import Stage
+from tests.faults.stage import SERVICES, Stage
 from tests.faults.workload import Workload
 from tests.integration.harness import Pipeline, dicom_destination, to_toml
 from tests.support import rabbit
@@ -84,8 +84,12 @@ async def run_scenario(
     settle = settle if settle is not None else 60.0 + instances / 10
     lock = disturbing_broker() if scenario.disturbs_broker else using_broker()
     async with AsyncExitStack() as stack:
+        waited = time.monotonic()
         stack.enter_context(lock)
+        waited = time.monotonic() - waited
+        set_up = time.monotonic()
         stage = await _set_up(stack, scenario, workload, window, random.Random(seed))
+        stage.note(f"set up in {time.monotonic() - set_up:.1f}s (broker lock: {waited:.1f}s)")
         started = time.monotonic()
         deadline = started + window + settle
         watcher = asyncio.create_task(stage.watch())
@@ -93,6 +97,9 @@ async def run_scenario(
         try:
             await scenario.fault(stage)
             stage.note("fault over")
+            # A service restarted by the fault's last step must be up (its SIGTERM handler
+            # installed) before the end of the run can judge how it stops.
+            await stage.pipeline.wait_healthy(*SERVICES, timeout=120)
             await upload
             settled = await _wait_settled(stage, workload, deadline)
             stage.note("settled" if settled else "NOT settled by the deadline")
@@ -102,7 +109,9 @@ async def run_scenario(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             hung = await asyncio.to_thread(stage.stop_services)
+            stage.note("services stopped")
         contents = await drain_vhost(stage.pipeline.config.amqp.url, stage.pipeline.vhost)
+        stage.note("queues drained")
         figures = reckon(
             scenario.name,
             workload.plans,

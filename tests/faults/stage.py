@@ -55,6 +55,7 @@ class Stage:
         for name in SERVICES:
             self.spawn(name)
         await self.pipeline.wait_healthy(*SERVICES, timeout=90)
+        self._started = time.monotonic()
 
     async def kill_and_restart(self, name: str, down: float) -> None:
         """kill -9, then a new process after `down` seconds."""
