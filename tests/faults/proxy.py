@@ -7,9 +7,11 @@ middle of a PDU, of a dataset, of an association negotiation.
 - `reset_one(after)`: the next `after` bytes towards the peer of one open connection still
   pass, then both sides get a TCP RST (SO_LINGER 0), as a middlebox dropping state would.
 - `throttle(rate)`: every pump forwards at most `rate` bytes a second (None: full speed).
-- `stall_next(after)`: the next connection forwards `after` bytes towards the peer, then
-  nothing more in either direction, while both sockets stay open: a peer that stopped
-  reading. It stays so until the proxy closes.
+- `stall_one(after)`: one open connection forwards `after` more bytes towards the peer,
+  then nothing more in either direction, while both sockets stay open: a peer that stopped
+  reading. It stays so until the proxy closes. `stall_next(after)` does the same to the
+  next connection opened, and `stall_one_beyond(size)` to the first connection caught in
+  the middle of a send larger than `size`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class _Link:
     #: Bytes towards the peer still allowed before the link stalls for good.
     stall_after: int | None = None
     stalled: bool = False
+    #: Bytes towards the peer since the peer last said anything: one instance's worth.
+    since_answer: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -45,6 +49,8 @@ class FaultyProxy:
         self.stalls = 0
         self.connections = 0
         self._stall_next: int | None = None
+        #: Stall the first link whose current send passes this many bytes.
+        self._stall_beyond: int | None = None
         self._links: set[_Link] = set()
         self._server: asyncio.Server | None = None
 
@@ -73,11 +79,28 @@ class FaultyProxy:
 
     def reset_one(self, after: int) -> bool:
         """Plan a reset of one open, healthy connection; False if there is none."""
+        link = self._healthy_link()
+        if link is not None:
+            link.reset_after = after
+        return link is not None
+
+    def stall_one(self, after: int) -> bool:
+        """Plan a stall of one open, healthy connection; False if there is none."""
+        link = self._healthy_link()
+        if link is not None:
+            link.stall_after = after
+        return link is not None
+
+    def stall_one_beyond(self, size: int | None) -> None:
+        """Stall the first connection caught sending more than `size` bytes without an
+        answer: in the middle of a large instance, with more left than any buffer holds."""
+        self._stall_beyond = size
+
+    def _healthy_link(self) -> _Link | None:
         for link in self._links:
-            if not link.stalled and link.reset_after is None:
-                link.reset_after = after
-                return True
-        return False
+            if not link.stalled and link.reset_after is None and link.stall_after is None:
+                return link
+        return None
 
     # -- pumping --------------------------------------------------------------------------
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -111,7 +134,11 @@ class FaultyProxy:
                 data = await reader.read(CHUNK)
                 if not data:
                     break
-                data = self._apply_plans(link, data) if towards_peer else data
+                if towards_peer:
+                    link.since_answer += len(data)
+                    data = self._apply_plans(link, data)
+                else:
+                    link.since_answer = 0
                 if data and not (link.stalled and not towards_peer):
                     writer.write(data)
                     await writer.drain()
@@ -130,9 +157,12 @@ class FaultyProxy:
                 writer.write_eof()
 
     def _apply_plans(self, link: _Link, data: bytes) -> bytes:
+        beyond = self._stall_beyond
+        if beyond is not None and link.stall_after is None and link.since_answer > beyond:
+            link.stall_after, self._stall_beyond = 0, None
         if link.reset_after is not None:
             data, link.reset_after = data[: link.reset_after], max(0, link.reset_after - len(data))
-        if link.stall_after is not None:
+        if link.stall_after is not None and not link.stalled:
             if len(data) >= link.stall_after:
                 data = data[: link.stall_after]
                 link.stalled = True

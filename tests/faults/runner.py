@@ -78,10 +78,11 @@ async def run_scenario(
     scenario: Scenario, *, instances: int, seed: int, settle: float | None = None
 ) -> tuple[Figures, list[str]]:
     """The scenario's figures and its timeline. `settle`: seconds allowed after the fault
-    for everything to be delivered or parked (default: 60 s + 0.1 s per instance)."""
-    workload = Workload(instances)
+    for everything to be delivered or parked."""
+    workload = Workload(instances, large_every=scenario.large_every)
     window = window_for(scenario, instances)
-    settle = settle if settle is not None else 60.0 + instances / 10
+    if settle is None:  # the CI workload's allowance, and 0.05 s per instance beyond it
+        settle = (scenario.settle or 60.0) + max(0, instances - 500) / 20
     lock = disturbing_broker() if scenario.disturbs_broker else using_broker()
     async with AsyncExitStack() as stack:
         waited = time.monotonic()

@@ -50,6 +50,10 @@ class Scenario:
     disturbs_broker: bool = False
     via_proxy: bool = False
     spool_tmpfs: bool = False
+    #: Workload.large_every for this scenario.
+    large_every: int = 0
+    #: Seconds allowed after the fault for everything to settle (None: the default).
+    settle: float | None = None
     destination: dict[str, Any] = field(default_factory=dict)
 
     def duplicate_bound(self, faults: dict[str, int], instances: int) -> int:
@@ -147,9 +151,11 @@ async def proxy_stalls(stage: Stage) -> None:
     try:
         while loop.time() < end and stage.proxy.stalls < 3:
             await asyncio.sleep(stage.rng.uniform(1.0, 4.0))
-            stage.proxy.stall_next(after=stage.rng.randint(100, 40_000))
+            # In the middle of a large instance: what is left exceeds the socket buffers,
+            # so the sender's writes block (a small one would fit in them).
+            stage.proxy.stall_one_beyond(1_000_000)
     finally:
-        stage.proxy.stall_next(None)
+        stage.proxy.stall_one_beyond(None)
         stage.faults["stalled connection"] = stage.proxy.stalls
 
 
@@ -293,6 +299,9 @@ SCENARIOS: dict[str, Scenario] = {
             proxy_stalls,
             window=15,
             via_proxy=True,
+            large_every=25,
+            # Short: until finding 4 is fixed nothing moves after the second stall.
+            settle=45,
             per_fault=lambda f: _count(f, "stalled connection"),
             why="a stalled association is aborted and its send tried again: one per stall",
         ),

@@ -26,6 +26,8 @@ from tests.support.scp import StatusFor
 #: proxy fault can land in the middle of a PDU and of an instance.
 ROWS = COLS = 128
 PER_STUDY = 50
+#: A large instance: 1024x1024 16-bit, 4 frames (8 MB).
+LARGE_ROWS, LARGE_FRAMES = 1024, 4
 #: One instance in PERMANENT_EVERY is refused for good (0xA900): it must end up parked.
 PERMANENT_EVERY = 25
 #: One instance in TRANSIENT_EVERY is refused once (0xA700), then stored.
@@ -52,24 +54,31 @@ class Workload:
 
     size: int
     rows: int = ROWS
+    #: Every `large_every`-th instance is LARGE_BYTES (0: none): larger than the socket
+    #: buffers, so that a peer that stops reading blocks the sender mid-instance.
+    large_every: int = 0
     plans: dict[str, Plan] = field(default_factory=dict)
     uploaded: int = 0
 
     def instances(self) -> Iterator[bytes]:
         frame = _pixel_frame(self.rows, self.rows, 16)
+        large_frame = _pixel_frame(LARGE_ROWS, LARGE_ROWS, 16) if self.large_every else b""
         study = series = ""
         for index in range(self.size):
             if index % PER_STUDY == 0:
                 study, series = generate_uid(), generate_uid()
+            large = bool(self.large_every) and index % self.large_every == 1
+            rows = LARGE_ROWS if large else self.rows
             ds = build_dataset(
                 study_uid=study,
                 series_uid=series,
                 patient_id=f"FAULT{index // PER_STUDY:05d}",
-                rows=self.rows,
-                cols=self.rows,
+                rows=rows,
+                cols=rows,
+                frames=LARGE_FRAMES if large else 1,
                 instance_number=index % PER_STUDY + 1,
             )
-            ds.PixelData = frame
+            ds.PixelData = large_frame * LARGE_FRAMES if large else frame
             self.plans[str(ds.SOPInstanceUID)] = plan_of(index)
             yield to_bytes(ds)
 
