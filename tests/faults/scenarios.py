@@ -195,14 +195,14 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "no-fault",
             no_fault,
-            window=10,
+            window=6,
             per_fault=lambda f: 0,
             why="nothing fails, so nothing is sent twice",
         ),
         Scenario(
             "kill-ingest",
             kill_repeatedly("ingest"),
-            window=20,
+            window=16,
             per_fault=lambda f: _count(f, "kill -9 ingest") * BATCH_SIZE,
             why=(
                 "ingest saves its cursor after each page is confirmed: a restart publishes"
@@ -212,7 +212,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "kill-sender",
             kill_repeatedly("sender"),
-            window=20,
+            window=16,
             per_fault=lambda f: _count(f, "kill -9 sender") * CONCURRENCY,
             why=(
                 "only unacked jobs come back, and the sender holds at most its prefetch"
@@ -222,7 +222,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "kill-retry",
             kill_repeatedly("retry"),
-            window=20,
+            window=16,
             per_fault=lambda f: _count(f, "kill -9 retry") * RETRY_PREFETCH,
             why=(
                 "the retry service holds at most its prefetch of failure reports"
@@ -268,7 +268,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "orthanc-restart",
             orthanc_restarts,
-            window=20,
+            window=16,
             per_fault=lambda f: 0,
             why=(
                 "a job whose file cannot be read goes back untouched before any send, and"
@@ -278,7 +278,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "proxy-reset",
             proxy_resets,
-            window=20,
+            window=16,
             via_proxy=True,
             per_fault=lambda f: _count(f, "connection reset"),
             why=(
@@ -289,7 +289,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "proxy-trickle",
             proxy_trickle,
-            window=20,
+            window=16,
             via_proxy=True,
             per_fault=lambda f: 0,
             why="slow is not failed: every send completes once, within the DIMSE timeout",
@@ -301,14 +301,14 @@ SCENARIOS: dict[str, Scenario] = {
             via_proxy=True,
             large_every=25,
             # Short: until finding 4 is fixed nothing moves after the second stall.
-            settle=45,
+            settle=30,
             per_fault=lambda f: _count(f, "stalled connection"),
             why="a stalled association is aborted and its send tried again: one per stall",
         ),
         Scenario(
             "destination-flapping",
             destination_flapping,
-            window=60,
+            window=50,
             per_fault=lambda f: _count(f, "destination down") * CONCURRENCY,
             why=(
                 f"each time it goes down at most the {CONCURRENCY} sends in flight are cut,"
