@@ -9,6 +9,7 @@ queue is lost.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,19 +59,38 @@ class Figures:
     hung: tuple[str, ...] = ()
     parked_reasons: dict[str, int] = field(default_factory=dict)
     lost_uids: tuple[str, ...] = ()
+    #: The sender's failed attempts by reason class (from its log, kept across kills).
+    failed_attempts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def unplanned_attempts(self) -> int:
+        """Failed attempts other than the peer's planned refusals."""
+        return sum(n for c, n in self.failed_attempts.items() if c not in PLANNED_CLASSES)
 
     def row(self) -> str:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()) if v)
         return (
             f"| {self.scenario} | {self.instances} | {self.delivered} | {self.parked}"
             f" ({self.parked_unplanned} unplanned) | {self.duplicates} (bound"
-            f" {self.duplicate_bound}) | {self.lost} | {self.seconds:.0f} | {faults} |"
+            f" {self.duplicate_bound}) | {self.lost} | {self.unplanned_attempts} |"
+            f" {self.seconds:.0f} | {faults} |"
         )
 
 
+#: The reason classes of the workload's planned refusals (0xA700 once, 0xA900 for good).
+PLANNED_CLASSES = frozenset({"dimse-a7xx", "dimse-a9xx"})
+_FAILED = re.compile(r"event=failed .*reason_class=(\S+)")
+
+
+def failed_attempts(sender_log: str) -> dict[str, int]:
+    """Failed attempts by reason class, from the sender's text log lines."""
+    return dict(Counter(m.group(1) for m in _FAILED.finditer(sender_log)))
+
+
 TABLE_HEADER = (
-    "| scenario | instances | delivered | parked | duplicates | lost | s | faults |\n"
-    "|---|---|---|---|---|---|---|---|"
+    "| scenario | instances | delivered | parked | duplicates | lost | failed attempts"
+    " | s | faults |\n"
+    "|---|---|---|---|---|---|---|---|---|"
 )
 
 

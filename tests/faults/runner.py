@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
-from tests.faults.ledger import Figures, drain_vhost, reckon
+from tests.faults.ledger import Figures, drain_vhost, failed_attempts, reckon
 from tests.faults.proxy import FaultyProxy
 from tests.faults.scenarios import (
     BATCH_SIZE,
@@ -64,6 +65,10 @@ class ServiceHung(ScenarioFailed):
 
 class UnplannedParking(ScenarioFailed):
     """Deliverable instances parked: the fault burned their attempts."""
+
+
+class AttemptsBurned(ScenarioFailed):
+    """Failed attempts for a fault that is no fault of the job (a local or source fault)."""
 
 
 class TooManyDuplicates(ScenarioFailed):
@@ -113,6 +118,7 @@ async def run_scenario(
             stage.note("services stopped")
         contents = await drain_vhost(stage.pipeline.config.amqp.url, stage.pipeline.vhost)
         stage.note("queues drained")
+        _keep_logs(stage.pipeline.tmp, scenario.name)
         figures = reckon(
             scenario.name,
             workload.plans,
@@ -122,10 +128,28 @@ async def run_scenario(
             faults=dict(stage.faults),
             exited=tuple(f"{n} ({c})" for n, c in stage.exited),
             hung=tuple(f"{n} ({c})" for n, c in hung),
+            failed_attempts=failed_attempts(_read(stage.pipeline.tmp / "sender.log")),
         )
         bound = scenario.duplicate_bound(figures.faults, instances)
         return replace(figures, duplicate_bound=bound), stage.timeline
     raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _keep_logs(tmp: Path, scenario: str) -> None:
+    """SQ_FAULTS_KEEP_LOGS=DIR: the services' logs are copied to DIR/<scenario>/."""
+    keep = os.environ.get("SQ_FAULTS_KEEP_LOGS")
+    if keep:
+        target = Path(keep) / scenario
+        target.mkdir(parents=True, exist_ok=True)
+        for log_file in tmp.glob("*.log"):
+            shutil.copy(log_file, target / log_file.name)
 
 
 async def _set_up(
@@ -217,6 +241,10 @@ def check(figures: Figures, scenario: Scenario) -> None:
     if f.parked_unplanned:
         raise UnplannedParking(
             f"{f.parked_unplanned} deliverable instances parked ({f.parked_reasons}): {f}"
+        )
+    if scenario.burns_no_attempts and f.unplanned_attempts:
+        raise AttemptsBurned(
+            f"{f.unplanned_attempts} failed attempts for the fault ({f.failed_attempts}): {f}"
         )
     if f.duplicates > f.duplicate_bound:
         raise TooManyDuplicates(

@@ -52,6 +52,8 @@ class Scenario:
     spool_tmpfs: bool = False
     #: Workload.large_every for this scenario.
     large_every: int = 0
+    #: The fault is none of the jobs' (a local or source fault): it may cost no attempt.
+    burns_no_attempts: bool = False
     #: Seconds allowed after the fault for everything to settle (None: the default).
     settle: float | None = None
     destination: dict[str, Any] = field(default_factory=dict)
@@ -85,7 +87,9 @@ async def broker_restart(stage: Stage) -> None:
     await asyncio.sleep(max(0.0, stage.window * 0.75 - 8))
 
 
-def alarm(kind: str) -> Fault:
+def alarm(kind: str, restart: tuple[str, ...] = ()) -> Fault:
+    """The alarm for the window; `restart`: services killed and started again while it is
+    on, as an operator or a supervisor would."""
     raise_alarm = broker_faults.memory_alarm if kind == "memory" else broker_faults.disk_alarm
 
     async def fault(stage: Stage) -> None:
@@ -93,7 +97,10 @@ def alarm(kind: str) -> Fault:
         async with raise_alarm():
             stage.faults[f"{kind} alarm"] += 1
             stage.note(f"{kind} alarm raised")
-            await asyncio.sleep(stage.window - 6)
+            await asyncio.sleep((stage.window - 6) / 2)
+            for service in restart:
+                await stage.kill_and_restart(service, down=0.5)
+            await asyncio.sleep((stage.window - 6) / 2)
         stage.note(f"{kind} alarm cleared")
         await asyncio.sleep(3)
 
@@ -257,7 +264,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "disk-alarm",
-            alarm("disk"),
+            alarm("disk", restart=("retry", "sender")),
             window=26,
             disturbs_broker=True,
             per_fault=lambda f: (
@@ -269,6 +276,7 @@ SCENARIOS: dict[str, Scenario] = {
             "orthanc-restart",
             orthanc_restarts,
             window=16,
+            burns_no_attempts=True,
             per_fault=lambda f: 0,
             why=(
                 "a job whose file cannot be read goes back untouched before any send, and"
@@ -319,6 +327,7 @@ SCENARIOS: dict[str, Scenario] = {
             "spool-full",
             spool_full,
             window=20,
+            burns_no_attempts=True,
             spool_tmpfs=True,
             per_fault=lambda f: 0,
             why="the download fails before any send",

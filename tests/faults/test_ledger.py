@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tests.faults.ledger import QueueContents, reckon
+from tests.faults.ledger import QueueContents, failed_attempts, reckon
 from tests.faults.workload import Plan, Workload, plan_of
 
 PLANS = {
@@ -73,3 +73,18 @@ def test_the_workload_plans_refusals_and_answers_by_them():
     [never] = sorted(workload.uids(Plan.REFUSED_FOR_GOOD))[:1]
     assert (status(once, 1), status(once, 2)) == (0xA700, 0)
     assert (status(never, 1), status(never, 5)) == (0xA900, 0xA900)
+
+
+def test_failed_attempts_are_counted_by_class_from_the_sender_log():
+    log = (
+        "2026-01-01 WARNING sendqueue.services.sender.consumer: failed event=failed"
+        " destination=pacs attempt=1 outcome=transient reason=internal error: OSError(28,"
+        " 'No space left on device') reason_class=internal\n"
+        "2026-01-01 INFO sendqueue.services.sender.consumer: sent event=sent destination=pacs\n"
+        "2026-01-01 WARNING x: failed event=failed reason=DIMSE 0xA700 reason_class=dimse-a7xx\n"
+        "2026-01-01 WARNING x: failed event=failed reason=x reason_class=internal\n"
+    )
+    counts = failed_attempts(log)
+    assert counts == {"internal": 2, "dimse-a7xx": 1}
+    figures = reckon("t", {}, [], QueueContents(), started=0.0, faults={}, failed_attempts=counts)
+    assert figures.unplanned_attempts == 2
