@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from tests.faults.ledger import QueueContents, failed_attempts, reckon
 from tests.faults.workload import Plan, Workload, plan_of
+
+pytestmark = pytest.mark.faults
 
 PLANS = {
     "1.1": Plan.DELIVER,

@@ -9,6 +9,8 @@ import pytest
 
 from tests.faults.proxy import FaultyProxy
 
+pytestmark = pytest.mark.faults
+
 
 class Sink:
     """A TCP server that keeps what it reads, and echoes it if asked to."""
