@@ -3,6 +3,7 @@
     .venv/bin/python bench/faults.py                                  # every scenario, 500
     .venv/bin/python bench/faults.py --instances 100000 --scenarios kill-sender
     .venv/bin/python bench/faults.py --scenarios destination-flapping --flap-minutes 5
+    .venv/bin/python bench/faults.py --scenarios disk-alarm --window 90   # a longer alarm
 
 Each scenario is the one `pytest -m faults` runs (same workload, fault, ledger and
 checks), with `--instances` instances: the workload arrives at up to 60 instances/s, so a
@@ -34,12 +35,16 @@ from tests.faults.runner import ScenarioFailed, check, run_scenario
 from tests.faults.scenarios import SCENARIOS
 
 
-async def bench(names: list[str], instances: int, seed: int, flap_minutes: float) -> int:
+async def bench(
+    names: list[str], instances: int, seed: int, flap_minutes: float, window: float
+) -> int:
     print(f"seed {seed}, {instances} instances per scenario\n")
     print(TABLE_HEADER, flush=True)
     failed = 0
     for name in names:
         scenario = SCENARIOS[name]
+        if window:
+            scenario = dataclasses.replace(scenario, window=window)
         if name == "destination-flapping" and flap_minutes:
             scenario = dataclasses.replace(scenario, window=flap_minutes * 60)
         figures, timeline = await run_scenario(scenario, instances=instances, seed=seed)
@@ -65,13 +70,16 @@ def main() -> int:
     parser.add_argument(
         "--flap-minutes", type=float, default=0, help="destination-flapping's window"
     )
+    parser.add_argument(
+        "--window", type=float, default=0, help="every scenario's fault window, seconds"
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     unknown = set(names) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     os.chdir(ROOT)
-    failed = asyncio.run(bench(names, args.instances, args.seed, args.flap_minutes))
+    failed = asyncio.run(bench(names, args.instances, args.seed, args.flap_minutes, args.window))
     print(f"\n{len(names) - failed} of {len(names)} scenarios kept every promise")
     return 1 if failed else 0
 
