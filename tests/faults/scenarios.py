@@ -269,8 +269,12 @@ SCENARIOS: dict[str, Scenario] = {
             disturbs_broker=True,
             per_fault=lambda f: (
                 _count(f, "disk alarm") * (BATCH_SIZE + CONCURRENCY + RETRY_PREFETCH)
+                + _count(f, "kill -9 sender") * CONCURRENCY
+                + _count(f, "kill -9 retry") * RETRY_PREFETCH
             ),
-            why="as the memory alarm",
+            why=(
+                "as the memory alarm, plus the restarts' own bounds (as kill-sender and kill-retry)"
+            ),
         ),
         Scenario(
             "orthanc-restart",
