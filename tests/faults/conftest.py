@@ -2,7 +2,8 @@
 
 SQ_FAULTS_INSTANCES sets the workload of every scenario (default 500);
 SQ_FAULTS_SEED makes the random moments of the faults repeatable (default: a new seed,
-printed in the report of a failed scenario). bench/faults.py runs the same scenarios with
+printed in the report of a failed scenario); SQ_FAULTS_KEEP_LOGS=DIR keeps the services'
+logs of each scenario in DIR/<scenario>/. bench/faults.py runs the same scenarios with
 larger workloads and longer windows.
 """
 
