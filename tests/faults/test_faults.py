@@ -13,6 +13,7 @@ import pytest
 from tests.faults.runner import (
     AttemptsBurned,
     NotSettled,
+    ServiceExited,
     ServiceHung,
     UnplannedParking,
     check,
@@ -43,7 +44,16 @@ FINDING_7 = pytest.mark.xfail(
         " though the fault is local; remove this mark once ENOSPC returns the job untouched"
     ),
 )
-MARKS = {"proxy-stall": [FINDING_4], "spool-full": [FINDING_7]}
+FINDING_6 = pytest.mark.xfail(
+    strict=True,
+    raises=ServiceExited,
+    reason=(
+        "issue 9 finding 6: the retry service cannot start while the broker blocks"
+        " publishers (its first control broadcast times out after 30 s and it exits);"
+        " remove this mark once it waits for the alarm to end"
+    ),
+)
+MARKS = {"proxy-stall": [FINDING_4], "disk-alarm": [FINDING_6], "spool-full": [FINDING_7]}
 NEEDS_MOUNT = {"spool-full"}
 
 
