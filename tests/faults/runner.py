@@ -112,7 +112,8 @@ async def run_scenario(
         finally:
             for task in (upload, watcher):
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                # An upload's own error was raised above already (or the fault's was).
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             hung = await asyncio.to_thread(stage.stop_services)
             stage.note("services stopped")
