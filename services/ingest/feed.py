@@ -171,7 +171,10 @@ class ChangesFeed:
             self._metrics.orthanc_last.set(last)
             self._metrics.lag.set(0)
         else:
-            await self._measure_lag(last)
+            # Only a metric. The page is queued and the cursor saved: failing the round
+            # now would leave the caller's cursor behind and queue the page again.
+            with contextlib.suppress(SourceUnavailable):
+                await self._measure_lag(last)
         return last, done
 
     def _replaced(self, newest: int, cursor: int) -> tuple[int, bool]:

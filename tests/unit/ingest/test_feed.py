@@ -488,3 +488,29 @@ async def test_a_throttled_file_is_waited_for_and_never_parked(make_ingest):
     del orthanc.errors["/instances/busy/simplified-tags"]
     await ingest.run_until(lambda: ingest.cursor == 1)
     assert ingest.queued() == [("busy", "thin")]
+
+
+async def test_orthanc_failing_after_a_page_is_queued_does_not_queue_that_page_again(
+    make_ingest,
+):
+    # Given pages of two, and an Orthanc that goes away once, just after the first page,
+    # when ingest asks for its newest change (to measure the lag)
+    orthanc = _orthanc("o1", "o2", "o3", "o4", "o5")
+    real_get_json = orthanc.get_json
+    failures = [SourceUnavailable("Orthanc unreachable on GET /changes: ConnectionResetError")]
+
+    async def get_json(path: str, params: dict[str, str] | None = None) -> Any:
+        if path == "/changes" and "last" in (params or {}) and failures:
+            raise failures.pop()
+        return await real_get_json(path, params)
+
+    orthanc.get_json = get_json
+    ingest = await make_ingest(orthanc, start_from="beginning", batch_size=2)
+
+    # When the feed runs to the end
+    await ingest.run_until(lambda: ingest.cursor == 5)
+
+    # Then the first page, queued and its cursor saved before Orthanc went away, was not
+    # queued a second time
+    assert not failures
+    assert [orthanc_id for orthanc_id, _ in ingest.queued()] == ["o1", "o2", "o3", "o4", "o5"]
