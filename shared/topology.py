@@ -55,6 +55,10 @@ class Names:
         self.unroutable_exchange = f"{prefix}.unroutable"
         self.unroutable_queue = f"{prefix}.unroutable"
 
+    def lease(self, service: str) -> str:
+        """The queue whose single active consumer is the one active process of a service."""
+        return f"{self.prefix}.{service}.lease"
+
     def listener(self, what: str) -> str:
         """A private, exclusive queue of one process following a broadcast exchange."""
         return f"{self.prefix}.{what}.listener.{uuid.uuid4().hex[:12]}"

@@ -1,23 +1,33 @@
-"""Ingest wiring: Orthanc client, the changes feed, the submit API, metrics."""
+"""Ingest wiring: Orthanc client, the changes feed, the submit API, metrics.
+
+Several ingest processes may run on one config (on one host or several): all of them
+serve `POST /api/send`; one of them at a time, the holder of RabbitMQ's lease
+(shared/lease.py), follows Orthanc's /changes from the cursor kept in RabbitMQ
+(cursor.py). The others wait and take over when it goes away.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry
 
+from sendqueue.services.ingest.cursor import BrokerCursors, Cursor
 from sendqueue.services.ingest.feed import ChangesFeed
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import Router
 from sendqueue.shared.config import Config
+from sendqueue.shared.lease import Lease
 from sendqueue.shared.lifecycle import ServiceParts
 from sendqueue.shared.metrics_server import make_app
 from sendqueue.shared.orthanc import OrthancClient
+from sendqueue.shared.register import Registers
 from sendqueue.shared.resolver import Resolver
 from sendqueue.shared.send_api import make_send_handler
 from sendqueue.shared.source_health import OrthancHealth
-from sendqueue.shared.state_lock import hold_state_dir
 from sendqueue.shared.topology import Names, prepare_bus
 
 log = logging.getLogger(__name__)
@@ -26,9 +36,10 @@ log = logging.getLogger(__name__)
 async def run_ingest(
     config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
 ) -> None:
-    with hold_state_dir(config.ingest.state_dir, "ingest"):
-        async with ServiceParts() as parts:
-            await _serve(parts, config, stop, registry or CollectorRegistry())
+    # No lock on state_dir: nothing of ingest's lives there any more but the cursor file of
+    # an older version, read once; the processes of one install share it freely.
+    async with ServiceParts() as parts:
+        await _serve(parts, config, stop, registry or CollectorRegistry())
 
 
 async def _serve(
@@ -42,16 +53,26 @@ async def _serve(
     parts.task(source_health.watch(orthanc), "orthanc-health")
     publisher = await prepare_bus(conn, config)
     resolver = Resolver(orthanc)
-    feed = ChangesFeed(
-        config=config.ingest,
-        orthanc=orthanc,
-        resolver=resolver,
-        router=Router(config.routes),
-        publisher=publisher,
-        names=names,
-        metrics=metrics,
+    cursors = BrokerCursors(Registers(conn, config.amqp.prefix), config.ingest.state_dir)
+    router = Router(config.routes)
+
+    def new_feed() -> ChangesFeed:
+        return ChangesFeed(
+            config=config.ingest,
+            orthanc=orthanc,
+            resolver=resolver,
+            router=router,
+            publisher=publisher,
+            names=names,
+            metrics=metrics,
+            cursor=Cursor(cursors, "changes"),
+        )
+
+    feeds: list[ChangesFeed] = []
+    app = make_app(
+        registry,
+        lambda: {"amqp": not conn.is_closed, "orthanc": all(f.healthy for f in feeds[-1:])},
     )
-    app = make_app(registry, lambda: {"amqp": not conn.is_closed, "orthanc": feed.healthy})
     send = make_send_handler(
         config,
         resolver=resolver,
@@ -61,5 +82,36 @@ async def _serve(
     )
     app.router.add_post("/api/send", send)
     await parts.server(app, config.ingest.listen)
-    log.info("ingest running: %d route(s)", len(config.routes))
-    await feed.run(stop)
+    log.info("ingest running: %d route(s); waiting for the changes lease", len(config.routes))
+    lease = Lease(config.amqp.url, names.lease("ingest"))
+    while not stop.is_set():
+        async with lease.held(stop) as lost:
+            if not lease.active:
+                continue
+            metrics.active.set(1)
+            feeds[:] = [new_feed()]
+            try:
+                async with _either(stop, lost) as until:
+                    await feeds[0].run(until)
+            finally:
+                metrics.active.set(0)
+            if lost.is_set() and not stop.is_set():
+                log.warning("lost the changes lease (RabbitMQ connection gone); waiting again")
+
+
+@contextlib.asynccontextmanager
+async def _either(*events: asyncio.Event) -> AsyncIterator[asyncio.Event]:
+    """An event set as soon as any of these is (the feed stops on one event)."""
+    either = asyncio.Event()
+
+    async def watch(event: asyncio.Event) -> None:
+        await event.wait()
+        either.set()
+
+    watchers = [asyncio.create_task(watch(event)) for event in events]
+    try:
+        yield either
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)

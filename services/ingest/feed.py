@@ -11,7 +11,7 @@ import contextlib
 import logging
 from typing import Any
 
-from sendqueue.services.ingest.cursor import CursorFile
+from sendqueue.services.ingest.cursor import Cursor
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import CHANGE_FOR_LEVEL, Router
 from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
@@ -46,6 +46,7 @@ class ChangesFeed:
         publisher: Publisher,
         names: Names,
         metrics: IngestMetrics,
+        cursor: Cursor,
     ) -> None:
         self._config = config
         self._orthanc = orthanc
@@ -54,7 +55,7 @@ class ChangesFeed:
         self._publisher = publisher
         self._names = names
         self._metrics = metrics
-        self._cursor_file = CursorFile(config.state_dir)
+        self._cursor_file = cursor
         #: Rounds in which Orthanc, though up, failed to read an instance's file.
         self._unreadable: dict[str, int] = {}
         self.healthy = True
@@ -92,7 +93,7 @@ class ChangesFeed:
         self._metrics.queued.labels(job.destination, "changes").inc()
 
     async def _initial_cursor(self) -> int:
-        saved = self._cursor_file.load()
+        saved = await self._cursor_file.load()
         if saved is not None:
             log.info("resuming Orthanc changes after seq %d", saved)
             return saved
@@ -100,7 +101,7 @@ class ChangesFeed:
             start = 0
         else:
             start = int((await self._changes({"last": ""}))["Last"])
-        self._cursor_file.save(start)
+        await self._cursor_file.save(start)
         log.info("first start: following Orthanc changes after seq %d", start)
         return start
 
@@ -129,11 +130,11 @@ class ChangesFeed:
                 last,
                 cursor,
             )
-            self._cursor_file.save(0)
+            await self._cursor_file.save(0)
             self._metrics.cursor.set(0)
             return 0, False
         if last != cursor:
-            self._cursor_file.save(last)
+            await self._cursor_file.save(last)
         self._unreadable.clear()  # only the page being retried needs counting
         self._metrics.cursor.set(last)
         if page.get("Done", True):

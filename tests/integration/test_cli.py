@@ -102,11 +102,12 @@ async def test_two_sender_processes_share_a_destination_queue(make_pipeline, ort
     assert (await pipeline.parked())["total"] == 0
 
 
-async def test_a_second_ingest_or_retry_on_the_same_state_dir_refuses_to_start(make_pipeline, scp):
+async def test_a_second_retry_on_the_same_state_dir_refuses_to_start(make_pipeline, scp):
+    # (A second ingest is a standby instead: tests/ha/test_ingest_failover.py.)
     pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
     await pipeline.start("ingest", "retry")
     config = str(pipeline.config_path)
-    for service in ("ingest", "retry"):
+    for service in ("retry",):
         result = await asyncio.to_thread(
             sendqueue, service, "--config", config, "--listen", f"127.0.0.1:{free_port()}"
         )

@@ -78,8 +78,8 @@ async def test_broker_connections_closed_mid_transfer_lose_nothing(make_pipeline
     for service in ("retry", "sender", "ingest"):
         pipeline.spawn(service)
     await pipeline.wait_healthy("retry", "sender", "ingest", timeout=60)
-    # (ingest 1; sender and retry 2 each: consuming and publishing)
-    connections = await asyncio.to_thread(rabbit.listed_connections, pipeline.vhost, 5)
+    # (ingest 2: its own and its lease's; sender and retry 2 each: consuming and publishing)
+    connections = await asyncio.to_thread(rabbit.listed_connections, pipeline.vhost, 6)
     first = make_study(40)
     for data in first:
         orthanc.upload(data)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sendqueue.services.ingest.cursor import CursorFile
+from sendqueue.services.ingest.cursor import Cursor, CursorFiles
 from sendqueue.services.ingest.feed import ChangesFeed
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import Router
@@ -40,13 +40,13 @@ class Ingest:
     orthanc: FakeOrthanc
     publisher: FakePublisher
     registry: CollectorRegistry
-    cursor_file: CursorFile
+    cursor_file: CursorFiles
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
     @property
     def cursor(self) -> int | None:
-        return self.cursor_file.load()
+        return self.cursor_file.read("changes")
 
     async def run_until(self, condition: Callable[[], bool]) -> None:
         if self.task is None:
@@ -96,9 +96,9 @@ async def make_ingest(tmp_path: Path) -> AsyncIterator[MakeIngest]:
             start_from=start_from,  # type: ignore[arg-type]
             batch_size=batch_size,
         )
-        cursor_file = CursorFile(config.state_dir)
+        cursor_file = CursorFiles(config.state_dir)
         if saved_cursor is not None:
-            cursor_file.save(saved_cursor)
+            cursor_file.write("changes", saved_cursor)
         publisher = FakePublisher()
         registry = CollectorRegistry()
         feed = ChangesFeed(
@@ -109,6 +109,7 @@ async def make_ingest(tmp_path: Path) -> AsyncIterator[MakeIngest]:
             publisher=publisher,  # type: ignore[arg-type]
             names=NAMES,
             metrics=IngestMetrics(registry),
+            cursor=Cursor(cursor_file, "changes"),
         )
         ingest = Ingest(feed, orthanc, publisher, registry, cursor_file)
         made.append(ingest)

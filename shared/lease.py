@@ -1,0 +1,152 @@
+"""One active process among several of a service, by RabbitMQ's single active consumer.
+
+Every process of the service consumes from one quorum queue, `<prefix>.<service>.lease`,
+declared with `x-single-active-consumer`: RabbitMQ delivers to one consumer only and, when
+its channel goes away (a clean stop, kill -9, a lost host, a lost broker node), makes the
+next waiting consumer the active one. The queue holds a token message that the active
+process keeps unacknowledged for as long as it is active: holding the token *is* the
+lease, and RabbitMQ returns it to the queue (and so to the next consumer) the moment the
+holder's connection is gone. No clock, no election of our own.
+
+The lease has its own connection, never restored once lost (a restored connection would
+come back as a standby while the process still thought it was active): losing it ends
+the lease; the process then stops what it did as the active one and waits again.
+
+A short heartbeat bounds how long RabbitMQ keeps the lease of a host that vanished
+without closing its TCP connection; a killed process on a live host is noticed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+
+import aio_pika
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+
+from sendqueue.shared.amqp import BROKER_ERRORS, connect_once
+
+log = logging.getLogger(__name__)
+
+#: Seconds; RabbitMQ gives a silent host's lease away after about two of these.
+LEASE_HEARTBEAT = 5
+#: Wait before a standby whose broker connection failed tries again.
+_RECONNECT_WAIT = 2.0
+#: The broker went away while this process waited for its turn.
+_LOST: tuple[type[BaseException], ...] = (*BROKER_ERRORS, ConnectionError)
+
+
+def holder_identity() -> str:
+    """Who holds a lease, as the standbys and the operator see it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Lease:
+    """`async with lease.held(stop) as lost:` waits until this process is the active one;
+    `lost` is set if the lease goes away before the block ends."""
+
+    def __init__(self, url: str, queue: str, *, identity: str | None = None) -> None:
+        self._url = url
+        self.queue = queue
+        self.identity = identity or holder_identity()
+        self.active = False
+
+    @contextlib.asynccontextmanager
+    async def held(self, stop: asyncio.Event) -> AsyncIterator[asyncio.Event]:
+        """Enters once active, or once `stop` is set (then `lost` is set already)."""
+        lost = asyncio.Event()
+        connection = await self._wait_turn(stop)
+        if connection is None:
+            lost.set()
+            yield lost
+            return
+        connection.close_callbacks.add(lambda *_: lost.set())
+        if connection.is_closed:
+            lost.set()
+        self.active = not lost.is_set()
+        if self.active:
+            log.info("%s: this process (%s) is the active one", self.queue, self.identity)
+        try:
+            yield lost
+        finally:
+            self.active = False
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def _wait_turn(self, stop: asyncio.Event) -> AbstractConnection | None:
+        """Connects and waits until RabbitMQ makes this process's consumer the active one;
+        None if `stop` is set first."""
+        while not stop.is_set():
+            try:
+                connection = await connect_once(
+                    self._url, f"lease-{self.queue}-{self.identity}", heartbeat=LEASE_HEARTBEAT
+                )
+            except BROKER_ERRORS as exc:
+                log.warning("%s: cannot reach RabbitMQ (%r); trying again", self.queue, exc)
+                await _stopped(stop, _RECONNECT_WAIT)
+                continue
+            try:
+                if await self._consume(connection, stop):
+                    return connection
+            except _LOST as exc:
+                log.warning("%s: lost RabbitMQ while waiting (%r)", self.queue, exc)
+            with contextlib.suppress(Exception):
+                await connection.close()
+            await _stopped(stop, _RECONNECT_WAIT)
+        return None
+
+    async def _consume(self, connection: AbstractConnection, stop: asyncio.Event) -> bool:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=1)
+        queue = await channel.declare_queue(
+            self.queue,
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-single-active-consumer": True},
+        )
+        if not queue.declaration_result.message_count:
+            # No token waiting: either this is the very first process, or the token is
+            # held by the active one. One token too many is harmless (only the active
+            # consumer ever gets one); none at all would leave every process waiting.
+            await self._publish_token(channel)
+        got: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        await queue.consume(got.put)
+        waiter = asyncio.ensure_future(got.get())
+        stopper = asyncio.ensure_future(stop.wait())
+        closed = asyncio.ensure_future(connection.closed())
+        try:
+            await asyncio.wait({waiter, stopper, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (stopper, closed):
+                future.cancel()
+        if not waiter.done():
+            waiter.cancel()
+            if closed.done() and not stop.is_set():
+                raise ConnectionError("lease connection closed while waiting")
+            return False
+        token = waiter.result()
+        # A token handed over a few times would reach a quorum queue's delivery limit
+        # (RabbitMQ 4 has one by default): replace it with a fresh one, then drop it. The
+        # fresh one comes straight back to this consumer, the active one.
+        await self._publish_token(channel)
+        await token.ack()
+        return True
+
+    async def _publish_token(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                b"lease",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers={"holder": self.identity},
+            ),
+            routing_key=self.queue,
+        )
+
+
+async def _stopped(stop: asyncio.Event, wait: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), wait)
+    return stop.is_set()

@@ -1,0 +1,92 @@
+"""Named registers in RabbitMQ: the latest value of a small piece of state, replicated.
+
+A register is a quorum queue of length one, `<prefix>.state.<name>`: writing publishes the
+new value (confirmed), and RabbitMQ drops the older one from the head (`x-max-length` 1,
+overflow `drop-head`). Being a quorum queue it is replicated to every node of a cluster,
+so any process on any host can read what another wrote: this is how a standby ingest
+resumes the changes cursor of the one that died.
+
+Reading takes the value (basic.get), publishes it again, and only then acknowledges the
+taken copy: whatever happens in between, the register still holds the value (twice at
+worst, never zero times). Requeueing it instead would count against a quorum queue's
+delivery limit and, after enough reads, drop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+
+from sendqueue.shared.amqp import _PUBLISH_FAILURES
+from sendqueue.shared.errors import NotConfirmed
+
+log = logging.getLogger(__name__)
+
+REGISTER_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-max-length": 1,
+    "x-overflow": "drop-head",
+}
+
+
+def register_queue(prefix: str, name: str) -> str:
+    return f"{prefix}.state.{name}"
+
+
+class Registers:
+    """The registers of one install (one prefix), on one confirming channel."""
+
+    def __init__(
+        self, connection: AbstractRobustConnection, prefix: str, *, timeout: float = 30.0
+    ) -> None:
+        self._connection = connection
+        self._prefix = prefix
+        self._timeout = timeout
+        self._channel: AbstractChannel | None = None
+        self._queues: dict[str, AbstractQueue] = {}
+
+    async def _queue(self, name: str) -> AbstractQueue:
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel(publisher_confirms=True)
+            self._queues.clear()
+        if name not in self._queues:
+            self._queues[name] = await self._channel.declare_queue(
+                register_queue(self._prefix, name), durable=True, arguments=REGISTER_ARGUMENTS
+            )
+        return self._queues[name]
+
+    async def read(self, name: str) -> bytes | None:
+        """The latest value written, or None if none ever was; raises NotConfirmed if
+        RabbitMQ does not answer."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                queue = await self._queue(name)
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    return None
+                await self._put(queue.name, message.body)
+                await message.ack()
+                return message.body
+        except _PUBLISH_FAILURES as exc:
+            raise NotConfirmed(f"RabbitMQ did not answer reading register {name}: {exc!r}") from exc
+
+    async def write(self, name: str, value: bytes) -> None:
+        """Returns once RabbitMQ confirmed; raises NotConfirmed otherwise."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                queue = await self._queue(name)
+                await self._put(queue.name, value)
+        except _PUBLISH_FAILURES as exc:
+            raise NotConfirmed(f"RabbitMQ did not confirm register {name}: {exc!r}") from exc
+
+    async def _put(self, queue: str, value: bytes) -> None:
+        assert self._channel is not None
+        await self._channel.default_exchange.publish(
+            aio_pika.Message(value, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=queue,
+            mandatory=True,
+        )
