@@ -29,6 +29,7 @@ import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from sendqueue.shared.amqp import BROKER_ERRORS, connect_once
+from sendqueue.shared.register import declare_state_queue, put_state
 
 log = logging.getLogger(__name__)
 
@@ -49,31 +50,44 @@ class Lease:
     """`async with lease.held(stop) as lost:` waits until this process is the active one;
     `lost` is set if the lease goes away before the block ends."""
 
-    def __init__(self, url: str, queue: str, *, identity: str | None = None) -> None:
+    def __init__(self, url: str, prefix: str, service: str, *, identity: str | None = None) -> None:
         self._url = url
-        self.queue = queue
+        self._prefix = prefix
+        self.queue = f"{prefix}.{service}.lease"
         self.identity = identity or holder_identity()
         self.active = False
+        self._connection: AbstractConnection | None = None
 
     @contextlib.asynccontextmanager
     async def held(self, stop: asyncio.Event) -> AsyncIterator[asyncio.Event]:
         """Enters once active, or once `stop` is set (then `lost` is set already)."""
-        lost = asyncio.Event()
+        lost = await self.acquire(stop)
+        try:
+            yield lost if lost is not None else _set_event()
+        finally:
+            await self.release()
+
+    async def acquire(self, stop: asyncio.Event) -> asyncio.Event | None:
+        """Waits until this process is the active one; returns the event set when the lease
+        is lost, or None if `stop` was set first. release() ends the lease."""
         connection = await self._wait_turn(stop)
         if connection is None:
-            lost.set()
-            yield lost
-            return
+            return None
+        lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_: lost.set())
         if connection.is_closed:
             lost.set()
+        self._connection = connection
         self.active = not lost.is_set()
         if self.active:
             log.info("%s: this process (%s) is the active one", self.queue, self.identity)
-        try:
-            yield lost
-        finally:
-            self.active = False
+        return lost
+
+    async def release(self) -> None:
+        """Hands the lease on (closing its connection returns the token)."""
+        self.active = False
+        connection, self._connection = self._connection, None
+        if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
 
@@ -102,10 +116,11 @@ class Lease:
     async def _consume(self, connection: AbstractConnection, stop: asyncio.Event) -> bool:
         channel = await connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=1)
-        queue = await channel.declare_queue(
+        queue = await declare_state_queue(
+            channel,
+            self._prefix,
             self.queue,
-            durable=True,
-            arguments={"x-queue-type": "quorum", "x-single-active-consumer": True},
+            {"x-queue-type": "quorum", "x-single-active-consumer": True},
         )
         if not queue.declaration_result.message_count:
             # No token waiting: either this is the very first process, or the token is
@@ -136,17 +151,34 @@ class Lease:
         return True
 
     async def _publish_token(self, channel: aio_pika.abc.AbstractChannel) -> None:
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                b"lease",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                headers={"holder": self.identity},
-            ),
-            routing_key=self.queue,
-        )
+        await put_state(channel, self._prefix, self.queue, self.identity.encode())
+
+
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
 
 
 async def _stopped(stop: asyncio.Event, wait: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), wait)
     return stop.is_set()
+
+
+@contextlib.asynccontextmanager
+async def either(*events: asyncio.Event) -> AsyncIterator[asyncio.Event]:
+    """An event set as soon as any of these is (for loops that stop on one event)."""
+    anyone = asyncio.Event()
+
+    async def watch(event: asyncio.Event) -> None:
+        await event.wait()
+        anyone.set()
+
+    watchers = [asyncio.create_task(watch(event)) for event in events]
+    try:
+        yield anyone
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)

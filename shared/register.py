@@ -37,6 +37,34 @@ def register_queue(prefix: str, name: str) -> str:
     return f"{prefix}.state.{name}"
 
 
+def state_exchange(prefix: str) -> str:
+    """A direct exchange to which registers and leases are bound under their queue's name:
+    the default exchange would need permissions beyond `<prefix>.*`."""
+    return f"{prefix}.state"
+
+
+async def declare_state_queue(
+    channel: AbstractChannel, prefix: str, queue: str, arguments: dict[str, Any]
+) -> AbstractQueue:
+    """A durable queue reachable through the state exchange under its own name."""
+    exchange = await channel.declare_exchange(
+        state_exchange(prefix), aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    declared = await channel.declare_queue(queue, durable=True, arguments=arguments)
+    await declared.bind(exchange, routing_key=queue)
+    return declared
+
+
+async def put_state(channel: AbstractChannel, prefix: str, queue: str, value: bytes) -> None:
+    """Publishes (persistent, mandatory) to a queue declared by declare_state_queue."""
+    exchange = await channel.get_exchange(state_exchange(prefix), ensure=False)
+    await exchange.publish(
+        aio_pika.Message(value, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+        routing_key=queue,
+        mandatory=True,
+    )
+
+
 class Registers:
     """The registers of one install (one prefix), on one confirming channel."""
 
@@ -54,8 +82,8 @@ class Registers:
             self._channel = await self._connection.channel(publisher_confirms=True)
             self._queues.clear()
         if name not in self._queues:
-            self._queues[name] = await self._channel.declare_queue(
-                register_queue(self._prefix, name), durable=True, arguments=REGISTER_ARGUMENTS
+            self._queues[name] = await declare_state_queue(
+                self._channel, self._prefix, register_queue(self._prefix, name), REGISTER_ARGUMENTS
             )
         return self._queues[name]
 
@@ -85,8 +113,4 @@ class Registers:
 
     async def _put(self, queue: str, value: bytes) -> None:
         assert self._channel is not None
-        await self._channel.default_exchange.publish(
-            aio_pika.Message(value, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=queue,
-            mandatory=True,
-        )
+        await put_state(self._channel, self._prefix, queue, value)

@@ -9,9 +9,7 @@ serve `POST /api/send`; one of them at a time, the holder of RabbitMQ's lease
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry
 
@@ -20,7 +18,7 @@ from sendqueue.services.ingest.feed import ChangesFeed
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import Router
 from sendqueue.shared.config import Config
-from sendqueue.shared.lease import Lease
+from sendqueue.shared.lease import Lease, either
 from sendqueue.shared.lifecycle import ServiceParts
 from sendqueue.shared.metrics_server import make_app
 from sendqueue.shared.orthanc import OrthancClient
@@ -83,7 +81,7 @@ async def _serve(
     app.router.add_post("/api/send", send)
     await parts.server(app, config.ingest.listen)
     log.info("ingest running: %d route(s); waiting for the changes lease", len(config.routes))
-    lease = Lease(config.amqp.url, names.lease("ingest"))
+    lease = Lease(config.amqp.url, config.amqp.prefix, "ingest")
     while not stop.is_set():
         async with lease.held(stop) as lost:
             if not lease.active:
@@ -91,27 +89,9 @@ async def _serve(
             metrics.active.set(1)
             feeds[:] = [new_feed()]
             try:
-                async with _either(stop, lost) as until:
+                async with either(stop, lost) as until:
                     await feeds[0].run(until)
             finally:
                 metrics.active.set(0)
             if lost.is_set() and not stop.is_set():
                 log.warning("lost the changes lease (RabbitMQ connection gone); waiting again")
-
-
-@contextlib.asynccontextmanager
-async def _either(*events: asyncio.Event) -> AsyncIterator[asyncio.Event]:
-    """An event set as soon as any of these is (the feed stops on one event)."""
-    either = asyncio.Event()
-
-    async def watch(event: asyncio.Event) -> None:
-        await event.wait()
-        either.set()
-
-    watchers = [asyncio.create_task(watch(event)) for event in events]
-    try:
-        yield either
-    finally:
-        for watcher in watchers:
-            watcher.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)

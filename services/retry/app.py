@@ -1,4 +1,9 @@
-"""Retry service wiring: failure router, parking queue and index, admin API, operator state."""
+"""Retry service wiring: failure router, parking queue and index, admin API, operator state.
+
+Several retry processes may run on one config: one at a time, the holder of RabbitMQ's
+lease (shared/lease.py), routes failures and serves the admin API; the others wait as
+standbys (standby.py) and take over when it goes away.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import logging
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from sendqueue.services.retry.admin.api import MAX_BODY, add_admin_api
 from sendqueue.services.retry.admin.audit import AuditLog
@@ -22,13 +27,16 @@ from sendqueue.services.retry.parking.queue import Parking
 from sendqueue.services.retry.parking.watch import watch_index
 from sendqueue.services.retry.pauses import PauseStore
 from sendqueue.services.retry.queue_gauges import QueueDepthMonitor
+from sendqueue.services.retry.standby import announce_active, standby_app
 from sendqueue.services.retry.status_board import StatusBoard
 from sendqueue.services.retry.strays import RemovedDestinations, follow_unroutable
 from sendqueue.shared.config import Config, is_loopback, parse_listen
 from sendqueue.shared.errors import ConfigError
+from sendqueue.shared.lease import Lease, either
 from sendqueue.shared.lifecycle import ServiceParts
-from sendqueue.shared.metrics_server import make_app
+from sendqueue.shared.metrics_server import make_app, start_server
 from sendqueue.shared.orthanc import OrthancClient
+from sendqueue.shared.register import Registers
 from sendqueue.shared.resolver import Resolver
 from sendqueue.shared.send_api import make_send_handler
 from sendqueue.shared.state_lock import hold_state_dir
@@ -55,13 +63,60 @@ async def run_retry(
 ) -> None:
     check_admin_exposure(config)
     check_console_files()
-    with hold_state_dir(config.retry.state_dir, "retry"):
-        async with ServiceParts() as parts:
-            await _serve(parts, config, stop, registry or CollectorRegistry())
+    registry = registry or CollectorRegistry()
+    active = Gauge(
+        "sendqueue_retry_active",
+        "1 while this retry process is the one routing failures and serving the admin API,"
+        " 0 while it waits as a standby.",
+        registry=registry,
+    )
+    lease = Lease(config.amqp.url, config.amqp.prefix, "retry")
+    async with ServiceParts() as parts:
+        conn = await parts.connection(config.amqp.url, "sendqueue-retry-standby")
+        registers = Registers(conn, config.amqp.prefix)
+        while not stop.is_set():
+            standby = await start_server(standby_app(registry, registers), config.retry.listen)
+            try:
+                lost = await lease.acquire(stop)
+            finally:
+                await standby.cleanup()
+            if lost is None:
+                break
+            active.set(1)
+            try:
+                await announce_active(registers, config.retry.listen, lease.identity)
+                await _active_term(config, stop, lost, registry)
+            finally:
+                active.set(0)
+                await lease.release()
+            if lost.is_set() and not stop.is_set():
+                log.warning("lost the retry lease (RabbitMQ connection gone); waiting again")
+
+
+async def _active_term(
+    config: Config, stop: asyncio.Event, lost: asyncio.Event, registry: CollectorRegistry
+) -> None:
+    """Everything the active process does, until stopped or the lease is lost. Its metrics
+    live in a registry of the term, so that a later term registers them afresh."""
+    term = CollectorRegistry()
+    registry.register(term)
+    try:
+        # The files in state_dir stay local (see docs/architecture.md, "High availability"):
+        # two processes on one host share the directory, only the active one opens them.
+        with hold_state_dir(config.retry.state_dir, "retry"):
+            async with ServiceParts() as parts, either(stop, lost) as until:
+                await _serve(parts, config, until, term, exposed=registry)
+    finally:
+        registry.unregister(term)
 
 
 async def _serve(
-    parts: ServiceParts, config: Config, stop: asyncio.Event, registry: CollectorRegistry
+    parts: ServiceParts,
+    config: Config,
+    stop: asyncio.Event,
+    registry: CollectorRegistry,
+    *,
+    exposed: CollectorRegistry,
 ) -> None:
     metrics = RetryMetrics(registry)
     names = Names(config.amqp.prefix)
@@ -90,12 +145,12 @@ async def _serve(
         metrics=metrics,
         destinations=destinations,
     )
-    if index.has_requeued():
-        # The last pass died after its requeues were confirmed, maybe before the
-        # parked originals were acked: finish it before serving, so that nothing is
-        # sent twice and the admin API never lists an item already requeued.
-        log.info("finishing an interrupted requeue")
-        await parking.run_pass(lambda _item: "keep", action="rebuild")
+    # The index is rebuilt from the parking queue at every take-over: the previous active
+    # process may have run on another host. The pass also finishes a requeue this host's
+    # journal says was interrupted, and drops a second copy of an item parked twice (a
+    # process killed between parking a failure and acking it).
+    log.info("rebuilding the parked index from the parking queue")
+    await parking.run_pass(lambda _item: "keep", action="rebuild")
     router = FailureRouter(
         config=config,
         names=names,
@@ -108,7 +163,8 @@ async def _serve(
     await channel.set_qos(prefetch_count=_PREFETCH)
     failed = await channel.declare_queue(names.failed_queue, passive=True)
     await failed.consume(router.on_message)
-    await RemovedDestinations(config.retry.state_dir, names, parking).drain(
+    registers = Registers(publish_conn, config.amqp.prefix)
+    await RemovedDestinations(config.retry.state_dir, names, parking, registers).drain(
         consume_conn, destinations
     )
     await follow_unroutable(consume_conn, names, parking)
@@ -119,7 +175,7 @@ async def _serve(
     def audit_send(_request: web.Request, destination: str, count: int) -> None:
         audit.record(OPERATOR.get(), "send", {"destination": destination}, count)
 
-    app = make_app(registry, lambda: {"amqp": not consume_conn.is_closed}, max_body=MAX_BODY)
+    app = make_app(exposed, lambda: {"amqp": not consume_conn.is_closed}, max_body=MAX_BODY)
     add_admin_api(
         app,
         config=config,

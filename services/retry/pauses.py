@@ -1,4 +1,10 @@
-"""Operator pause state: kept by the retry service (paused.json), broadcast to senders."""
+"""Operator pause state: kept by the retry service, broadcast to senders.
+
+RabbitMQ holds the truth (the control state queue keeps the newest broadcast), so that a
+retry process taking over on another host pauses what the previous one paused.
+`paused.json` in state_dir is a local copy, read only when the broker has none (the
+first start after an upgrade).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from pathlib import Path
 from aio_pika.abc import AbstractRobustConnection
 
 from sendqueue.shared.amqp import Publisher
-from sendqueue.shared.control import broadcast_control, read_control_state
+from sendqueue.shared.control import broadcast_control, latest_control_state
 from sendqueue.shared.files import write_atomic
 from sendqueue.shared.schemas import ControlState
 from sendqueue.shared.topology import Names
@@ -29,11 +35,12 @@ class PauseStore:
         return set(self._paused)
 
     async def load(self, connection: AbstractRobustConnection) -> None:
-        """From our file; on a first start, adopt what the broker last saw."""
-        if self._path.exists():
+        """What the broker last saw; our file only if the broker has nothing."""
+        state = await latest_control_state(connection, self._names)
+        if state is not None:
+            self._paused = set(state.paused)
+        elif self._path.exists():
             self._paused = set(json.loads(self._path.read_text())["paused"])
-        else:
-            self._paused = set((await read_control_state(connection, self._names)).paused)
         await self._broadcast()
 
     async def set(self, destination: str, paused: bool) -> bool:

@@ -44,7 +44,7 @@ async def test_a_register_keeps_the_latest_value_through_any_number_of_reads(amq
 
 async def test_one_lease_holder_at_a_time_and_the_next_takes_over_when_it_goes(amqp_url):
     stop = asyncio.Event()
-    first, second = Lease(amqp_url, "t.x.lease"), Lease(amqp_url, "t.x.lease")
+    first, second = Lease(amqp_url, "t", "x"), Lease(amqp_url, "t", "x")
     async with first.held(stop) as first_lost:
         assert first.active and not first_lost.is_set()
         # While the first holds it, the second waits
@@ -69,7 +69,7 @@ async def _hold(lease: Lease, stop: asyncio.Event) -> None:
 
 async def test_a_lease_whose_connection_is_lost_says_so(amqp_url, rabbit_vhost):
     stop = asyncio.Event()
-    lease = Lease(amqp_url, "t.y.lease")
+    lease = Lease(amqp_url, "t", "y")
     async with lease.held(stop) as lost:
         assert lease.active
         names = await asyncio.to_thread(
