@@ -8,6 +8,7 @@ standbys (standby.py) and take over when it goes away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from sendqueue.services.retry.queue_gauges import QueueDepthMonitor
 from sendqueue.services.retry.standby import announce_active, standby_app
 from sendqueue.services.retry.status_board import StatusBoard
 from sendqueue.services.retry.strays import RemovedDestinations, follow_unroutable
+from sendqueue.shared.amqp import BROKER_ERRORS
 from sendqueue.shared.config import Config, is_loopback, parse_listen
 from sendqueue.shared.errors import ConfigError
 from sendqueue.shared.lease import Lease, either
@@ -44,6 +46,9 @@ from sendqueue.shared.topology import Names, prepare_bus
 
 log = logging.getLogger(__name__)
 
+#: Wait between a term lost and waiting for the lease again (no hot loop while RabbitMQ
+#: is failing over).
+_TERM_PAUSE = 1.0
 #: Failure reports taken at once: routing one is a publish and a SQLite write at most.
 _PREFETCH = 32
 
@@ -86,11 +91,18 @@ async def run_retry(
             try:
                 await announce_active(registers, config.retry.listen, lease.identity)
                 await _active_term(config, stop, lost, registry)
+            except BROKER_ERRORS as exc:
+                # RabbitMQ failed the take-over or the term (a node lost, a queue's leader
+                # moving): hand the lease on, wait as a standby, take it again if offered.
+                log.warning("retry term ended, RabbitMQ unavailable (%r); waiting again", exc)
+                lost.set()
             finally:
                 active.set(0)
                 await lease.release()
             if lost.is_set() and not stop.is_set():
                 log.warning("lost the retry lease (RabbitMQ connection gone); waiting again")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), _TERM_PAUSE)
 
 
 async def _active_term(
