@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from sendqueue.services.sender.certificates import watch_destination_certificates
 from sendqueue.services.sender.consumer import DestinationConsumer
 from sendqueue.services.sender.destinations import create_destination
+from sendqueue.services.sender.fleet import warn_about_fleet
 from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.services.sender.status import StatusReporter
 from sendqueue.shared.cert_expiry import CertificateExpiry
@@ -75,6 +76,7 @@ async def _serve(
     parts.callback(shutil.rmtree, spool, ignore_errors=True)
     metrics.watch_spool(spool)
     publisher = await prepare_bus(publish_conn, config)
+    await warn_about_fleet(consume_conn, names, config.destinations)
     control = await read_control_state(consume_conn, names)
     consumers: list[DestinationConsumer] = []
     for dest_config in config.destinations:

@@ -51,9 +51,7 @@ async def test_forwarding_goes_on_while_a_node_of_the_cluster_is_killed_and_rest
             orthanc.upload(data)
         # Then forwarding goes on through the other nodes, and no service exits
         sent = before + during
-        assert await wait_received(scp, len(sent), timeout=180) == set(
-            map(sop_instance_uid, sent)
-        )
+        assert await wait_received(scp, len(sent), timeout=180) == set(map(sop_instance_uid, sent))
         pipeline.check_running()
         # And when the node comes back, nothing changes
         await asyncio.to_thread(first.start)

@@ -93,7 +93,7 @@ class Node:
             return False
 
     def log_tail(self, lines: int = 30) -> str:
-        logs = sorted((self.dir / "log").glob("*.log")) + [self.dir / "console.log"]
+        logs = [*sorted((self.dir / "log").glob("*.log")), self.dir / "console.log"]
         out = []
         for path in logs:
             if path.exists():
