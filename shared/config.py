@@ -57,6 +57,7 @@ __all__ = [
     "mask_url",
     "parse_config",
     "parse_listen",
+    "secrets_of",
     "with_listen",
 ]
 
@@ -76,6 +77,10 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+#: The shortest admin or read token accepted: a short one can be guessed over the network.
+MIN_TOKEN_LENGTH = 16
 
 
 def _check_listen(listen: str) -> None:
@@ -148,7 +153,13 @@ class AmqpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """[ingest]: follows Orthanc's /changes and queues a job per instance and destination."""
 
-    listen: Annotated[str, doc("metrics, healthz, `POST /api/send`")] = "127.0.0.1:8100"
+    listen: Annotated[
+        str,
+        doc(
+            "metrics, healthz, the Lua hooks' `POST /api/orthanc-jobs`"
+            " (`POST /api/send` is served by the retry service)"
+        ),
+    ] = "127.0.0.1:8100"
     poll_interval: Annotated[Duration, doc("wait between `/changes` calls when nothing is new")] = (
         Duration(1)
     )
@@ -167,6 +178,15 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         ),
     ] = "now"
     batch_size: Annotated[int, doc("changes per `/changes` call (1..10000)")] = 100
+    capture_failed_jobs: Annotated[
+        Literal["mapped", "all", "off"],
+        doc(
+            'Orthanc\'s own failed store jobs (`GET /jobs`): `"mapped"` queues those of the'
+            " modalities and peers a destination names (`orthanc_modality`, `orthanc_peer`);"
+            ' `"all"` also makes a destination of every modality and peer Orthanc knows;'
+            ' `"off"` ignores them. See [docs/orthanc.md](orthanc.md)'
+        ),
+    ] = "mapped"
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)
@@ -203,7 +223,13 @@ _DEFAULT_DELAYS = [Duration(s) for s in (10, 60, 300, 1800, 7200)]
 class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """[retry]: retries failed sends, parks the hopeless, serves the admin API."""
 
-    listen: Annotated[str, doc("admin API, console page, metrics, healthz")] = "127.0.0.1:8102"
+    listen: Annotated[
+        str,
+        doc(
+            "admin API (every call with a token), console page, metrics, healthz; a"
+            " non-loopback address needs tokens"
+        ),
+    ] = "127.0.0.1:8102"
     delays: Annotated[
         list[Duration], doc("wait before the 1st, 2nd, … retry; the last repeats")
     ] = msgspec.field(default_factory=lambda: list(_DEFAULT_DELAYS))
@@ -211,17 +237,42 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     admin_token: Annotated[
         str,
         doc(
-            "bearer token for mutating admin calls; also env `SENDQUEUE_ADMIN_TOKEN`."
-            " Without any token the admin API refuses to start on a non-loopback address"
+            "bearer token that may read and act (requeue, delete, pause, send); also env"
+            f" `SENDQUEUE_ADMIN_TOKEN`; {MIN_TOKEN_LENGTH} characters or more"
         ),
     ] = ""
     admin_tokens: Annotated[
         dict[str, str],
         doc(
-            'several operators: `name = "token"` (8 characters or more); the name goes to'
-            " the audit log"
+            'several operators who may read and act: `name = "token"`; the name goes to the'
+            " audit log"
         ),
     ] = msgspec.field(default_factory=dict)
+    read_tokens: Annotated[
+        dict[str, str],
+        doc(
+            '`name = "token"` of those who may only read (parked items, audit log, queues):'
+            " every state change answers 403"
+        ),
+    ] = msgspec.field(default_factory=dict)
+    allow_anonymous: Annotated[
+        bool,
+        doc(
+            "without any token, let every local process read and act on a loopback `listen`"
+            " (refused on any other address)"
+        ),
+    ] = False
+    allowed_hosts: Annotated[
+        list[str],
+        doc(
+            "host names the admin API answers to besides IP addresses, `localhost` and the"
+            " `listen` host (the `Host` header; against DNS rebinding)"
+        ),
+    ] = msgspec.field(default_factory=list)
+    tls_cert: Annotated[
+        str, doc('PEM certificate (chain) to serve the admin listen over HTTPS; `""` = HTTP')
+    ] = ""
+    tls_key: Annotated[str, doc("the PEM private key of `tls_cert`")] = ""
     state_dir: Annotated[
         str,
         doc(
@@ -245,15 +296,39 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             raise ValueError("max_attempts must be at least 1")
         if not 0 <= self.jitter <= 1:
             raise ValueError("jitter must be between 0 and 1")
-        if any(len(token) < 8 for token in self.admin_tokens.values()):
-            raise ValueError("every admin_tokens entry must be at least 8 characters")
+        self._check_tokens()
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("retry.tls_cert and retry.tls_key go together")
+
+    def _check_tokens(self) -> None:
+        named = [
+            *((f"retry.admin_tokens.{n}", t) for n, t in self.admin_tokens.items()),
+            *((f"retry.read_tokens.{n}", t) for n, t in self.read_tokens.items()),
+            *(
+                [("retry.admin_token (or SENDQUEUE_ADMIN_TOKEN)", self.admin_token)]
+                if self.admin_token
+                else []
+            ),
+        ]
+        for where, token in named:
+            if len(token) < MIN_TOKEN_LENGTH or token != token.strip():
+                raise ValueError(
+                    f"{where} must be at least {MIN_TOKEN_LENGTH} characters without spaces"
+                    " around it (make one with: openssl rand -hex 24)"
+                )
+        if set(self.read_tokens.values()) & set(self.tokens()):
+            raise ValueError("a token cannot be both a read token and an admin token")
 
     def tokens(self) -> dict[str, str]:
-        """token -> operator name, for authorisation and the audit log."""
+        """Admin tokens: token -> operator name, for authorisation and the audit log."""
         named = {token: name for name, token in self.admin_tokens.items()}
         if self.admin_token:
             named.setdefault(self.admin_token, "admin")
         return named
+
+    def readers(self) -> dict[str, str]:
+        """Read-only tokens: token -> name."""
+        return {token: name for name, token in self.read_tokens.items()}
 
 
 Level = Literal["instance", "series", "study"]
@@ -365,7 +440,10 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
         config = msgspec.convert(_with_destination_kinds(data), Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
-    return _apply_environment(config, environ)
+    try:
+        return _apply_environment(config, environ)
+    except ValueError as exc:
+        raise ConfigError(f"invalid config: {exc}") from None
 
 
 def _with_destination_kinds(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -422,6 +500,23 @@ def with_listen(config: Config, service: str, listen: str) -> Config:
     )
 
 
+#: user:password@ in a URL; the password runs to the last `@` of the URL, as it may hold
+#: `@` itself (typed unescaped), and a URL ends at white space.
+_URL_PASSWORD = re.compile(r"(//[^:/@\s]*:)\S*@")
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password hidden, for logs."""
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1******@", url)
+    """The URL (or any text with URLs in it) with passwords hidden, for logs and output."""
+    return _URL_PASSWORD.sub(r"\1******@", url)
+
+
+def secrets_of(config: Config) -> list[str]:
+    """Every secret the config holds, for the logs to hide wherever one shows up."""
+    found = [config.orthanc.password, config.retry.admin_token]
+    found += [*config.retry.admin_tokens.values(), *config.retry.read_tokens.values()]
+    for dest in config.destinations:
+        found += [getattr(dest, "password", ""), getattr(dest, "token", "")]
+    amqp_password = re.match(r"[^:]+://[^:/@\s]*:(\S*)@", config.amqp.url)
+    if amqp_password:
+        found.append(amqp_password.group(1))
+    return [s for s in found if s]

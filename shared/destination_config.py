@@ -151,6 +151,15 @@ class DicomDestinationConfig(DestinationConfigBase, frozen=True, tag="dicom"):
             " `false` parks such instances instead"
         ),
     ] = True
+    orthanc_modality: Annotated[
+        str,
+        doc(
+            "the Orthanc modality (its id in `GET /modalities`) this destination stands for:"
+            " Orthanc's own failed sends to it (`DicomModalityStore` jobs) are queued here"
+            " (see `[ingest] capture_failed_jobs`)",
+            default="none",
+        ),
+    ] = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -203,6 +212,13 @@ class HttpDestinationConfig(DestinationConfigBase, frozen=True):
         super().__post_init__()
         if not self.url.startswith(("http://", "https://")):
             raise self._error(f"url must start with http:// or https://, got {self.url!r}")
+        if _has_credentials(self.url):
+            # A URL is printed, logged and shown to operators; a secret in it leaks.
+            raise self._error(
+                "url must not contain credentials (user:password@): put the user in"
+                f" `username` and the password in `password` or {_env_prefix(self.name)}"
+                "PASSWORD (a bearer token in `token`)"
+            )
         if self.token and self.username:
             raise self._error("set either username (basic auth) or token (bearer), not both")
         if self.password and not self.username:
@@ -231,6 +247,16 @@ class OrthancDestinationConfig(HttpDestinationConfig, frozen=True, tag="orthanc"
     """kind = "orthanc": `POST {url}/instances` to another Orthanc."""
 
     kind: ClassVar[Literal["orthanc"]] = "orthanc"
+
+    orthanc_peer: Annotated[
+        str,
+        doc(
+            "the Orthanc peer (its name in `GET /peers`) this destination stands for:"
+            " Orthanc's own failed sends to it (`OrthancPeerStore` jobs) are queued here"
+            " (see `[ingest] capture_failed_jobs`)",
+            default="none",
+        ),
+    ] = ""
 
 
 class DicomWebDestinationConfig(HttpDestinationConfig, frozen=True, tag="dicomweb"):
@@ -265,6 +291,12 @@ KINDS: dict[str, type[DestinationConfigBase]] = {
     "orthanc": OrthancDestinationConfig,
     "dicomweb": DicomWebDestinationConfig,
 }
+
+
+def _has_credentials(url: str) -> bool:
+    """Whether the URL's authority carries a user (and maybe a password) before an `@`."""
+    authority = url.partition("//")[2].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return "@" in authority
 
 
 def _env_prefix(name: str) -> str:

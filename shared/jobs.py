@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 _WINDOW = 64
 
 
-def make_job(info: InstanceInfo, destination: str, stored_at: float | None = None) -> SendJob:
+def make_job(
+    info: InstanceInfo, destination: str, stored_at: float | None = None, source: str = ""
+) -> SendJob:
     return SendJob(
         id=new_job_id(),
         destination=destination,
@@ -29,8 +31,10 @@ def make_job(info: InstanceInfo, destination: str, stored_at: float | None = Non
         study_instance_uid=info.tag("StudyInstanceUID"),
         patient_id=info.tag("PatientID"),
         modality=info.tag("Modality"),
+        patient_name=info.tag("PatientName"),
         queued_at=time.time(),
         stored_at=stored_at,
+        source=source,
     )
 
 
@@ -57,6 +61,8 @@ async def publish_jobs(
             sop_instance_uid=job.sop_instance_uid,
             attempt=job.attempts + 1,
             outcome="queued",
+            source=job.source,
+            orthanc_job=job.orthanc_job.id if job.orthanc_job else "",
         )
 
     results = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)

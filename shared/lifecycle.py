@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -46,8 +47,10 @@ class ServiceParts(contextlib.AsyncExitStack):
         self.push_async_callback(_quietly, connection.close)
         return connection
 
-    async def server(self, app: web.Application, listen: str) -> web.AppRunner:
-        runner = await start_server(app, listen)
+    async def server(
+        self, app: web.Application, listen: str, ssl_context: ssl.SSLContext | None = None
+    ) -> web.AppRunner:
+        runner = await start_server(app, listen, ssl_context)
         self.push_async_callback(runner.cleanup)
         return runner
 

@@ -1,4 +1,9 @@
-"""Logging: one line per event, plain text or JSON; job events carry their fields."""
+"""Logging: one line per event, plain text or JSON; job events carry their fields.
+
+Every line is masked before it is written: the password of any URL in it (`user:pw@`,
+also when the password holds `@`), and every secret of the config (`hide_secrets`), so
+that an exception that quotes a URL or a token cannot leak it into a log.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
+
+from sendqueue.shared.config import mask_url
 
 #: Fields a job-state log line may carry (and nothing else: no secrets by construction).
 JOB_FIELDS = (
@@ -21,21 +29,50 @@ JOB_FIELDS = (
     "reason_class",
     "delay",
     "count",
+    "source",
+    "orthanc_job",
 )
+
+
+#: Secrets of the loaded config, longest first (so a secret holding another is masked whole).
+_SECRETS: list[str] = []
+MASK = "******"
+
+
+def hide_secrets(secrets: Iterable[str]) -> None:
+    """From now on, these values never appear in a log line (the config's passwords, tokens)."""
+    _SECRETS[:] = sorted({s for s in (*_SECRETS, *secrets) if len(s) >= 3}, key=len, reverse=True)
+
+
+def mask(text: str) -> str:
+    """The text with URL passwords and the config's secrets replaced by ******."""
+    text = mask_url(text)
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return mask(self._format(record))
+
+    def _format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": mask(record.getMessage()),
         }
-        payload.update(getattr(record, "fields", {}))
+        payload.update(
+            {
+                k: mask(v) if isinstance(v, str) else v
+                for k, v in getattr(record, "fields", {}).items()
+            }
+        )
         if record.exc_info:
-            payload["error"] = self.formatException(record.exc_info)
+            payload["error"] = mask(self.formatException(record.exc_info))
         return json.dumps(payload, default=str)
 
 
@@ -48,7 +85,7 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields:
             line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
-        return line
+        return mask(line)
 
 
 def configure(level: str | None = None, fmt: str | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -30,9 +31,11 @@ def make_app(
     return app
 
 
-async def start_server(app: web.Application, listen: str) -> web.AppRunner:
+async def start_server(
+    app: web.Application, listen: str, ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
     host, port = parse_listen(listen)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     return runner

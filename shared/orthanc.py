@@ -55,6 +55,30 @@ class OrthancClient:
 
         return await self._twice(call, path)
 
+    async def post(self, path: str, body: bytes = b"") -> int:
+        """POST to an action route (`/jobs/{id}/cancel`); returns the HTTP status (Orthanc
+        answers 400 when the action does not apply, e.g. a job already finished)."""
+        try:
+            async with self._session.post(self._base + path, data=body) as response:
+                if response.status >= 500 or response.status in (401, 403):
+                    _raise_for_status(response, path)
+                return response.status
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise SourceUnavailable(f"Orthanc unreachable on POST {path}: {exc!r}") from None
+
+    async def run_lua(self, script: str) -> str | None:
+        """`POST /tools/execute-script`: what the script prints, or None when this Orthanc
+        refuses to run scripts (`ExecuteLuaEnabled` off, the default since 1.10)."""
+        path = "/tools/execute-script"
+        try:
+            async with self._session.post(self._base + path, data=script.encode()) as response:
+                if response.status in (403, 404):
+                    return None
+                _raise_for_status(response, path)
+                return await response.text()
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise SourceUnavailable(f"Orthanc unreachable on POST {path}: {exc!r}") from None
+
     async def answers(self) -> bool:
         """Whether Orthanc itself is up: tells "Orthanc is down" from "this resource fails"."""
         try:

@@ -12,6 +12,21 @@ import uuid
 import msgspec
 
 
+class OrthancJobRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The failed Orthanc store job a captured send job comes from."""
+
+    #: Orthanc's job ID (`GET /jobs/{id}`).
+    id: str
+    #: `DicomModalityStore`, `OrthancPeerStore`, ...
+    type: str = ""
+    #: When the job failed (Orthanc's CompletionTime, epoch seconds), if known.
+    failed_at: float | None = None
+    #: Orthanc's error: description and details.
+    error: str = ""
+    #: Instances the Orthanc job was to send.
+    instances: int = 0
+
+
 class SendJob(msgspec.Struct, frozen=True, kw_only=True, tag="job"):
     """One instance to deliver to one destination."""
 
@@ -24,6 +39,8 @@ class SendJob(msgspec.Struct, frozen=True, kw_only=True, tag="job"):
     study_instance_uid: str = ""
     patient_id: str = ""
     modality: str = ""
+    #: Shown to operators behind a token (parked items); never a log field or metric label.
+    patient_name: str = ""
     #: When ingest queued it (epoch seconds).
     queued_at: float = 0.0
     #: When Orthanc stored the instance, if known (end-to-end latency).
@@ -37,6 +54,11 @@ class SendJob(msgspec.Struct, frozen=True, kw_only=True, tag="job"):
     #: Set while the job sits in the parking queue. A job that arrives on a work queue
     #: with this set was moved back by hand (management UI shovel): it starts afresh.
     parked_at: float | None = None
+    #: Who queued it: "changes" (a route), "api" (POST /api/send, `sendqueue send`) or
+    #: "orthanc-job" (an Orthanc store job that failed); "" from older services.
+    source: str = ""
+    #: Set when source is "orthanc-job": the Orthanc job whose failure it repairs.
+    orthanc_job: OrthancJobRef | None = None
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True, tag="failure"):
@@ -75,6 +97,21 @@ class DestinationStatus(msgspec.Struct, frozen=True, kw_only=True, tag="status")
     reported_at: float = msgspec.field(default_factory=time.time)
 
 
+class CapturedJob(msgspec.Struct, frozen=True, kw_only=True, tag="captured"):
+    """Ingest's record that it queued a failed Orthanc store job's instances; the retry
+    service writes it to the audit log (the console and `GET /api/audit` show it)."""
+
+    orthanc_job: OrthancJobRef
+    destination: str
+    #: Instances queued, and resources parked as not-found (deleted from Orthanc since).
+    queued: int = 0
+    not_found: int = 0
+    #: Orthanc's description of who started the job ("REST API", "Lua", ...).
+    description: str = ""
+    source: str = "orthanc-job"
+    captured_at: float = msgspec.field(default_factory=time.time)
+
+
 BusMessage = SendJob | Failure
 
 _encoder = msgspec.json.Encoder()
@@ -88,6 +125,11 @@ def new_job_id() -> str:
 
 _control_decoder = msgspec.json.Decoder(ControlState)
 _status_decoder = msgspec.json.Decoder(DestinationStatus)
+_captured_decoder = msgspec.json.Decoder(CapturedJob)
+
+
+def decode_captured(body: bytes) -> CapturedJob:
+    return _captured_decoder.decode(body)
 
 
 def decode_control(body: bytes) -> ControlState:
@@ -98,7 +140,7 @@ def decode_status(body: bytes) -> DestinationStatus:
     return _status_decoder.decode(body)
 
 
-def encode(message: BusMessage | ControlState | DestinationStatus) -> bytes:
+def encode(message: BusMessage | ControlState | DestinationStatus | CapturedJob) -> bytes:
     return _encoder.encode(message)
 
 
@@ -122,6 +164,8 @@ def job_headers(job: SendJob) -> dict[str, str | int]:
     }
     if job.last_error:
         headers["reason"] = job.last_error[:500]
+    if job.orthanc_job is not None:
+        headers["orthanc_job"] = job.orthanc_job.id
     return headers
 
 

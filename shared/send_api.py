@@ -1,6 +1,7 @@
 """POST /api/send: queue Orthanc resources for a destination, like `sendqueue send`.
 
-Served by ingest, and by the retry service on the admin listen.
+Served by the retry service on the admin listen, behind an admin token, and written to
+its audit log (ingest does not serve it: see docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -32,6 +32,6 @@ async def queue_resources(
             unknown.append(resource_id)
     if unknown:
         raise UnknownResources(unknown)
-    jobs = [make_job(info, destination) for info in instances.values()]
+    jobs = [make_job(info, destination, source="api") for info in instances.values()]
     await publish_jobs(publisher, names, jobs, on_queued)
     return len(jobs)

@@ -6,6 +6,7 @@
                  --(TTL expires, dead-lettered with its key)--> work exchange
     retry  --(parked exchange, key=destination)--> parked
     work exchange, no queue for the key --(alternate exchange)--> unroutable --> retry
+    ingest --(captured exchange)--> captured --> retry (audit log of captured Orthanc jobs)
 
 Every queue is a durable quorum queue and every message persistent. A delay queue has
 one fixed TTL for all its messages: RabbitMQ expires messages only at the queue head,
@@ -58,6 +59,9 @@ class Names:
         #: destination without a queue (a removed one, a hand-moved message) lands here.
         self.unroutable_exchange = f"{prefix}.unroutable"
         self.unroutable_queue = f"{prefix}.unroutable"
+        #: Ingest's records of the failed Orthanc jobs it captured, for the audit log.
+        self.captured_exchange = f"{prefix}.captured"
+        self.captured_queue = f"{prefix}.captured"
 
     def listener(self, what: str) -> str:
         """A private, exclusive queue of one process following a broadcast exchange."""
@@ -140,6 +144,9 @@ async def declare_topology(
     )
     await parked.bind(parked_x)
     await _declare_control(channel, names)
+    captured_x = await channel.declare_exchange(names.captured_exchange, fanout, durable=True)
+    captured = await channel.declare_queue(names.captured_queue, arguments=_quorum(), durable=True)
+    await captured.bind(captured_x)
     for destination in destinations:
         await declare_work_queue(channel, names, destination, work)
     for delay in delays:

@@ -8,6 +8,7 @@ no (AdminApiError, with the API's own {"error": ...} words), or nothing answered
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -26,26 +27,33 @@ BULK_TIMEOUT = 3600.0
 CONNECT_TIMEOUT = 5.0
 
 
-def url_from_listen(listen: str) -> str:
+def url_from_listen(listen: str, tls: bool = False) -> str:
     """The URL of a service listening on [retry] listen ("0.0.0.0:8102" -> loopback)."""
     host, port = parse_listen(listen)
     if host in ("0.0.0.0", "::", ""):
         host = "::1" if host == "::" else "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 class AdminClient:
     """One session to the admin API; use as `async with AdminClient(url, token) as api`."""
 
-    def __init__(self, base_url: str, token: str = "") -> None:
+    def __init__(self, base_url: str, token: str = "", *, ca_file: str = "") -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
+        self._ca_file = ca_file
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AdminClient:
-        self._session = aiohttp.ClientSession()
+        context = ssl.create_default_context()
+        if self._ca_file:
+            # The admin listen's own certificate (self-signed, typically) is trusted too.
+            context.load_verify_locations(self._ca_file)
+            # ... as the anchor itself, even when it is a leaf issued by a private CA.
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
         return self
 
     async def __aexit__(

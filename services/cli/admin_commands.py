@@ -24,7 +24,7 @@ from typing import Any
 
 from sendqueue.services.cli import render
 from sendqueue.services.cli.admin_client import AdminClient, url_from_listen
-from sendqueue.shared.config import load_config
+from sendqueue.shared.config import RetryConfig, load_config
 from sendqueue.shared.durations import Duration
 from sendqueue.shared.errors import AdminApiError, AdminUnreachable, ConfigError
 
@@ -39,6 +39,7 @@ FILTERS = {
     "reason": "reason",
     "study": "study",
     "patient": "patient",
+    "orthanc_job": "orthanc_job",
     "since": "since",
     "until": "until",
 }
@@ -57,6 +58,8 @@ class UsageError(Exception):
 class Target:
     url: str
     token: str
+    #: A CA file to trust besides the system's (the admin listen's own certificate).
+    ca_file: str = ""
 
 
 # -- command line -------------------------------------------------------------------------
@@ -111,6 +114,12 @@ def _filters(limit_help: str) -> argparse.ArgumentParser:
     group.add_argument("--reason", metavar="R", help="reason class, e.g. dimse-a9xx, not-found")
     group.add_argument("--study", metavar="UID", help="StudyInstanceUID")
     group.add_argument("--patient", metavar="ID", help="PatientID")
+    group.add_argument(
+        "--orthanc-job",
+        dest="orthanc_job",
+        metavar="JOB",
+        help="captured from this failed Orthanc store job (its ID in Orthanc's GET /jobs)",
+    )
     group.add_argument("--since", metavar="T", type=time_value, help="parked at or after T")
     group.add_argument("--until", metavar="T", type=time_value, help="parked before T")
     group.add_argument("--limit", metavar="N", type=_positive, help=limit_help)
@@ -165,14 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_target(args: argparse.Namespace, environ: Mapping[str, str]) -> Target:
     """--url, else --config's [retry] listen, else SENDQUEUE_ADMIN_URL; the token likewise."""
     token = args.token or environ.get("SENDQUEUE_ADMIN_TOKEN", "")
+    ca_file = ""
     if args.url and args.config:
         raise UsageError("give --config or --url, not both")
     if args.url:
         url = args.url
     elif args.config:
         config = load_config(args.config, environ)
-        url = url_from_listen(config.retry.listen)
-        token = token or config.retry.admin_token
+        url = url_from_listen(config.retry.listen, tls=bool(config.retry.tls_cert))
+        token = token or config_token(config.retry)
+        ca_file = config.retry.tls_cert
     elif environ.get("SENDQUEUE_ADMIN_URL"):
         url = environ["SENDQUEUE_ADMIN_URL"]
     else:
@@ -181,7 +192,18 @@ def resolve_target(args: argparse.Namespace, environ: Mapping[str, str]) -> Targ
         )
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"the admin URL must start with http:// or https://, got {url!r}")
-    return Target(url=url, token=token)
+    return Target(url=url, token=token, ca_file=ca_file)
+
+
+def config_token(retry: RetryConfig) -> str:
+    """The token a config file gives the CLI: its admin_token, else its only admin token,
+    else its only read token (enough for status and lists)."""
+    if retry.admin_token:
+        return retry.admin_token
+    for tokens in (retry.admin_tokens, retry.read_tokens):
+        if len(tokens) == 1:
+            return next(iter(tokens.values()))
+    return ""
 
 
 def filter_query(args: argparse.Namespace) -> dict[str, str]:
@@ -234,19 +256,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"sendqueue: {message}", file=sys.stderr)
+    print(f"sendqueue: {render.printable(message)}", file=sys.stderr)
     return code
 
 
 def _explain(exc: AdminApiError, target: Target) -> str:
     text = f"the admin API refused: {exc} (HTTP {exc.status})"
     if exc.status == 401 and not target.token:
-        text += "; give the admin token: --token, SENDQUEUE_ADMIN_TOKEN or --config"
+        text += "; give a token: --token, SENDQUEUE_ADMIN_TOKEN or --config"
+    elif exc.status == 403:
+        text += "; this needs an admin token, not a read token"
     return text
 
 
 async def _execute(args: argparse.Namespace, target: Target) -> int:
-    async with AdminClient(target.url, target.token) as api:
+    async with AdminClient(target.url, target.token, ca_file=target.ca_file) as api:
         if args.command == "status":
             return await _status(api, args)
         if args.command in ("pause", "resume"):
@@ -273,7 +297,7 @@ async def _pause(api: AdminClient, args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         state = "paused" if result.get("paused") else "sending"
-        print(f"{result.get('destination', args.destination)}: {state}")
+        print(render.printable(f"{result.get('destination', args.destination)}: {state}"))
     return EXIT_OK
 
 
@@ -343,7 +367,7 @@ async def _with_progress(api: AdminClient, call: Awaitable[dict[str, Any]]) -> d
         operation = None if task.done() else await _operation(api)
         if not operation or not operation.get("running"):
             continue
-        line = render.progress_line(operation)
+        line = render.printable(render.progress_line(operation))
         if tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)
             shown = True

@@ -18,7 +18,16 @@ from sendqueue.services.cli.admin_commands import (
 )
 from sendqueue.services.cli.healthz import add_healthz_command, run_healthz
 from sendqueue.shared import logs
-from sendqueue.shared.config import Config, load_config, mask_url, with_listen
+from sendqueue.shared.config import (
+    Config,
+    DestinationConfig,
+    DicomDestinationConfig,
+    OrthancDestinationConfig,
+    load_config,
+    mask_url,
+    secrets_of,
+    with_listen,
+)
 from sendqueue.shared.errors import ConfigError, SendQueueError
 from sendqueue.shared.lifecycle import ServiceMain, run_until_signalled
 
@@ -32,6 +41,23 @@ def _services() -> dict[str, ServiceMain]:
     from sendqueue.services.sender.app import run_sender
 
     return {"ingest": run_ingest, "sender": run_sender, "retry": run_retry}
+
+
+async def _with_orthanc_destinations(config: Config, *, wait: bool) -> Config:
+    """capture_failed_jobs = "all": Orthanc's modalities and peers become destinations."""
+    from sendqueue.shared.orthanc_destinations import with_orthanc_destinations
+
+    return await with_orthanc_destinations(config, wait=wait)
+
+
+def _check_config(config: Config) -> Config:
+    """`check` shows Orthanc's modalities and peers as destinations when it can; Orthanc
+    down is reported by the check itself."""
+    try:
+        return asyncio.run(_with_orthanc_destinations(config, wait=False))
+    except SendQueueError as exc:
+        print(f"note: Orthanc's modalities and peers could not be read: {exc}")
+        return config
 
 
 async def _run(config: Config, names: Sequence[str]) -> None:
@@ -74,11 +100,12 @@ async def _check(config: Config) -> bool:
 
     results: list[tuple[str, bool, str]] = []
     orthanc = OrthancClient(config.orthanc)
+    orthanc_label = "orthanc " + mask_url(config.orthanc.url)
     try:
         system = await orthanc.get_json("/system")
-        results.append(("orthanc " + config.orthanc.url, True, f"version {system.get('Version')}"))
+        results.append((orthanc_label, True, f"version {system.get('Version')}"))
     except Exception as exc:
-        results.append(("orthanc " + config.orthanc.url, False, str(exc)))
+        results.append((orthanc_label, False, str(exc)))
     finally:
         await orthanc.close()
     try:
@@ -89,7 +116,7 @@ async def _check(config: Config) -> bool:
         results.append(("rabbitmq " + mask_url(config.amqp.url), False, repr(exc)))
     for dest in config.destinations:
         target = create_destination(dest)
-        label = f"destination {dest.name} ({dest.kind})"
+        label = f"destination {dest.name} ({dest.kind}{_stands_for(dest)})"
         try:
             await target.probe()
             results.append((label, True, "answers"))
@@ -98,8 +125,24 @@ async def _check(config: Config) -> bool:
         finally:
             await target.close()
     for label, ok, detail in results:
-        print(f"{'ok  ' if ok else 'FAIL'}  {label}: {detail}")
+        # A peer's error may quote a URL or echo a credential: masked like a log line.
+        print(logs.mask(f"{'ok  ' if ok else 'FAIL'}  {label}: {detail}"))
     return all(ok for _, ok, _ in results)
+
+
+def _stands_for(dest: DestinationConfig) -> str:
+    """The Orthanc modality or peer a destination stands for, with its settings."""
+    modality = getattr(dest, "orthanc_modality", "")
+    peer = getattr(dest, "orthanc_peer", "")
+    if modality and isinstance(dest, DicomDestinationConfig):
+        return (
+            f", Orthanc modality {modality!r}: {dest.called_aet}@{dest.host}:{dest.port},"
+            f" calling AET {dest.calling_aet}, TLS {'on' if dest.tls else 'off'}"
+        )
+    if peer and isinstance(dest, OrthancDestinationConfig):
+        user = f", user {dest.username}" if dest.username else ""
+        return f", Orthanc peer {peer!r}: {dest.url}{user}"
+    return ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,23 +187,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     amqp_url = "?"
     try:
         config = load_config(args.config)
+        logs.hide_secrets(secrets_of(config))
         if getattr(args, "listen", None):
             config = with_listen(config, args.command, args.listen)
         amqp_url = mask_url(config.amqp.url)
         if args.command == "check":
+            config = _check_config(config)
             return 0 if asyncio.run(_check(config)) else 1
         if args.command == "send":
+            config = asyncio.run(_with_orthanc_destinations(config, wait=False))
             count = asyncio.run(_send(config, args.to, args.ids))
             print(f"queued {count} instance(s) for {args.to}")
             return 0
+        config = asyncio.run(_with_orthanc_destinations(config, wait=True))
         names = ["ingest", "sender", "retry"] if args.command == "run" else [args.command]
         asyncio.run(_run(config, names))
         return 0
     except ConfigError as exc:
-        print(f"sendqueue: {exc}", file=sys.stderr)
+        print(logs.mask(f"sendqueue: {exc}"), file=sys.stderr)
         return 2
     except SendQueueError as exc:
-        print(f"sendqueue: {exc}", file=sys.stderr)
+        print(logs.mask(f"sendqueue: {exc}"), file=sys.stderr)
         return 1
     except (AMQPConnectionError, OSError) as exc:
         # Typically RabbitMQ unreachable at start-up: say where, without the password.

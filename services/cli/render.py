@@ -2,11 +2,15 @@
 
 Pure functions of the decoded JSON: no I/O, so the tests check them line by line.
 Times are shown in local time (the operator's wall clock), as "2024-05-01 14:03:22".
+Every cell goes through `printable`: reasons, UIDs and names come from remote peers and
+DICOM headers, and an escape sequence in them must not drive the operator's terminal.
 """
 
 from __future__ import annotations
 
+import re
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +26,28 @@ _STATUS_HEADERS = _headers(
     "DESTINATION KIND STATE READY IN_FLIGHT DELAYED PARKED CONSUMERS OLDEST_WAITING"
 )
 _PARKED_HEADERS = _headers("ID PARKED_AT DESTINATION ATTEMPTS REASON_CLASS STUDY PATIENT REASON")
+
+
+#: Bidirectional overrides and isolates (category Cf) reorder what a terminal shows.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """The text without control characters (ESC, BEL, CR, C1 controls, DEL, bidi
+    overrides): white space among them becomes a space, the rest is dropped."""
+    kept = []
+    for char in _BIDI.sub("", text):
+        if unicodedata.category(char) == "Cc":
+            if char.isspace():
+                kept.append(" ")
+            continue
+        kept.append(char)
+    return "".join(kept)
+
+
+def printable_lines(text: str) -> str:
+    """`printable`, line by line (the lines stay)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 def format_time(epoch: float | None) -> str:
@@ -53,7 +79,7 @@ def shorten(text: str, width: int) -> str:
     The end of an error usually holds what matters ("... DIMSE status 0xA900 (...)"),
     while the middle is often a long UID that has its own column.
     """
-    text = " ".join(text.split())  # reasons may hold newlines from peers' messages
+    text = " ".join(printable(text).split())  # reasons may hold newlines from peers
     if len(text) <= width:
         return text
     head = (width - 1) // 4
@@ -64,7 +90,7 @@ def render_table(
     headers: Sequence[str], rows: Iterable[Sequence[object]], right: Iterable[int] = ()
 ) -> str:
     """Columns padded to their widest cell; the columns numbered in `right` right-aligned."""
-    cells = [[str(c) for c in headers], *([str(c) for c in row] for row in rows)]
+    cells = [[str(c) for c in headers], *([printable(str(c)) for c in row] for row in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     aligned = set(right)
     lines = []
@@ -103,7 +129,7 @@ def render_status(queues: Mapping[str, Any], operation: Mapping[str, Any] | None
         lines.append(f"waiting in delay tiers: {text}")
     if operation and operation.get("running"):
         lines.append("running: " + progress_line(operation))
-    return "\n".join(lines)
+    return printable_lines("\n".join(lines))
 
 
 def render_parked(page: Mapping[str, Any]) -> str:
@@ -128,7 +154,35 @@ def render_parked(page: Mapping[str, Any]) -> str:
     summary = f"{len(items)} of {total} parked item(s) shown"
     if len(items) < total:
         summary += "; narrow with filters or raise --limit"
-    return f"{table}\n\n{summary}"
+    captured = render_captured_jobs(items)
+    return printable_lines(f"{table}\n\n{captured}{summary}")
+
+
+def render_captured_jobs(items: Sequence[Mapping[str, Any]]) -> str:
+    """The failed Orthanc store jobs the listed items were captured from, one line each
+    (the items of one job: `--orthanc-job ID`)."""
+    jobs: dict[str, list[Mapping[str, Any]]] = {}
+    for item in items:
+        if item.get("orthanc_job"):
+            jobs.setdefault(str(item["orthanc_job"]), []).append(item)
+    if not jobs:
+        return ""
+    rows = [
+        (
+            job_id,
+            format_time(found[0].get("orthanc_job_failed_at")),
+            found[0].get("orthanc_job_instances", ""),
+            len(found),
+            shorten(str(found[0].get("orthanc_job_error") or ""), REASON_WIDTH),
+        )
+        for job_id, found in jobs.items()
+    ]
+    headers = ("ORTHANC JOB", "FAILED AT", "INSTANCES", "PARKED HERE", "ORTHANC'S ERROR")
+    return (
+        "captured from Orthanc's failed sends:\n"
+        + render_table(headers, rows, right=(2, 3))
+        + "\n\n"
+    )
 
 
 def render_result(action: str, result: Mapping[str, Any], to: str | None = None) -> str:
@@ -139,7 +193,7 @@ def render_result(action: str, result: Mapping[str, Any], to: str | None = None)
     text = f"{verb} {done} parked item(s){where}"
     if failed:
         text += f"; {failed} failed and stay parked (see the retry service's log)"
-    return text
+    return printable(text)
 
 
 def progress_line(operation: Mapping[str, Any]) -> str:
@@ -147,8 +201,8 @@ def progress_line(operation: Mapping[str, Any]) -> str:
     total = int(operation.get("total") or 0)
     action = operation.get("action") or "operation"
     if total <= 0:
-        return f"{action}: {done} done"
-    return f"{action}: {done}/{total} ({100 * done // total}%)"
+        return printable(f"{action}: {done} done")
+    return printable(f"{action}: {done}/{total} ({100 * done // total}%)")
 
 
 def _count(value: object) -> str:

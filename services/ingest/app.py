@@ -1,9 +1,12 @@
-"""Ingest wiring: Orthanc client, the changes feed, the submit API, metrics.
+"""Ingest wiring: Orthanc client, the changes feed, the watch of Orthanc's jobs, metrics.
 
-Several ingest processes may run on one config (on one host or several): all of them
-serve `POST /api/send`; one of them at a time, the holder of RabbitMQ's lease
-(shared/lease.py), follows Orthanc's /changes from the cursor kept in RabbitMQ
-(cursor.py). The others wait and take over when it goes away.
+Several ingest processes may run on one config (on one host or several): one of them at
+a time, the holder of RabbitMQ's lease (shared/lease.py), follows Orthanc's /changes from
+the cursor kept in RabbitMQ (cursor.py) and watches Orthanc's jobs; the others wait and
+take over when it goes away. Every one of them answers Orthanc's job hook.
+
+POST /api/send is not served here: the retry service's admin API serves it, behind an
+admin token and in the audit log (docs/architecture.md, "The admin surface").
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sendqueue.services.ingest.cursor import BrokerCursors, Cursor
 from sendqueue.services.ingest.feed import ChangesFeed
+from sendqueue.services.ingest.job_capture import JobCapture
+from sendqueue.services.ingest.job_hook import job_hook
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import Router
+from sendqueue.services.ingest.take_over import TakeOver
 from sendqueue.shared.config import Config
 from sendqueue.shared.lease import Lease, either
 from sendqueue.shared.lifecycle import ServiceParts
@@ -24,7 +31,6 @@ from sendqueue.shared.metrics_server import make_app
 from sendqueue.shared.orthanc import OrthancClient
 from sendqueue.shared.register import Registers
 from sendqueue.shared.resolver import Resolver
-from sendqueue.shared.send_api import make_send_handler
 from sendqueue.shared.source_health import OrthancHealth
 from sendqueue.shared.topology import Names, prepare_bus
 
@@ -34,8 +40,9 @@ log = logging.getLogger(__name__)
 async def run_ingest(
     config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
 ) -> None:
-    # No lock on state_dir: nothing of ingest's lives there any more but the cursor file of
-    # an older version, read once; the processes of one install share it freely.
+    # No lock on state_dir: what ingest keeps there (the handled Orthanc job IDs, the
+    # cursor file of an older version) is written by the active process only, so the
+    # processes of one install on one host may share it.
     async with ServiceParts() as parts:
         await _serve(parts, config, stop, registry or CollectorRegistry())
 
@@ -66,19 +73,27 @@ async def _serve(
             cursor=Cursor(cursors, "changes"),
         )
 
+    capture = parts.closing(
+        JobCapture(
+            config=config,
+            orthanc=orthanc,
+            resolver=resolver,
+            publisher=publisher,
+            names=names,
+            metrics=metrics,
+        )
+    )
     feeds: list[ChangesFeed] = []
     app = make_app(
         registry,
-        lambda: {"amqp": not conn.is_closed, "orthanc": all(f.healthy for f in feeds[-1:])},
+        lambda: {
+            "amqp": not conn.is_closed,
+            "orthanc": all(f.healthy for f in feeds[-1:]) and capture.healthy,
+        },
     )
-    send = make_send_handler(
-        config,
-        resolver=resolver,
-        publisher=publisher,
-        names=names,
-        on_queued=lambda job: metrics.queued.labels(job.destination, "api").inc(),
-    )
-    app.router.add_post("/api/send", send)
+    take_over = TakeOver(capture, orthanc, config.ingest.poll_interval)
+    app.router.add_post("/api/send", _send_moved)
+    app.router.add_post("/api/orthanc-jobs", job_hook(config.retry, capture, take_over))
     await parts.server(app, config.ingest.listen)
     log.info("ingest running: %d route(s); waiting for the changes lease", len(config.routes))
     lease = Lease(config.amqp.url, config.amqp.prefix, "ingest")
@@ -90,8 +105,18 @@ async def _serve(
             feeds[:] = [new_feed()]
             try:
                 async with either(stop, lost) as until:
-                    await feeds[0].run(until)
+                    await asyncio.gather(feeds[0].run(until), capture.run(until))
             finally:
                 metrics.active.set(0)
             if lost.is_set() and not stop.is_set():
                 log.warning("lost the changes lease (RabbitMQ connection gone); waiting again")
+
+
+async def _send_moved(_request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "error": "POST /api/send is served by the retry service's admin API ([retry]"
+            " listen), with an admin token, not by ingest"
+        },
+        status=410,
+    )

@@ -192,7 +192,10 @@ class ChangesFeed:
         unroutable: list[Failure] = []
         for info, tags in routed:
             if tags is not None:
-                jobs += [make_job(info, d) for d in self._router.destinations(level, tags)]
+                jobs += [
+                    make_job(info, d, source="changes")
+                    for d in self._router.destinations(level, tags)
+                ]
             else:
                 unroutable += [
                     _unreadable(info, destination)

@@ -46,3 +46,17 @@ class IngestMetrics:
             "Changes Orthanc has that ingest has not queued yet.",
             registry=registry,
         )
+        self.orthanc_jobs = Counter(
+            "sendqueue_orthanc_jobs",
+            "Orthanc's finished store jobs read from its job history, by outcome: captured"
+            " (failed, its instances queued), succeeded, unmapped (failed, to a modality or"
+            " peer no destination stands for), cancelled.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.orthanc_jobs_missed = Counter(
+            "sendqueue_orthanc_jobs_missed",
+            "Orthanc store jobs that left Orthanc's job history (JobsHistorySize) before"
+            " ingest could read how they ended: failures nobody will see.",
+            registry=registry,
+        )

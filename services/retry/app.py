@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from pathlib import Path
 
 from aiohttp import web
@@ -17,9 +18,11 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from sendqueue.services.retry.admin.api import MAX_BODY, add_admin_api
 from sendqueue.services.retry.admin.audit import AuditLog
-from sendqueue.services.retry.admin.auth import OPERATOR
+from sendqueue.services.retry.admin.auth import OPERATOR, check_admin_exposure
 from sendqueue.services.retry.admin.console_page import check_console_files
+from sendqueue.services.retry.admin.hardening import tls_context
 from sendqueue.services.retry.admin.overview import QueueOverview
+from sendqueue.services.retry.captured import follow_captured
 from sendqueue.services.retry.delays import DelayLedger
 from sendqueue.services.retry.failures import FailureRouter
 from sendqueue.services.retry.metrics import RetryMetrics
@@ -32,8 +35,8 @@ from sendqueue.services.retry.standby import announce_active, standby_app
 from sendqueue.services.retry.status_board import StatusBoard
 from sendqueue.services.retry.strays import RemovedDestinations, follow_unroutable
 from sendqueue.shared.amqp import BROKER_ERRORS
-from sendqueue.shared.config import Config, is_loopback, parse_listen
-from sendqueue.shared.errors import ConfigError
+from sendqueue.shared.cert_expiry import CertificateExpiry
+from sendqueue.shared.config import Config
 from sendqueue.shared.lease import Lease, either
 from sendqueue.shared.lifecycle import ServiceParts
 from sendqueue.shared.metrics_server import make_app, start_server
@@ -53,21 +56,12 @@ _TERM_PAUSE = 1.0
 _PREFETCH = 32
 
 
-def check_admin_exposure(config: Config) -> None:
-    host, _ = parse_listen(config.retry.listen)
-    if not config.retry.tokens() and not is_loopback(host):
-        raise ConfigError(
-            f"retry.listen is {config.retry.listen!r}, not a loopback address, and no "
-            "admin token is set: refusing to expose the admin API without authentication "
-            "(set retry.admin_token, retry.admin_tokens or SENDQUEUE_ADMIN_TOKEN)"
-        )
-
-
 async def run_retry(
     config: Config, stop: asyncio.Event, registry: CollectorRegistry | None = None
 ) -> None:
     check_admin_exposure(config)
     check_console_files()
+    tls = tls_context(config.retry)  # an unreadable certificate stops the start-up here
     registry = registry or CollectorRegistry()
     active = Gauge(
         "sendqueue_retry_active",
@@ -80,7 +74,7 @@ async def run_retry(
         conn = await parts.connection(config.amqp.url, "sendqueue-retry-standby")
         registers = Registers(conn, config.amqp.prefix)
         while not stop.is_set():
-            standby = await start_server(standby_app(registry, registers), config.retry.listen)
+            standby = await start_server(standby_app(registry, registers), config.retry.listen, tls)
             try:
                 lost = await lease.acquire(stop)
             finally:
@@ -89,8 +83,8 @@ async def run_retry(
                 break
             active.set(1)
             try:
-                await announce_active(registers, config.retry.listen, lease.identity)
-                await _active_term(config, stop, lost, registry)
+                await announce_active(registers, config.retry.listen, lease.identity, tls=bool(tls))
+                await _active_term(config, stop, lost, registry, tls)
             except BROKER_ERRORS as exc:
                 # RabbitMQ failed the take-over or the term (a node lost, a queue's leader
                 # moving): hand the lease on, wait as a standby, take it again if offered.
@@ -106,7 +100,11 @@ async def run_retry(
 
 
 async def _active_term(
-    config: Config, stop: asyncio.Event, lost: asyncio.Event, registry: CollectorRegistry
+    config: Config,
+    stop: asyncio.Event,
+    lost: asyncio.Event,
+    registry: CollectorRegistry,
+    tls: ssl.SSLContext | None,
 ) -> None:
     """Everything the active process does, until stopped or the lease is lost. Its metrics
     live in a registry of the term, so that a later term registers them afresh."""
@@ -117,7 +115,7 @@ async def _active_term(
         # two processes on one host share the directory, only the active one opens them.
         with hold_state_dir(config.retry.state_dir, "retry"):
             async with ServiceParts() as parts, either(stop, lost) as until:
-                await _serve(parts, config, until, term, exposed=registry)
+                await _serve(parts, config, until, term, exposed=registry, tls=tls)
     finally:
         registry.unregister(term)
 
@@ -129,8 +127,13 @@ async def _serve(
     registry: CollectorRegistry,
     *,
     exposed: CollectorRegistry,
+    tls: ssl.SSLContext | None,
 ) -> None:
     metrics = RetryMetrics(registry)
+    if config.retry.tls_cert:
+        # The admin listen's certificate expires like any other: the same gauge and alert.
+        expiry = CertificateExpiry(registry, service="retry")
+        expiry.watch(config.retry.tls_cert, cert="admin-listen")
     names = Names(config.amqp.prefix)
     state_dir = Path(config.retry.state_dir)
     destinations = [d.name for d in config.destinations]
@@ -180,6 +183,7 @@ async def _serve(
         consume_conn, destinations
     )
     await follow_unroutable(consume_conn, names, parking)
+    await follow_captured(consume_conn, names, audit)
     parts.task(watch_index(parking, metrics), "parked-index-watch")
     depth = QueueDepthMonitor(config, consume_conn, registry)
     parts.task(depth.run(stop), "queue-gauges")
@@ -212,6 +216,7 @@ async def _serve(
             on_queued=lambda job: metrics.queued.labels(job.destination, "admin").inc(),
         ),
     )
-    await parts.server(app, config.retry.listen)
-    log.info("retry running; admin API on http://%s/", config.retry.listen)
+    await parts.server(app, config.retry.listen, tls)
+    scheme = "https" if tls else "http"
+    log.info("retry running; admin API on %s://%s/", scheme, config.retry.listen)
     await stop.wait()

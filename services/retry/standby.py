@@ -39,18 +39,20 @@ class ActiveRetry(msgspec.Struct, frozen=True):
     since: float
 
 
-def admin_url(listen: str) -> str:
+def admin_url(listen: str, *, tls: bool = False) -> str:
     """The admin API's address as others reach it: a wildcard listen names this host."""
     host, port = parse_listen(listen)
     if host in _UNSPECIFIED:
         host = socket.getfqdn()
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
-async def announce_active(registers: Registers, listen: str, holder: str) -> None:
-    active = ActiveRetry(url=admin_url(listen), holder=holder, since=time.time())
+async def announce_active(
+    registers: Registers, listen: str, holder: str, *, tls: bool = False
+) -> None:
+    active = ActiveRetry(url=admin_url(listen, tls=tls), holder=holder, since=time.time())
     await registers.write(ACTIVE_REGISTER, msgspec.json.encode(active))
 
 

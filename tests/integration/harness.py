@@ -235,6 +235,8 @@ class Pipeline:
         self, method: str, path: str, body: Any = None, token: str | None = ADMIN_TOKEN
     ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if method == "POST" and body is None:
+            body = {}  # every POST is JSON (the API refuses any other, against CSRF)
         async with (
             aiohttp.ClientSession() as session,
             session.request(

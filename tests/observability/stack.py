@@ -21,6 +21,8 @@ from tests.support.ports import free_port
 from tests.support.scp import ScriptedSCP
 
 SERVICES = ("ingest", "sender", "retry")
+#: The admin API shows patient data only with a token.
+ADMIN_TOKEN = "observability-admin-token"
 PREFIX = "sqo"
 
 
@@ -60,6 +62,7 @@ def stack_settings(
             "max_attempts": 3,
             "jitter": 0,
             "state_dir": str(workdir / "retry"),
+            "admin_token": ADMIN_TOKEN,
         },
         "destinations": [
             {"name": "pacs", "host": "127.0.0.1", "port": scp.port, "called_aet": scp.aet}

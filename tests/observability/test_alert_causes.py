@@ -33,7 +33,14 @@ from sendqueue.shared.config import AmqpConfig
 from tests.destinations.pki import make_pki, openssl_available
 from tests.observability import assets
 from tests.observability.prometheus import PrometheusProcess
-from tests.observability.stack import SERVICES, Stack, build_config, running, stack_settings
+from tests.observability.stack import (
+    ADMIN_TOKEN,
+    SERVICES,
+    Stack,
+    build_config,
+    running,
+    stack_settings,
+)
 from tests.support import rabbit
 from tests.support.availability import unavailable
 from tests.support.dicom_factory import make_study
@@ -67,7 +74,11 @@ class Scene:
     async def admin(self, method: str, path: str) -> Any:
         async with (
             aiohttp.ClientSession() as session,
-            session.request(method, self.stack.url("retry", path)) as resp,
+            session.request(
+                method,
+                self.stack.url("retry", path),
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            ) as resp,
         ):
             resp.raise_for_status()
             return await resp.json()

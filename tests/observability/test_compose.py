@@ -35,7 +35,10 @@ def prometheus_config() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def sendqueue_config() -> Config:
     # The compose file gives the retry service its admin token from the environment.
-    environ = {"SENDQUEUE_ADMIN_TOKEN": "a-test-token", "SENDQUEUE_ORTHANC_PASSWORD": "x"}
+    environ = {
+        "SENDQUEUE_ADMIN_TOKEN": "a-test-token-0123456789",
+        "SENDQUEUE_ORTHANC_PASSWORD": "x",
+    }
     return load_config(assets.COMPOSE / "sendqueue.toml", environ)
 
 
@@ -101,9 +104,9 @@ def test_prometheus_scrapes_each_service_on_its_listen_port(
         job = _jobs(prometheus_config)[f"sendqueue-{name}"]
         assert "static_configs" not in job
         assert job["dns_sd_configs"] == [{"names": [name], "type": "A", "port": port}]
-    for job, hosts in targets.items():
+    for job_name, hosts in targets.items():
         for host in hosts:
-            assert host.split(":")[0] in compose["services"], f"{job}: {host} is no service"
+            assert host.split(":")[0] in compose["services"], f"{job_name}: {host} is no service"
 
 
 def test_prometheus_scrapes_rabbitmq_totals_and_queue_details(

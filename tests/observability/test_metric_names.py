@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.destinations.pki import Pki, make_pki
 from tests.observability import assets
@@ -34,6 +35,8 @@ RABBIT_PATHS = (
     "/metrics",
     "/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count",
 )
+PATIENT_ID = "PID-LABEL-SCAN-0815"
+PATIENT_NAME = "Labelscan^Patricia"
 #: Samples that show the jobs below went through every path.
 EXPECTED_SAMPLES = (
     "sendqueue_jobs_sent_total{",
@@ -52,7 +55,8 @@ async def expositions() -> dict[str, str]:
         unavailable(f"RabbitMQ management API not reachable at {rabbit.MGMT_URL}")
     if not orthanc_available():
         unavailable("Orthanc is not installed (Debian package orthanc)")
-    study = make_study(3)
+    # A patient whose ID and name no metric label may ever carry (see the last test).
+    study = make_study(3, patient_id=PATIENT_ID, extra={"PatientName": PATIENT_NAME})
     retried, parked = sop_instance_uid(study[1]), sop_instance_uid(study[2])
 
     def status_for(uid: str, nth: int) -> int:
@@ -188,3 +192,20 @@ async def test_labels_never_carry_identifiers(expositions: dict[str, str]) -> No
             bad = {label for label in labels if "uid" in label or label.endswith("_id")}
             assert not bad, f"{name} has identifier labels {bad}"
         assert "1.2.826." not in text  # the factory's UID root: no UID in any label value
+
+
+async def test_no_label_of_any_metric_carries_a_patient_id_or_name(
+    expositions: dict[str, str],
+) -> None:
+    # Every sample of every metric of every service, after the patient's jobs were
+    # delivered, retried and parked: metrics are scraped and kept without any token.
+    samples = 0
+    for service, text in expositions.items():
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples += 1
+                for label, value in sample.labels.items():
+                    assert "patient" not in label.lower(), (service, sample.name, label)
+                    for secret in (PATIENT_ID, PATIENT_NAME, *PATIENT_NAME.split("^")):
+                        assert secret.lower() not in value.lower(), (service, sample.name, label)
+    assert samples > 100, f"only {samples} samples: the scan saw too little"

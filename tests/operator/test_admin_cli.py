@@ -175,7 +175,7 @@ async def test_pause_holds_jobs_resume_sends_them_and_refusals_exit_1(
     code, _, err = await sendqueue(capsys, "pause", "pacs", *url)
     assert code == 1 and "Authorization" in err and "--token" in err
     code, _, err = await sendqueue(capsys, "pause", "pacs", *url, "--token", "wrong-token")
-    assert code == 1 and "invalid admin token" in err
+    assert code == 1 and "invalid token" in err
     code, _, err = await sendqueue(capsys, "pause", "nowhere", *config)
     assert code == 1 and "unknown destination" in err
 

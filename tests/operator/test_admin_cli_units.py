@@ -131,7 +131,7 @@ def test_limit_must_be_positive():
 # -- where the API is ---------------------------------------------------------------------
 
 
-def write_config(tmp_path, listen: str = "0.0.0.0:9102", token: str = "file-token"):
+def write_config(tmp_path, listen: str = "0.0.0.0:9102", token: str = "file-token-0123456789"):
     path = tmp_path / "sendqueue.toml"
     path.write_text(f'[retry]\nlisten = "{listen}"\nadmin_token = "{token}"\n')
     return str(path)
@@ -140,13 +140,13 @@ def write_config(tmp_path, listen: str = "0.0.0.0:9102", token: str = "file-toke
 def test_config_gives_the_url_from_retry_listen_and_its_token(tmp_path):
     args = parse("status", "--config", write_config(tmp_path))
     target = resolve_target(args, {})
-    assert (target.url, target.token) == ("http://127.0.0.1:9102", "file-token")
+    assert (target.url, target.token) == ("http://127.0.0.1:9102", "file-token-0123456789")
 
 
 def test_token_option_beats_environment_beats_config(tmp_path):
     config = write_config(tmp_path)
-    env = {"SENDQUEUE_ADMIN_TOKEN": "env-token"}
-    assert resolve_target(parse("status", "--config", config), env).token == "env-token"
+    env = {"SENDQUEUE_ADMIN_TOKEN": "env-token-0123456789"}
+    assert resolve_target(parse("status", "--config", config), env).token == "env-token-0123456789"
     args = parse("status", "--config", config, "--token", "cli-token")
     assert resolve_target(args, env).token == "cli-token"
 
@@ -347,3 +347,34 @@ async def test_a_long_bulk_call_reports_the_servers_progress_on_stderr(monkeypat
         "requeue: 200/300 (66%)",
         "requeue: 300/300 (100%)",
     ]
+
+
+# -- Orthanc's failed sends ---------------------------------------------------------------
+
+
+def test_orthanc_job_selects_the_items_captured_from_that_job():
+    args = parse("parked", "delete", "--orthanc-job", "6f1c-22", *URL)
+    assert selection(args) == {"orthanc_job": "6f1c-22"}
+
+
+def test_parked_items_from_orthanc_jobs_are_summed_up_per_job():
+    item = {
+        "id": "x1",
+        "parked_at": 1_700_000_000,
+        "destination": "pacs",
+        "attempts": 4,
+        "reason_class": "dimse-a9xx",
+        "reason": "refused",
+        "source": "orthanc-job",
+        "orthanc_job": "6f1c-22",
+        "orthanc_job_failed_at": 1_699_999_000,
+        "orthanc_job_error": "Error in the network protocol: connection refused",
+        "orthanc_job_instances": 10,
+    }
+    text = render_parked({"items": [item, {**item, "id": "x2"}, {"id": "x3"}], "total": 3})
+    assert "captured from Orthanc's failed sends:" in text
+    [line] = [row for row in text.splitlines() if row.startswith("6f1c-22")]
+    assert format_time(1_699_999_000) in line
+    assert line.split()[3:5] == ["10", "2"]  # instances of the job, parked here
+    assert line.endswith("Error in the network protocol: connection refused")
+    assert "captured from" not in render_parked({"items": [{"id": "x3"}], "total": 1})

@@ -76,7 +76,10 @@ def compose() -> dict[str, Any]:
 def test_every_sendqueue_service_has_a_healthcheck_and_a_grace_above_its_own(
     compose: dict[str, Any],
 ) -> None:
-    environ = {"SENDQUEUE_ADMIN_TOKEN": "a-test-token", "SENDQUEUE_ORTHANC_PASSWORD": "x"}
+    environ = {
+        "SENDQUEUE_ADMIN_TOKEN": "a-test-token-0123456789",
+        "SENDQUEUE_ORTHANC_PASSWORD": "x",
+    }
     config = load_config(ROOT / "compose" / "sendqueue.toml", environ)
     for name in SENDQUEUE_SERVICES:
         service = compose["services"][name]

@@ -8,10 +8,13 @@
     POST /api/destinations/{name}/pause | /resume
     POST /api/send                   queue Orthanc resources for a destination
     GET  /api/audit                  who did what, newest first              audit.py
+    GET  /api/whoami                 the caller's name and scope             auth.py
     GET  /api/openapi.json           this API, described                     openapi.py
     GET  /, /console/                the console page                        console_page.py
-Mutating calls need "Authorization: Bearer <token>" when tokens are configured (auth.py),
-and are written to the audit log. Every error is JSON {"error": "..."} with a 4xx/5xx.
+Every /api/ call but openapi.json needs "Authorization: Bearer <token>": a read token
+for GETs, an admin token for POSTs (auth.py); POSTs are written to the audit log. Host,
+Origin and Content-Type checks and the security headers: hardening.py. Every error is
+JSON {"error": "..."} with a 4xx/5xx.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import logging
 from aiohttp import web
 
 from sendqueue.services.retry.admin.audit import AuditLog, add_audit_route
-from sendqueue.services.retry.admin.auth import Handler, Tokens
+from sendqueue.services.retry.admin.auth import Access, Handler
 from sendqueue.services.retry.admin.console_page import add_console
 from sendqueue.services.retry.admin.destinations import DestinationRoutes
+from sendqueue.services.retry.admin.hardening import harden
 from sendqueue.services.retry.admin.input import BadRequest
 from sendqueue.services.retry.admin.openapi import OPENAPI
 from sendqueue.services.retry.admin.overview import QueueOverview
@@ -54,16 +58,18 @@ def add_admin_api(
     send: Handler | None = None,
 ) -> None:
     """Every admin route and the console on `app` (whose client_max_size is MAX_BODY)."""
-    tokens = Tokens(config.retry.tokens())
-    app.middlewares.append(_errors)
-    ParkedRoutes(config=config, parking=parking, audit=audit).register(app, tokens)
+    access = Access.from_config(config.retry)
+    app.middlewares.append(_errors)  # outermost: the checks' refusals become JSON too
+    harden(app, config.retry)
+    ParkedRoutes(config=config, parking=parking, audit=audit).register(app, access)
     DestinationRoutes(config=config, pauses=pauses, overview=overview, audit=audit).register(
-        app, tokens
+        app, access
     )
-    add_audit_route(app, audit)
+    add_audit_route(app, audit, access)
+    access.add_whoami(app)
     app.router.add_get("/api/openapi.json", _openapi)
     if send is not None:
-        app.router.add_post("/api/send", tokens.guard(send))
+        app.router.add_post("/api/send", access.act(send))
     add_console(app)
 
 

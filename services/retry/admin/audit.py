@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from sendqueue.services.retry.admin import input as inp
+from sendqueue.services.retry.admin.auth import Access
 from sendqueue.services.retry.sqlite import open_db
 
 
@@ -57,7 +58,7 @@ class AuditLog:
         ]
 
 
-def add_audit_route(app: web.Application, audit: AuditLog) -> None:
+def add_audit_route(app: web.Application, audit: AuditLog, access: Access) -> None:
     async def show(request: web.Request) -> web.Response:
         query = request.query
         limit = inp.bounded_int(query.get("limit", "100"), "limit", 1, 1000)
@@ -67,4 +68,4 @@ def add_audit_route(app: web.Application, audit: AuditLog) -> None:
         next_cursor = str(items[-1]["id"]) if len(items) == limit else None
         return web.json_response({"items": items, "next_cursor": next_cursor})
 
-    app.router.add_get("/api/audit", show)
+    app.router.add_get("/api/audit", access.read(show))

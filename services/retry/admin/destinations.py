@@ -7,7 +7,7 @@ import logging
 from aiohttp import web
 
 from sendqueue.services.retry.admin.audit import AuditLog
-from sendqueue.services.retry.admin.auth import OPERATOR, Tokens
+from sendqueue.services.retry.admin.auth import OPERATOR, Access
 from sendqueue.services.retry.admin.input import BadRequest
 from sendqueue.services.retry.admin.overview import QueueOverview
 from sendqueue.services.retry.pauses import PauseStore
@@ -25,10 +25,10 @@ class DestinationRoutes:
         self._overview = overview
         self._audit = audit
 
-    def register(self, app: web.Application, tokens: Tokens) -> None:
-        app.router.add_get("/api/queues", self.queues)
-        app.router.add_post("/api/destinations/{name}/pause", tokens.guard(self.pause))
-        app.router.add_post("/api/destinations/{name}/resume", tokens.guard(self.resume))
+    def register(self, app: web.Application, access: Access) -> None:
+        app.router.add_get("/api/queues", access.read(self.queues))
+        app.router.add_post("/api/destinations/{name}/pause", access.act(self.pause))
+        app.router.add_post("/api/destinations/{name}/resume", access.act(self.resume))
 
     async def queues(self, _request: web.Request) -> web.Response:
         try:

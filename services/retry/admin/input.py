@@ -17,7 +17,17 @@ from sendqueue.shared.durations import Duration
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_IDS = 100_000
 #: Body keys and query parameters that select parked items.
-SELECTORS = ("ids", "all", "destination", "reason", "study", "patient", "since", "until")
+SELECTORS = (
+    "ids",
+    "all",
+    "destination",
+    "reason",
+    "study",
+    "patient",
+    "orthanc_job",
+    "since",
+    "until",
+)
 
 
 class BadRequest(Exception):

@@ -21,8 +21,22 @@ _STR = {"type": "string"}
 _INT = {"type": "integer"}
 _NUM_OR_NULL = {"type": "number", "nullable": True}
 _ERROR = _json({"$ref": "#/components/schemas/Error"}, "What is wrong, in words")
-#: Every mutating call: no or a wrong token, or RabbitMQ away (repeat the call later).
-_AUTH_ERRORS = {"401": _ERROR, "403": _ERROR, "503": _ERROR}
+_ERRORS_OF_READS = {
+    "401": _json({"$ref": "#/components/schemas/Error"}, "No token, or an unknown one"),
+    "403": _json({"$ref": "#/components/schemas/Error"}, "Another Origin than the API's"),
+    "421": _json({"$ref": "#/components/schemas/Error"}, "A Host name not allowed"),
+}
+#: Every mutating call: besides those of reads, a read token (403), no JSON body (415),
+#: or RabbitMQ away (503: repeat the call later).
+_AUTH_ERRORS = {
+    **_ERRORS_OF_READS,
+    "403": _json(
+        {"$ref": "#/components/schemas/Error"}, "A read token (state changes need an admin one)"
+    ),
+    "415": _json({"$ref": "#/components/schemas/Error"}, "Content-Type is not application/json"),
+    "503": _ERROR,
+}
+#: An admin token; reads take a read or an admin token (same scheme, scope by token).
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 _NAME_IN_PATH = [{"name": "name", "in": "path", "required": True, "schema": _STR}]
 
@@ -31,6 +45,10 @@ _FILTERS = {
     "reason": {"type": "string", "description": "reason class, e.g. dimse-a9xx, not-found"},
     "study": {"type": "string", "description": "StudyInstanceUID"},
     "patient": {"type": "string", "description": "PatientID"},
+    "orthanc_job": {
+        "type": "string",
+        "description": "the failed Orthanc store job the items were captured from",
+    },
     "since": {"type": "string", "description": "parked at or after: epoch, ISO-8601 or '2h'"},
     "until": {"type": "string", "description": "parked before: epoch, ISO-8601 or '2h'"},
 }
@@ -53,6 +71,7 @@ _PARKED_ITEM = _obj(
     series_instance_uid=_STR,
     study_instance_uid=_STR,
     patient_id=_STR,
+    patient_name=_STR,
     modality=_STR,
     attempts=_INT,
     first_failed_at=_NUM_OR_NULL,
@@ -60,6 +79,11 @@ _PARKED_ITEM = _obj(
     parked_at={"type": "number"},
     reason=_STR,
     reason_class=_STR,
+    source=_STR,
+    orthanc_job=_STR,
+    orthanc_job_error=_STR,
+    orthanc_job_failed_at=_NUM_OR_NULL,
+    orthanc_job_instances=_INT,
     error=_STR,
 )
 _PARKED_PAGE = _obj(
@@ -114,7 +138,17 @@ _PATHS: dict[str, Any] = {
         "get": {
             "summary": "List parked items, oldest first (format=csv exports all that match)",
             "parameters": _PARKED_QUERY,
-            "responses": {"200": _json(_PARKED_PAGE), "400": _ERROR},
+            "responses": {
+                "200": {
+                    "description": "A page of parked items, or with format=csv all of them",
+                    "content": {
+                        "application/json": {"schema": _PARKED_PAGE},
+                        "text/csv": {"schema": _STR},
+                    },
+                },
+                "400": _ERROR,
+                **_ERRORS_OF_READS,
+            },
         }
     },
     "/api/parked/requeue": {
@@ -146,13 +180,13 @@ _PATHS: dict[str, Any] = {
     "/api/operations/current": {
         "get": {
             "summary": "Progress of the bulk operation under way",
-            "responses": {"200": _json(_OPERATION)},
+            "responses": {"200": _json(_OPERATION), **_ERRORS_OF_READS},
         }
     },
     "/api/queues": {
         "get": {
             "summary": "Per destination: ready, in flight, delayed, parked, consumers, state",
-            "responses": {"200": _json(_QUEUES), "503": _ERROR},
+            "responses": {"200": _json(_QUEUES), "503": _ERROR, **_ERRORS_OF_READS},
         }
     },
     "/api/destinations/{name}/pause": {
@@ -192,7 +226,29 @@ _PATHS: dict[str, Any] = {
                 {"name": "limit", "in": "query", "schema": _INT},
                 {"name": "cursor", "in": "query", "schema": _STR},
             ],
-            "responses": {"200": _json(_AUDIT), "400": _ERROR},
+            "responses": {"200": _json(_AUDIT), "400": _ERROR, **_ERRORS_OF_READS},
+        }
+    },
+    "/api/whoami": {
+        "get": {
+            "summary": "The caller's name and scope (read or admin)",
+            "responses": {
+                "200": _json(
+                    _obj(
+                        name=_STR,
+                        scope={"type": "string", "enum": ["read", "admin"]},
+                        anonymous={"type": "boolean"},
+                    )
+                ),
+                **_ERRORS_OF_READS,
+            },
+        }
+    },
+    "/api/openapi.json": {
+        "get": {
+            "summary": "This document (no token needed)",
+            "security": [],
+            "responses": {"200": _json({"type": "object"})},
         }
     },
 }
@@ -202,11 +258,20 @@ OPENAPI: dict[str, Any] = {
     "info": {
         "title": "sendqueue admin API",
         "version": "1",
-        "description": "See, requeue and remove what is stuck. Mutating calls need "
-        "'Authorization: Bearer <token>' and are written to the audit log.",
+        "description": "See, requeue and remove what is stuck. Every call but this"
+        " document needs 'Authorization: Bearer <token>': a read token ([retry.read_tokens])"
+        " for GETs, an admin token ([retry] admin_token, [retry.admin_tokens]) for POSTs,"
+        " which also need 'Content-Type: application/json' and are written to the audit log.",
     },
+    "security": _SECURED,
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "a read token (GETs) or an admin token (GETs and POSTs)",
+            }
+        },
         "schemas": {"Error": _obj(error=_STR), "ParkedItem": _PARKED_ITEM},
     },
     "paths": _PATHS,

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from sendqueue.services.retry.admin import input as inp
 from sendqueue.services.retry.admin.audit import AuditLog
-from sendqueue.services.retry.admin.auth import OPERATOR, Tokens
+from sendqueue.services.retry.admin.auth import OPERATOR, Access
 from sendqueue.services.retry.admin.input import BadRequest
 from sendqueue.services.retry.parking.index import Filters, ParkedItem
 from sendqueue.services.retry.parking.passes import Action, Selector
@@ -27,11 +27,11 @@ class ParkedRoutes:
         self._parking = parking
         self._audit = audit
 
-    def register(self, app: web.Application, tokens: Tokens) -> None:
-        app.router.add_get("/api/parked", self.list_parked)
-        app.router.add_post("/api/parked/requeue", tokens.guard(self.requeue))
-        app.router.add_post("/api/parked/delete", tokens.guard(self.delete))
-        app.router.add_get("/api/operations/current", self.operation)
+    def register(self, app: web.Application, access: Access) -> None:
+        app.router.add_get("/api/parked", access.read(self.list_parked))
+        app.router.add_post("/api/parked/requeue", access.act(self.requeue))
+        app.router.add_post("/api/parked/delete", access.act(self.delete))
+        app.router.add_get("/api/operations/current", access.read(self.operation))
 
     async def list_parked(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
@@ -144,6 +144,7 @@ class ParkedRoutes:
             reason_class=inp.opt_str(values, "reason"),
             study=inp.opt_str(values, "study"),
             patient=inp.opt_str(values, "patient"),
+            orthanc_job=inp.opt_str(values, "orthanc_job"),
             since=inp.opt_time(values, "since"),
             until=inp.opt_time(values, "until"),
         )
@@ -165,7 +166,20 @@ def _summary(body: dict[str, Any], to: str | None) -> dict[str, Any]:
     return summary
 
 
+#: A cell starting with one of these is a formula to a spreadsheet: a peer's error text
+#: or a DICOM header could run one on the operator's machine (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value  # shown as text, the quote says it was escaped
+    return value
+
+
 def _csv_line(values: list[Any]) -> bytes:
     out = io.StringIO()
-    csv.writer(out).writerow(["" if v is None else v for v in values])
+    csv.writer(out).writerow([csv_cell(v) for v in values])
     return out.getvalue().encode()

@@ -23,6 +23,7 @@ class ParkedItem(msgspec.Struct, frozen=True, kw_only=True):
     series_instance_uid: str = ""
     study_instance_uid: str = ""
     patient_id: str = ""
+    patient_name: str = ""
     modality: str = ""
     attempts: int = 0
     first_failed_at: float | None = None
@@ -30,9 +31,24 @@ class ParkedItem(msgspec.Struct, frozen=True, kw_only=True):
     parked_at: float = 0.0
     reason: str = ""
     reason_class: str = ""
+    #: "changes", "api" or "orthanc-job" (see SendJob.source).
+    source: str = ""
+    #: The failed Orthanc store job it comes from: ID, error, when, how many instances.
+    orthanc_job: str = ""
+    orthanc_job_error: str = ""
+    orthanc_job_failed_at: float | None = None
+    orthanc_job_instances: int = 0
 
 
 _COLUMNS = list(ParkedItem.__struct_fields__)
+
+
+def _sql_literal(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,7 @@ class Filters:
     destination: str | None = None
     reason_class: str | None = None
     study: str | None = None
+    orthanc_job: str | None = None
     patient: str | None = None
     since: float | None = None
     until: float | None = None
@@ -51,6 +68,7 @@ class Filters:
             (self.destination is None or item.destination == self.destination)
             and (self.reason_class is None or item.reason_class == self.reason_class)
             and (self.study is None or item.study_instance_uid == self.study)
+            and (self.orthanc_job is None or item.orthanc_job == self.orthanc_job)
             and (self.patient is None or item.patient_id == self.patient)
             and (self.since is None or item.parked_at >= self.since)
             and (self.until is None or item.parked_at < self.until)
@@ -63,6 +81,7 @@ class Filters:
             ("destination", self.destination),
             ("reason_class", self.reason_class),
             ("study_instance_uid", self.study),
+            ("orthanc_job", self.orthanc_job),
             ("patient_id", self.patient),
         ):
             if value is not None:
@@ -86,11 +105,23 @@ class ParkedIndex:
         self._db.execute(
             f"CREATE TABLE IF NOT EXISTS parked ({columns}, pass_seq INTEGER NOT NULL DEFAULT 0)"
         )
+        self._add_new_columns()
         for column in ("destination", "reason_class", "study_instance_uid", "patient_id"):
             self._db.execute(f"CREATE INDEX IF NOT EXISTS by_{column} ON parked ({column})")
         self._db.execute("CREATE INDEX IF NOT EXISTS by_time ON parked (parked_at, id)")
         # Items whose requeued copy the broker confirmed, kept until a complete pass.
         self._db.execute("CREATE TABLE IF NOT EXISTS requeued (id TEXT PRIMARY KEY)")
+
+    def _add_new_columns(self) -> None:
+        """An index made by an older version lacks the newer fields: add them (empty)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(parked)")}
+        defaults = ParkedItem(id="", destination="")
+        for column in _COLUMNS:
+            if column not in have:
+                default = getattr(defaults, column)
+                self._db.execute(
+                    f"ALTER TABLE parked ADD COLUMN {column} DEFAULT {_sql_literal(default)}"
+                )
 
     def close(self) -> None:
         self._db.close()
@@ -99,7 +130,11 @@ class ParkedIndex:
         marks = ", ".join("?" for _ in _COLUMNS)
         rows = [(*(getattr(i, c) for c in _COLUMNS), pass_seq) for i in items]
         with self._db:
-            self._db.executemany(f"INSERT OR REPLACE INTO parked VALUES ({marks}, ?)", rows)
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO parked ({', '.join(_COLUMNS)}, pass_seq)"
+                f" VALUES ({marks}, ?)",
+                rows,
+            )
 
     def journal_requeued(self, ids: Sequence[str]) -> None:
         if ids:

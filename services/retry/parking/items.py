@@ -36,6 +36,7 @@ def item_from_job(item_id: str, job: SendJob) -> ParkedItem:
         series_instance_uid=job.series_instance_uid,
         study_instance_uid=job.study_instance_uid,
         patient_id=job.patient_id,
+        patient_name=job.patient_name,
         modality=job.modality,
         attempts=job.attempts,
         first_failed_at=job.first_failed_at,
@@ -43,6 +44,11 @@ def item_from_job(item_id: str, job: SendJob) -> ParkedItem:
         parked_at=job.parked_at or 0.0,
         reason=job.last_error,
         reason_class=job.reason_class,
+        source=job.source,
+        orthanc_job=job.orthanc_job.id if job.orthanc_job else "",
+        orthanc_job_error=job.orthanc_job.error if job.orthanc_job else "",
+        orthanc_job_failed_at=job.orthanc_job.failed_at if job.orthanc_job else None,
+        orthanc_job_instances=job.orthanc_job.instances if job.orthanc_job else 0,
     )
 
 

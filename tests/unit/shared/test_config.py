@@ -79,10 +79,10 @@ def test_duplicate_destinations_are_rejected():
 
 
 def test_secrets_come_from_the_environment():
-    env = {"SENDQUEUE_ORTHANC_PASSWORD": "s3cret", "SENDQUEUE_ADMIN_TOKEN": "tok"}
+    env = {"SENDQUEUE_ORTHANC_PASSWORD": "s3cret", "SENDQUEUE_ADMIN_TOKEN": "tok-0123456789abcdef"}
     config = parse_config(MINIMAL, environ=env)
     assert config.orthanc.password == "s3cret"
-    assert config.retry.admin_token == "tok"
+    assert config.retry.admin_token == "tok-0123456789abcdef"
 
 
 def test_the_broker_url_from_the_environment_wins_over_the_file():

@@ -1,6 +1,9 @@
 // The sendqueue console: plain JavaScript against the retry service's admin API, no build.
-// Everything the API returns is put on the page with textContent, never innerHTML: reasons
-// and UIDs come from remote peers and DICOM headers, and must not be able to run script.
+// Everything the API returns is put on the page with textContent, never innerHTML: reasons,
+// UIDs and patient names come from remote peers and DICOM headers, and must not be able to
+// run script (the server's Content-Security-Policy forbids inline script as well).
+// Every API call but openapi.json needs a token: a read token shows, an admin token acts.
+// What the signed-in token may not do is not drawn at all.
 "use strict";
 
 (function () {
@@ -9,7 +12,7 @@
   const PROGRESS_EVERY_MS = 1000;
   const PAGE_SIZE = 100;
   const AUDIT_PAGE = 50;
-  const FILTERS = ["destination", "reason", "study", "patient", "since", "until"];
+  const FILTERS = ["destination", "reason", "study", "patient", "orthanc_job", "since", "until"];
 
   const state = {
     filters: {},          // what the parked table shows, as sent to the API
@@ -24,7 +27,13 @@
     busy: false,          // one bulk action from this page at a time
     destinations: [],
     queuesDrawn: "",      // the destinations as last drawn (JSON), to skip identical redraws
+    who: null,            // {name, scope, anonymous} of GET /api/whoami; null = signed out
+    started: false,       // the polls run once someone is signed in
   };
+
+  function canAct() {
+    return Boolean(state.who && state.who.scope === "admin");
+  }
 
   // Requests of one kind overlap (polls, refreshes after an action, filter changes). Only
   // the answer to the newest one is drawn: an older answer arriving late must not overwrite
@@ -52,7 +61,7 @@
 
   async function api(method, path, body) {
     const headers = {};
-    if (method !== "GET" && token()) headers.Authorization = "Bearer " + token();
+    if (token()) headers.Authorization = "Bearer " + token();
     if (body !== undefined) headers["Content-Type"] = "application/json";
     let response;
     try {
@@ -79,6 +88,7 @@
     }
     if (!response.ok) {
       const words = data && typeof data.error === "string" ? data.error : text.slice(0, 200);
+      if (response.status === 401 && state.who) signedOut();  // the token was withdrawn
       throw new ApiError(response.status, words || response.statusText);
     }
     return data;
@@ -87,10 +97,10 @@
   function explain(err, what) {
     if (!(err instanceof ApiError)) return what + " failed: " + err;
     if (err.status === 401) {
-      return what + " needs the admin token: sign in above (" + err.message + ").";
+      return what + " needs a token: sign in above (" + err.message + ").";
     }
     if (err.status === 403) {
-      return what + " was refused: " + err.message + ". Sign in again with the right token.";
+      return what + " was refused: " + err.message + ".";
     }
     if (err.status === 0) return what + " failed: " + err.message;
     return what + " failed: " + err.message + " (HTTP " + err.status + ")";
@@ -174,26 +184,80 @@
   // -- sign in -----------------------------------------------------------------------------
 
   function showSession() {
-    const signedIn = Boolean(token());
-    $("login-form").hidden = signedIn;
-    $("session").hidden = !signedIn;
+    const who = state.who;
+    $("login-form").hidden = Boolean(who);
+    $("session").hidden = !who || who.anonymous;
+    $("signed-out").hidden = Boolean(who);
+    $("content").hidden = !who;
+    if (who) {
+      $("whoami").textContent = who.scope === "admin"
+        ? "Signed in as " + who.name + ": may read and act."
+        : "Signed in as " + who.name + ": may read only (a read token).";
+    }
+    for (const element of document.querySelectorAll(".admin-only")) element.hidden = !canAct();
   }
 
-  function signIn(event) {
+  // Who the stored token belongs to, and what it may do; signed out when it is refused.
+  async function checkSession() {
+    try {
+      state.who = await api("GET", "/api/whoami");
+    } catch (err) {
+      state.who = null;
+      if (token()) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        showError(explain(err, "Signing in"));
+      }
+    }
+    showSession();
+    if (state.who) startViews();
+    return state.who;
+  }
+
+  async function signIn(event) {
     event.preventDefault();
     const value = $("token").value.trim();
     if (!value) return;
     sessionStorage.setItem(TOKEN_KEY, value);
     $("token").value = "";
+    if (await checkSession()) showNotice("Signed in as " + state.who.name + ".");
+  }
+
+  function signedOut() {
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.who = null;
+    // What was on the page (patient data) goes with the token.
+    $("parked-body").replaceChildren();
+    $("audit-body").replaceChildren();
+    $("queues-body").replaceChildren();
+    state.queuesDrawn = "";
     showSession();
-    showNotice("Signed in.");
   }
 
   function signOut() {
-    sessionStorage.removeItem(TOKEN_KEY);
-    showSession();
+    signedOut();
     showNotice("Signed out.");
     $("token").focus();
+  }
+
+  // The CSV export needs the token too, so it is fetched here and handed to the browser
+  // as a file, rather than linked.
+  async function downloadCsv() {
+    const headers = token() ? { Authorization: "Bearer " + token() } : {};
+    try {
+      const response = await fetch("/api/parked?" + query(state.filters, { format: "csv" }),
+        { headers, cache: "no-store" });
+      if (!response.ok) throw new ApiError(response.status, await response.text());
+      const url = URL.createObjectURL(await response.blob());
+      const link = document.createElement("a");
+      link.href = url;
+      link.download = "parked.csv";
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+    } catch (err) {
+      showError(explain(err, "Downloading the CSV"));
+    }
   }
 
   // -- destinations ------------------------------------------------------------------------
@@ -270,6 +334,7 @@
     cell(row, count(d.consumers), "num");
     const waiting = d.ready ? formatAge(d.oldest_waiting_seconds) : "–";
     cell(row, waiting, "num").dataset.testid = "oldest-waiting";
+    if (!canAct()) return row;
     const actions = cell(row, "");
     const paused = d.state === "paused";
     const button = document.createElement("button");
@@ -345,7 +410,7 @@
 
   function readFilters() {
     const filters = {};
-    for (const key of ["destination", "reason", "study", "patient"]) {
+    for (const key of ["destination", "reason", "study", "patient", "orthanc_job"]) {
       const value = $("f-" + key).value.trim();
       if (value) filters[key] = value;
     }
@@ -374,7 +439,6 @@
     state.cursors = [];
     state.cursor = null;
     state.selected.clear();
-    $("export-csv").href = "/api/parked?" + query(state.filters, { format: "csv" });
     loadParked();
   }
 
@@ -435,19 +499,46 @@
       if (box.checked) state.selected.add(item.id); else state.selected.delete(item.id);
       updateSelection();
     });
-    cell(row, "").appendChild(box);
+    if (canAct()) cell(row, "").appendChild(box);
     cell(row, formatTime(item.parked_at), "nowrap");
     cell(row, item.destination || "");
     const reason = cell(row, "", "reason");
     const cls = document.createElement("strong");
     cls.textContent = item.reason_class || "unknown";
     reason.append(cls, " ", item.reason || "");
+    if (item.orthanc_job) reason.appendChild(capturedFrom(item));
     cell(row, item.study_instance_uid || "–", "uid");
     cell(row, item.patient_id || "–");
+    cell(row, item.patient_name || "–").dataset.testid = "patient-name";
     cell(row, item.modality || "–");
     cell(row, String(item.attempts ?? "–"), "num");
     cell(row, item.orthanc_id || "–", "uid");
     return row;
+  }
+
+  // A job captured from Orthanc's own failed send: which Orthanc job, when it failed, why,
+  // how many instances it had; a click shows every parked item of that job (to act on all).
+  function capturedFrom(item) {
+    const line = document.createElement("div");
+    line.className = "captured";
+    line.dataset.testid = "captured-from";
+    const show = document.createElement("button");
+    show.type = "button";
+    show.className = "link";
+    show.textContent = item.orthanc_job;
+    show.title = "Show every parked item of this Orthanc job";
+    show.addEventListener("click", () => {
+      clearFilterFields();
+      $("f-orthanc_job").value = item.orthanc_job;
+      applyFilters();
+    });
+    const instances = item.orthanc_job_instances ? ", " + item.orthanc_job_instances + " instance(s)" : "";
+    line.append(
+      "Orthanc's own send failed: job ", show, instances,
+      item.orthanc_job_failed_at ? ", at " + formatTime(item.orthanc_job_failed_at) : "",
+      item.orthanc_job_error ? ": " + item.orthanc_job_error : "",
+    );
+    return line;
   }
 
   function updateSelection() {
@@ -477,7 +568,7 @@
   function describeFilters(filters) {
     const parts = FILTERS.filter((k) => filters[k]).map((k) => {
       const value = k === "since" || k === "until" ? $("f-" + k).value.trim() : filters[k];
-      return k + " " + value;
+      return (k === "orthanc_job" ? "Orthanc job" : k) + " " + value;
     });
     return parts.length ? "matching " + parts.join(", ") : "(no filter: every destination)";
   }
@@ -631,8 +722,20 @@
   // -- start -------------------------------------------------------------------------------
 
   async function poll() {
-    if (!document.hidden) await refreshQueues();
+    if (!document.hidden && state.who) await refreshQueues();
     setTimeout(poll, QUEUES_EVERY_MS);
+  }
+
+  function startViews() {
+    if (state.started) {
+      applyFilters();
+      loadAudit(true);
+      return;
+    }
+    state.started = true;
+    applyFilters();
+    loadAudit(true);
+    poll();
   }
 
   function start() {
@@ -650,10 +753,9 @@
     $("send-form").addEventListener("submit", send);
     $("audit-refresh").addEventListener("click", () => loadAudit(true));
     $("audit-more").addEventListener("click", () => loadAudit(false));
+    $("export-csv").addEventListener("click", downloadCsv);
     showSession();
-    applyFilters();
-    loadAudit(true);
-    poll();
+    checkSession();  // a token kept in this tab, or anonymous access on loopback
   }
 
   document.addEventListener("DOMContentLoaded", start);
