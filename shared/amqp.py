@@ -2,6 +2,16 @@
 
 Every publish is persistent, mandatory and confirmed; the caller acks what it consumed
 only after ``publish`` returned. An unroutable message raises instead of vanishing.
+
+A broker that blocks publishers (a memory or disk alarm) is waited out, not reported as
+"not confirmed": the caller would put back what the publish replaces (a nack, which a
+quorum queue up to RabbitMQ 4.2 counts towards its delivery limit), while the publish,
+already in the socket, still arrives once the alarm ends: two copies of one job, each
+going its own way. So a publish on a blocked connection waits for the alarm to end
+before sending (up to `blocked_patience`, then NotConfirmed: nothing was sent), and a
+publish once sent is waited for until its confirm, a nack or the loss of the connection
+(bounded by the same patience), never given up on by a timer alone. The consumer
+meanwhile holds its message: unacked, not returned, not counted.
 """
 
 from __future__ import annotations
@@ -121,12 +131,34 @@ async def connect_once(
     raise failure
 
 
+def blocked(connection: AbstractRobustConnection) -> bool:
+    """Whether RabbitMQ told this connection that it blocks its publishes (an alarm).
+
+    aiormq tracks connection.blocked/unblocked in an event it keeps to itself.
+    """
+    underlying = getattr(getattr(connection, "transport", None), "connection", None)
+    unblocked = getattr(underlying, "_Connection__connection_unblocked", None)
+    return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+
+
+#: How often a publish waiting out an alarm looks again.
+_BLOCKED_POLL = 0.2
+
+
 class Publisher:
     """Publishes on its own connection (a broker alarm blocks publishers, not consumers)."""
 
-    def __init__(self, connection: AbstractRobustConnection, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        timeout: float = 30.0,
+        blocked_patience: float = 20 * 60.0,
+    ) -> None:
         self._connection = connection
         self._timeout = timeout
+        #: Below RabbitMQ's default consumer timeout (30 min): a consumer holding its
+        #: message that long would have it taken back.
+        self._blocked_patience = blocked_patience
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
 
@@ -168,12 +200,58 @@ class Publisher:
             headers=dict(headers or {}),
         )
         # The whole call is bounded: a robust channel waits without limit while it
-        # reconnects, and publish(timeout=) does not cover that wait.
+        # reconnects, and publish(timeout=) does not cover that wait. A blocked
+        # connection is waited out instead (module doc).
         try:
+            await self._until_unblocked(exchange)
             target = await self._exchange(exchange)
-            async with asyncio.timeout(self._timeout):
-                await target.publish(message, routing_key=routing_key, mandatory=mandatory)
+            if self._channel is not None:
+                # Before anything is sent: a reconnecting channel is waited for, bounded.
+                async with asyncio.timeout(self._timeout):
+                    await self._channel.get_underlay_channel()
+            sending = asyncio.ensure_future(
+                target.publish(message, routing_key=routing_key, mandatory=mandatory)
+            )
+            try:
+                await self._confirmed(sending)
+            finally:
+                if not sending.done():
+                    sending.cancel()
         except _PUBLISH_FAILURES as exc:
             raise NotConfirmed(
                 f"RabbitMQ did not confirm the publish to {exchange}: {exc!r}"
             ) from exc
+
+    async def _until_unblocked(self, exchange: str) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._blocked_patience
+        if blocked(self._connection):
+            log.warning("RabbitMQ blocks publishers (an alarm): waiting to publish")
+        while blocked(self._connection):
+            if loop.time() > give_up:
+                raise NotConfirmed(
+                    f"RabbitMQ blocked publishers for {self._blocked_patience:g} s:"
+                    f" nothing was published to {exchange}"
+                )
+            await asyncio.sleep(_BLOCKED_POLL)
+
+    async def _confirmed(self, sending: asyncio.Future[Any]) -> None:
+        """Wait for the confirm of what was sent: it comes, or a nack, or the channel's or
+        connection's loss (heartbeats notice a dead one) ends the wait. Giving up earlier
+        would have the caller put back what the publish replaces while the publish still
+        arrives: two copies of one job (module doc). Bounded all the same, by the patience,
+        for a broker that keeps the connection but never confirms (a quorum lost)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + max(self._blocked_patience, self._timeout)
+        warned = False
+        while True:
+            done, _ = await asyncio.wait({sending}, timeout=self._timeout)
+            if done:
+                sending.result()
+                return
+            if loop.time() > give_up:
+                raise TimeoutError(f"no confirm within {self._blocked_patience:g} s")
+            if not warned:
+                why = "RabbitMQ blocks publishers" if blocked(self._connection) else "slow"
+                log.warning("a publish is not confirmed yet (%s): waiting for it", why)
+                warned = True

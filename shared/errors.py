@@ -69,6 +69,20 @@ class SourceUnavailable(TransientError):
     reason_class = "source-down"
 
 
+class SourceThrottled(SourceUnavailable):
+    """Orthanc asked us to slow down (HTTP 408, 429): wait, then ask again; no attempt."""
+
+    reason_class = "source-throttled"
+
+
+class SpoolUnavailable(TransientError):
+    """The sender's spool cannot take the file (disk full, directory gone, read-only):
+    a fault of this machine, not of the job. The job goes back untouched, and the spool
+    is probed until it can be written again."""
+
+    reason_class = "spool-unavailable"
+
+
 class PermanentError(SendQueueError):
     """Retrying cannot help: the message is parked at once with this reason."""
 

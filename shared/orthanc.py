@@ -1,9 +1,19 @@
-"""A small Orthanc REST client (aiohttp) shared by ingest and the sender."""
+"""A small Orthanc REST client (aiohttp) shared by ingest and the sender.
+
+Every answer is read with bounds: a JSON answer up to MAX_JSON_BYTES within
+`timeout` seconds in all; a file download with no less than MIN_DOWNLOAD_RATE on
+average, and exactly its Content-Length. A peer (or proxy) answering something else
+than JSON, or dripping or truncating a file, is an unavailable source, never a hang.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import errno
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,13 +25,23 @@ from sendqueue.shared.config import OrthancConfig
 from sendqueue.shared.errors import (
     InstanceNotFound,
     PermanentError,
+    SourceThrottled,
     SourceUnavailable,
+    SpoolUnavailable,
     TransientError,
 )
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
+#: A connection lost, refused or timed out, or an answer cut short.
+_IO_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
+#: The largest JSON answer read (a /changes page of 10000 changes is about 2 MB).
+MAX_JSON_BYTES = 64 * 1024 * 1024
+#: A download slower than this on average (after the first `timeout`) is given up.
+MIN_DOWNLOAD_RATE = 256 * 1024
+#: No instance file is bigger (DICOM lengths are 32-bit; encapsulated data aside).
+MAX_FILE_BYTES = 16 * 1024**3
 
 
 class OrthancClient:
@@ -51,7 +71,15 @@ class OrthancClient:
         async def call() -> Any:
             async with self._session.get(self._base + path, params=params) as response:
                 _raise_for_status(response, path)
-                return await response.json(content_type=None)
+                raw = await _read_capped(response, path, self._config.timeout)
+            try:
+                return json.loads(raw)
+            except ValueError:
+                # A proxy's HTML page, a truncated answer: not Orthanc's REST API talking.
+                raise SourceUnavailable(
+                    f"Orthanc answered GET {path} with something that is not JSON: {raw[:80]!r}",
+                    reason_class="source-bad-answer",
+                ) from None
 
         return await self._twice(call, path)
 
@@ -109,22 +137,95 @@ class OrthancClient:
             return await call()
         except aiohttp.ServerDisconnectedError:
             pass  # Orthanc drops idle keep-alive connections: one more try on a fresh one.
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except _IO_ERRORS as exc:
             raise SourceUnavailable(f"Orthanc unreachable on GET {path}: {exc!r}") from None
         try:
             return await call()
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except _IO_ERRORS as exc:
             raise SourceUnavailable(f"Orthanc unreachable on GET {path}: {exc!r}") from None
 
     async def _download(self, path: str, target: Path) -> int:
         written = 0
+        started = time.monotonic()
         async with self._session.get(self._base + path) as response:
             _raise_for_status(response, path)
-            with open(target, "wb") as out:
+            expected = response.content_length
+            if expected is not None and expected > MAX_FILE_BYTES:
+                raise SourceUnavailable(f"GET {path}: {expected} bytes is no instance file")
+            with _SpoolFile(target) as out:
                 async for chunk in response.content.iter_chunked(_CHUNK):
-                    out.write(chunk)
+                    _spool_write(out, chunk, target)
                     written += len(chunk)
+                    self._check_rate(path, written, started)
+        if expected is not None and written != expected:
+            raise SourceUnavailable(
+                f"GET {path}: the file was cut short ({written} of {expected} bytes)",
+                reason_class="source-truncated",
+            )
         return written
+
+    def _check_rate(self, path: str, written: int, started: float) -> None:
+        allowed = self._config.timeout + written / MIN_DOWNLOAD_RATE
+        if time.monotonic() - started > allowed or written > MAX_FILE_BYTES:
+            raise SourceUnavailable(
+                f"GET {path}: the download is slower than {MIN_DOWNLOAD_RATE} bytes/s",
+                reason_class="source-slow",
+            )
+
+
+class _SpoolFile:
+    """open(target, "wb"), with the spool's faults raised as SpoolUnavailable."""
+
+    def __init__(self, target: Path) -> None:
+        self._target = target
+        self._file: Any = None
+
+    def __enter__(self) -> Any:
+        try:
+            self._file = open(self._target, "wb")
+        except OSError as exc:
+            raise _spool_fault(exc, self._target) from None
+        return self._file
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            self._file.close()
+        except OSError as exc:
+            raise _spool_fault(exc, self._target) from None
+
+
+def _spool_write(out: Any, chunk: bytes, target: Path) -> None:
+    try:
+        out.write(chunk)
+    except OSError as exc:
+        raise _spool_fault(exc, target) from None
+
+
+def _spool_fault(exc: OSError, target: Path) -> SpoolUnavailable:
+    what = {errno.ENOSPC: "is full", errno.ENOENT: "is gone", errno.EROFS: "is read-only"}
+    why = what.get(exc.errno or 0, f"cannot be written ({exc.strerror or exc})")
+    return SpoolUnavailable(f"the spool {target.parent} {why}")
+
+
+async def _read_capped(response: aiohttp.ClientResponse, path: str, deadline: float) -> bytes:
+    try:
+        async with asyncio.timeout(deadline):
+            raw = await response.content.read(MAX_JSON_BYTES + 1)
+            while len(raw) <= MAX_JSON_BYTES and (
+                more := await response.content.read(MAX_JSON_BYTES + 1 - len(raw))
+            ):
+                raw += more
+    except TimeoutError:
+        raise SourceUnavailable(
+            f"Orthanc's answer to GET {path} did not arrive whole within {deadline:g} s",
+            reason_class="source-slow",
+        ) from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise SourceUnavailable(
+            f"Orthanc's answer to GET {path} is bigger than {MAX_JSON_BYTES} bytes",
+            reason_class="source-bad-answer",
+        )
+    return raw
 
 
 def _raise_for_status(response: aiohttp.ClientResponse, path: str) -> None:
@@ -135,6 +236,8 @@ def _raise_for_status(response: aiohttp.ClientResponse, path: str) -> None:
             f"Orthanc refused the credentials (HTTP {response.status} on GET {path})",
             reason_class="source-auth",
         )
+    if response.status in (408, 429):
+        raise SourceThrottled(f"Orthanc asked to slow down (HTTP {response.status} on GET {path})")
     if response.status >= 500:
         raise SourceUnavailable(
             f"Orthanc answered HTTP {response.status} on GET {path}", reason_class="source-error"

@@ -37,6 +37,8 @@ def make_send_handler(
             body = msgspec.json.decode(await request.read())
         except msgspec.DecodeError as exc:
             return _error(f"body is not valid JSON: {exc}", 400)
+        except RecursionError:
+            return _error("body is nested too deeply", 400)
         if not isinstance(body, dict):
             return _error("body must be a JSON object", 400)
         destination = body.get("destination", body.get("to"))

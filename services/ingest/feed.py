@@ -2,6 +2,9 @@
 
 The cursor advances only after every job of a page is confirmed by the broker, so a
 crash or restart resumes where nothing can have been lost (duplicates are possible).
+Every round re-reads a look-back window below the cursor (lookback.py), so a change
+that becomes visible after a later one, or a restored database that renumbered changes
+past the cursor, is queued too.
 """
 
 from __future__ import annotations
@@ -9,14 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sendqueue.services.ingest.cursor import Cursor
+from sendqueue.services.ingest.lookback import LookBack, seq_of
 from sendqueue.services.ingest.metrics import IngestMetrics
 from sendqueue.services.ingest.routing import CHANGE_FOR_LEVEL, Router
 from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
 from sendqueue.shared.config import IngestConfig
-from sendqueue.shared.errors import InstanceNotFound, PermanentError, SourceUnavailable
+from sendqueue.shared.errors import (
+    InstanceNotFound,
+    PermanentError,
+    SourceThrottled,
+    SourceUnavailable,
+)
 from sendqueue.shared.jobs import make_job, publish_failure, publish_jobs
 from sendqueue.shared.orthanc import OrthancClient
 from sendqueue.shared.resolver import InstanceInfo, Resolver
@@ -28,11 +38,20 @@ log = logging.getLogger(__name__)
 #: Jobs to queue, and jobs to park at once (with the reason).
 Routed = tuple[list[SendJob], list[Failure]]
 
+
+class StateUnwritable(Exception):
+    """The state dir cannot take the cursor (full, read-only, removed)."""
+
+
 _MAX_BACKOFF = 30.0
 #: Rounds an unreadable file is retried before its jobs are parked.
 _UNREADABLE_ROUNDS = 3
 #: A round that fails with these is retried after a backoff; the cursor stays put.
-_ROUND_ERRORS: tuple[type[BaseException], ...] = (SourceUnavailable, *BROKER_ERRORS)
+_ROUND_ERRORS: tuple[type[BaseException], ...] = (
+    SourceUnavailable,
+    *BROKER_ERRORS,
+    StateUnwritable,
+)
 
 
 class ChangesFeed:
@@ -55,7 +74,10 @@ class ChangesFeed:
         self._publisher = publisher
         self._names = names
         self._metrics = metrics
+        #: The cursor and the look-back window, in RabbitMQ (cursor.py): loaded when the
+        #: feed starts, so that a take-over on another host resumes with both.
         self._cursor_file = cursor
+        self._window = LookBack(None)
         #: Rounds in which Orthanc, though up, failed to read an instance's file.
         self._unreadable: dict[str, int] = {}
         self.healthy = True
@@ -80,7 +102,13 @@ class ChangesFeed:
                 await asyncio.wait_for(stop.wait(), wait)
 
     async def _round_failed(self, exc: BaseException, backoff: float) -> None:
-        stage = "orthanc" if isinstance(exc, SourceUnavailable) else "amqp"
+        stage = (
+            "orthanc"
+            if isinstance(exc, SourceUnavailable)
+            else "state"
+            if isinstance(exc, StateUnwritable)
+            else "amqp"
+        )
         if stage == "orthanc":
             # Asked before the error is counted, so sendqueue_orthanc_up is 0 by then when
             # Orthanc is down: the alert on ingest errors leaves that to the Orthanc alert.
@@ -93,6 +121,7 @@ class ChangesFeed:
         self._metrics.queued.labels(job.destination, "changes").inc()
 
     async def _initial_cursor(self) -> int:
+        self._window = LookBack(await self._cursor_file.load_window())
         saved = await self._cursor_file.load()
         if saved is not None:
             log.info("resuming Orthanc changes after seq %d", saved)
@@ -101,16 +130,25 @@ class ChangesFeed:
             start = 0
         else:
             start = int((await self._changes({"last": ""}))["Last"])
-        await self._cursor_file.save(start)
+        await self._save(lambda: self._cursor_file.save(start))
         log.info("first start: following Orthanc changes after seq %d", start)
         return start
 
     async def _one_page(self, cursor: int) -> tuple[int, bool]:
-        params = {"since": str(cursor), "limit": str(self._config.batch_size)}
+        since = self._window.since(cursor)
+        # The window's changes come on top of a page of new ones.
+        limit = self._config.batch_size + (cursor - since)
+        params = {"since": str(since), "limit": str(limit)}
         page = await self._changes(params)
+        changes = [c for c in page.get("Changes", []) if isinstance(c, dict) and "Seq" in c]
+        newest = max((seq_of(c) for c in changes), default=int(page.get("Last", cursor)))
+        done = bool(page.get("Done", True))
+        window = self._window.sort(changes, cursor)
+        if window.replaced or (done and newest < cursor):
+            return await self._replaced(newest, cursor)
         jobs: list[SendJob] = []
         unroutable: list[Failure] = []
-        for change in page.get("Changes", []):
+        for change in window.fresh:
             self._metrics.changes.labels(str(change.get("ChangeType"))).inc()
             routed, failed = await self._jobs_for(change)
             jobs += routed
@@ -119,30 +157,46 @@ class ChangesFeed:
         for failure in unroutable:
             await publish_failure(self._publisher, self._names, failure)
             log.error("%s: %s", failure.destination, failure.reason)
-        last = int(page.get("Last", cursor))
-        if last < cursor:
-            # Orthanc's change log starts again below our cursor: its database was reset or
-            # replaced. What it holds now was stored after that, so follow it from the start
-            # (duplicates are possible, loss is not).
-            log.warning(
-                "Orthanc's last change (%d) is before our cursor (%d): its database was reset;"
-                " following its changes from the beginning",
-                last,
-                cursor,
-            )
-            await self._cursor_file.save(0)
-            self._metrics.cursor.set(0)
-            return 0, False
+        last = max(cursor, newest)
+        self._window.remember(window.fresh, last)
+        if window.fresh:
+            await self._save(lambda: self._cursor_file.save_window(self._window.remembered))
         if last != cursor:
-            await self._cursor_file.save(last)
+            await self._save(lambda: self._cursor_file.save(last))
         self._unreadable.clear()  # only the page being retried needs counting
         self._metrics.cursor.set(last)
-        if page.get("Done", True):
+        if done:
             self._metrics.orthanc_last.set(last)
             self._metrics.lag.set(0)
         else:
             await self._measure_lag(last)
-        return last, bool(page.get("Done", True))
+        return last, done
+
+    async def _replaced(self, newest: int, cursor: int) -> tuple[int, bool]:
+        # Orthanc's change log is not the one we followed: its database was reset or
+        # replaced (restored from a backup). What it holds may have been stored after
+        # that, so follow it from the start (duplicates are possible, loss is not).
+        log.warning(
+            "Orthanc's changes differ from what was read before (its last change %d, our"
+            " cursor %d): its database was reset or replaced; following its changes from"
+            " the beginning",
+            newest,
+            cursor,
+        )
+        self._window.forget()
+        await self._save(lambda: self._cursor_file.save_window({}))
+        await self._save(lambda: self._cursor_file.save(0))
+        self._metrics.cursor.set(0)
+        return 0, False
+
+    @staticmethod
+    async def _save(write: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await write()
+        except OSError as exc:
+            # The state dir is full, read-only or gone. Whatever was queued stays queued;
+            # the round is read again later (duplicates, no loss).
+            raise StateUnwritable(f"cannot save the /changes cursor: {exc}") from exc
 
     async def _changes(self, params: dict[str, str]) -> Any:
         try:
@@ -220,6 +274,8 @@ class ChangesFeed:
             return None
         try:
             return (await self._resolver.with_all_tags(info)).tags
+        except SourceThrottled:
+            raise  # Orthanc asked to slow down: no fault of the file, the round waits
         except SourceUnavailable:
             if not await self._orthanc.answers():
                 raise  # Orthanc is down: the round is retried, however long that takes

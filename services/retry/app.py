@@ -150,7 +150,7 @@ async def _serve(
     # answer each broadcast with a fresh report, so the status is known at once.
     board = StatusBoard(config.amqp.depth_interval)
     await board.follow(consume_conn, names)
-    pauses = PauseStore(config.retry.state_dir, names, publisher)
+    pauses = parts.closing(PauseStore(config.retry.state_dir, names, publisher))
     await pauses.load(consume_conn)
     parking = Parking(
         names=names,

@@ -11,6 +11,7 @@ Publish first, ack after (sendqueue.shared.settle): a crash in between only dupl
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 import uuid
 from typing import Any
@@ -163,7 +164,12 @@ class FailureRouter:
             headers=job_headers(job),
         )
         self._metrics.retried.labels(job.destination, decision.tier).inc()
-        self.ledger.add(job.destination, decision.tier, decision.ttl)
+        try:
+            self.ledger.add(job.destination, decision.tier, decision.ttl)
+        except sqlite3.Error as exc:
+            # Scheduled (confirmed): failing now would schedule it twice. The ledger only
+            # says when waiting jobs leave their tiers; it misses this one.
+            log.error("retry of %s scheduled, but the delay ledger failed: %s", job.id, exc)
         job_event(
             log,
             "retry scheduled",

@@ -4,21 +4,33 @@ RabbitMQ holds the truth (the control state queue keeps the newest broadcast), s
 retry process taking over on another host pauses what the previous one paused.
 `paused.json` in state_dir is a local copy, read only when the broker has none (the
 first start after an upgrade).
+
+The broadcast at start-up runs in the background until RabbitMQ confirms it: a broker
+that blocks publishers (a memory or disk alarm) must not keep the retry service, and the
+admin API with it, from starting (under `sendqueue run`, the other services too).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import time
 from pathlib import Path
 
 from aio_pika.abc import AbstractRobustConnection
 
-from sendqueue.shared.amqp import Publisher
+from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
 from sendqueue.shared.control import broadcast_control, latest_control_state
 from sendqueue.shared.files import write_atomic
 from sendqueue.shared.schemas import ControlState
 from sendqueue.shared.topology import Names
+
+log = logging.getLogger(__name__)
+
+#: Between tries of the start-up broadcast, doubling up to the second value.
+_RETRY_FIRST, _RETRY_MAX = 1.0, 30.0
 
 
 class PauseStore:
@@ -29,23 +41,48 @@ class PauseStore:
         self._names = names
         self._publisher = publisher
         self._paused: set[str] = set()
+        self._initial: asyncio.Task[None] | None = None
 
     @property
     def paused(self) -> set[str]:
         return set(self._paused)
 
     async def load(self, connection: AbstractRobustConnection) -> None:
-        """What the broker last saw; our file only if the broker has nothing."""
+        """What the broker last saw; our file only if the broker has nothing. Returns
+        before the broadcast is confirmed (module doc)."""
         state = await latest_control_state(connection, self._names)
         if state is not None:
             self._paused = set(state.paused)
         elif self._path.exists():
             self._paused = set(json.loads(self._path.read_text())["paused"])
-        await self._broadcast()
+        self._initial = asyncio.create_task(self._broadcast_until_confirmed())
+
+    async def close(self) -> None:
+        if self._initial is not None:
+            self._initial.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._initial
+
+    async def _broadcast_until_confirmed(self) -> None:
+        pause = _RETRY_FIRST
+        while True:
+            try:
+                await self._broadcast()
+                return
+            except BROKER_ERRORS as exc:
+                log.warning(
+                    "cannot broadcast the pause state yet (%r); trying again in %.0f s",
+                    exc,
+                    pause,
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _RETRY_MAX)
 
     async def set(self, destination: str, paused: bool) -> bool:
         """Returns whether anything changed. Broadcasts even if not: a call repeated after
         RabbitMQ was unavailable must still reach the senders."""
+        if self._initial is not None and not self._initial.done():
+            self._initial.cancel()  # superseded: this broadcast carries the whole state
         before = set(self._paused)
         (self._paused.add if paused else self._paused.discard)(destination)
         if before != self._paused:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Longest one refresh may take; a broker that is reconnecting would otherwise hold it forever.
 _REFRESH_TIMEOUT = 10.0
+#: The largest management API answer read (about 200 bytes a queue).
+_MAX_ANSWER_BYTES = 32 * 1024 * 1024
 #: Rounds in a row without a single count before saying so: a new quorum queue has no
 #: statistics for its first few seconds, a broker whose collector is off never has any.
 _BLANK_ROUNDS = 6
@@ -114,7 +117,20 @@ class ManagementSource:
         timeout = aiohttp.ClientTimeout(total=_REFRESH_TIMEOUT)
         async with self._session.get(self._url, params=params, timeout=timeout) as response:
             response.raise_for_status()
-            queues: list[dict[str, Any]] = await response.json()
+            # Bounded: a proxy or a broker gone wrong must not fill the retry service's
+            # memory (the total timeout above bounds the time).
+            raw = await response.content.read(_MAX_ANSWER_BYTES + 1)
+            while len(raw) <= _MAX_ANSWER_BYTES and (
+                more := await response.content.read(_MAX_ANSWER_BYTES + 1 - len(raw))
+            ):
+                raw += more
+        if len(raw) > _MAX_ANSWER_BYTES:
+            raise ValueError(f"the management API's answer exceeds {_MAX_ANSWER_BYTES} bytes")
+        queues = json.loads(raw)
+        if not isinstance(queues, list) or not all(
+            isinstance(q, dict) and isinstance(q.get("name"), str) for q in queues
+        ):
+            raise ValueError(f"the management API answered no queue list: {raw[:80]!r}")
         return [_from_management(q) for q in queues if classify(self._prefix, q["name"])]
 
     async def close(self) -> None:

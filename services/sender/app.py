@@ -107,7 +107,11 @@ async def _serve(
     parts.task(reporter.run(), "status-reporter")
 
     def health() -> dict[str, bool]:
-        return {"amqp": not consume_conn.is_closed and not publish_conn.is_closed}
+        return {
+            "amqp": not consume_conn.is_closed and not publish_conn.is_closed,
+            # A job held past any send's bounds: a hung consumer must not look healthy.
+            "consumers": not any(consumer.stuck() for consumer in consumers),
+        }
 
     await parts.server(make_app(registry, health), config.sender.listen)
     log.info("sender running: %d destination(s)", len(consumers))

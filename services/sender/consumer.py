@@ -4,6 +4,8 @@
     PermanentError                 -> report to retry (permanent: parked), ack
     TransientError / I/O error     -> report to retry (retried after a delay), ack
     destination or Orthanc down    -> pause and probe, put the job back untouched, ack
+    Orthanc throttling (408, 429)  -> the same: no fault of the job
+    spool full, gone, read-only    -> the same, probing the spool: no fault of the job
     anything unexpected            -> report to retry as "internal" (retried, then parked)
     CancelledError (shutdown)      -> leave unacked: the broker redelivers it
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,7 +38,9 @@ from sendqueue.shared.errors import (
     InstanceNotFound,
     PermanentError,
     SendQueueError,
+    SourceThrottled,
     SourceUnavailable,
+    SpoolUnavailable,
 )
 from sendqueue.shared.jobs import publish_failure
 from sendqueue.shared.logs import job_event
@@ -47,6 +52,14 @@ from sendqueue.shared.topology import Names, declare_work_exchange, declare_work
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[None]]
+
+#: RabbitMQ takes a job back from a consumer that holds it longer than its consumer
+#: timeout (30 min by default) and delivers it again, mid-send. Each consumer asks for
+#: this much instead (RabbitMQ 3.11.15 and newer; older ones apply their `consumer_timeout`
+#: setting, see docs/install.md): sends are bounded by the destinations' own timeouts.
+CONSUMER_TIMEOUT_MS = 6 * 3600 * 1000
+#: A job in hand longer than this turns /healthz red: something hangs.
+STUCK_AFTER = 30 * 60.0
 
 
 class DestinationConsumer:
@@ -86,6 +99,8 @@ class DestinationConsumer:
         self._stopping = False
         self._probe_task: asyncio.Task[None] | None = None
         self._in_flight = 0
+        #: When each job in hand was taken (by delivery tag).
+        self._taken_at: dict[int, float] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         metrics.up.labels(self.name).set(1)
@@ -139,7 +154,14 @@ class DestinationConsumer:
     async def _consume(self) -> None:
         assert self._queue is not None
         if self._tag is None:
-            self._tag = await self._queue.consume(self._on_message)
+            self._tag = await self._queue.consume(
+                self._on_message, arguments={"x-consumer-timeout": CONSUMER_TIMEOUT_MS}
+            )
+
+    def stuck(self) -> bool:
+        """Whether a job has been in hand longer than any send should take (/healthz)."""
+        oldest = min(self._taken_at.values(), default=None)
+        return oldest is not None and time.monotonic() - oldest > STUCK_AFTER
 
     async def _cancel(self) -> None:
         tag, self._tag = self._tag, None
@@ -159,6 +181,8 @@ class DestinationConsumer:
     # -- one message ------------------------------------------------------------------
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._in_flight += 1
+        taken = id(message)
+        self._taken_at[taken] = time.monotonic()
         self._idle.clear()
         if message.timestamp is not None:
             self._head_since = message.timestamp.timestamp()
@@ -175,6 +199,7 @@ class DestinationConsumer:
                 on_crash=report_crash,
             )
         finally:
+            self._taken_at.pop(taken, None)
             self._in_flight -= 1
             self._metrics.in_flight.labels(self.name).dec()
             if self._in_flight == 0:
@@ -207,6 +232,10 @@ class DestinationConsumer:
             detail = await self.destination.send(path)
         except DestinationUnavailable as exc:
             await self._return_and_pause(job, exc)
+        except SourceThrottled as exc:
+            await self._return_and_pause(job, exc, self._probe_orthanc)
+        except SpoolUnavailable as exc:
+            await self._return_and_pause(job, exc, self._probe_spool)
         except (InstanceNotFound, SourceUnavailable) as exc:
             await self._source_failed(job, exc)
         except SendQueueError as exc:
@@ -279,17 +308,20 @@ class DestinationConsumer:
             reason_class=failure.reason_class,
         )
 
-    async def _return_and_pause(self, job: SendJob, exc: SendQueueError) -> None:
+    async def _return_and_pause(
+        self, job: SendJob, exc: SendQueueError, probe: Probe | None = None
+    ) -> None:
         """Unreachable: the job was not attempted, so it goes back as it was.
 
         Paused first: if the return is not confirmed, the job goes back by a nack instead,
         and the paused consumer does not take it again at once.
         """
-        probe = (
-            self._probe_destination
-            if isinstance(exc, DestinationUnavailable)
-            else (self._probe_orthanc)
-        )
+        if probe is None:
+            probe = (
+                self._probe_destination
+                if isinstance(exc, DestinationUnavailable)
+                else self._probe_orthanc
+            )
         await self._pause(str(exc), probe)
         await self._publisher.publish(
             self._names.work_exchange, self.name, encode(job), headers=job_headers(job)
@@ -342,6 +374,26 @@ class DestinationConsumer:
     async def _probe_orthanc(self) -> None:
         if not await self._orthanc.answers():
             raise SourceUnavailable("Orthanc does not answer GET /system")
+
+    async def _probe_spool(self) -> None:
+        """The spool takes a file again: it exists (made again if removed) and has room."""
+        await asyncio.to_thread(_write_probe, self._spool)
+
+
+#: Bytes the spool probe writes: room for at least this much is "has room".
+_SPOOL_PROBE_BYTES = 1024 * 1024
+
+
+def _write_probe(spool: Path) -> None:
+    spool.mkdir(parents=True, exist_ok=True)
+    probe = spool / f".probe-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "wb") as out:
+            out.write(b"\0" * _SPOOL_PROBE_BYTES)
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def _crash_report(destination: str, body: bytes, exc: BaseException) -> Failure:

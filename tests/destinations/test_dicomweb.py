@@ -194,7 +194,8 @@ async def test_whole_request_statuses(https_stub, stub_destination, spool):
         assert not isinstance(transient.value, DestinationUnavailable)
     with pytest.raises(DestinationUnavailable):
         await destination.send(spool(data))
-    assert await destination.send(spool(data)) == "Stored"  # 200 says all stored
+    with pytest.raises(TransientError):
+        await destination.send(spool(data))  # a 200 without a STOW answer is no proof
     with pytest.raises(TransientError):
         await destination.send(spool(data))  # 202 without a readable list
     assert https_stub.received[0].headers["Authorization"] == "Bearer secret"

@@ -27,15 +27,15 @@ async def test_an_operator_sees_which_orthanc_job_failed_and_requeues_all_of_it(
 
     # Then the console shows, on each parked item, the Orthanc job, its error and its size
     await browser.goto(pipeline.url("retry", "/console"))
+    await browser.fill("#token", ADMIN_TOKEN)
+    await browser.click("#login")
+    await browser.wait("return !document.getElementById('session').hidden", what="signed in")
     await wait_rows(browser, 3)
     text = await browser.text("#parked-body")
     assert f"Orthanc's own send failed: job {job['ID']}, 3 instance(s)" in text
     assert "0xA900" in text
 
     # And a click on the job shows all its items, which one action requeues
-    await browser.fill("#token", ADMIN_TOKEN)
-    await browser.click("#login")
-    await browser.wait("return !document.getElementById('session').hidden", what="signed in")
     await browser.click("[data-testid=captured-from] button")
     await browser.wait(
         f"return document.getElementById('f-orthanc_job').value === {job['ID']!r}",

@@ -26,6 +26,7 @@ from sendqueue.shared.errors import (
     NotConfirmed,
     PermanentError,
     SourceUnavailable,
+    SpoolUnavailable,
     TransientError,
 )
 
@@ -454,7 +455,10 @@ class FakeOrthanc:
         self._fail_if_asked_to(path)
         if orthanc_id not in self.files:
             raise InstanceNotFound(f"not found in Orthanc (HTTP 404 on GET {path})")
-        target.write_bytes(self.files[orthanc_id])
+        try:
+            target.write_bytes(self.files[orthanc_id])
+        except OSError as exc:  # as the real client reports the spool's faults
+            raise SpoolUnavailable(f"the spool {target.parent} cannot be written: {exc}") from None
         return len(self.files[orthanc_id])
 
     def _fail_if_asked_to(self, path: str) -> None:

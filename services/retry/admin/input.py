@@ -42,6 +42,9 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         body = msgspec.json.decode(raw) if raw else {}
     except msgspec.DecodeError as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # Deeply nested JSON: a RuntimeError, which must not pass for RabbitMQ's.
+        raise BadRequest("body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     return body

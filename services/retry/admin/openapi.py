@@ -101,7 +101,8 @@ _DESTINATION = _obj(
     name=_STR,
     kind=_STR,
     ready=_INT,
-    in_flight=_INT,
+    # null while no sender has reported (the retry service started, or none runs).
+    in_flight={"type": "integer", "nullable": True},
     delayed={"type": "object"},
     parked=_INT,
     consumers=_INT,

@@ -10,13 +10,39 @@ import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
 from sendqueue.services.retry.parking.index import ParkedItem
-from sendqueue.shared.schemas import SendJob, decode_job, encode, fresh, job_headers
+from sendqueue.shared.schemas import (
+    Failure,
+    SendJob,
+    decode_bus_message,
+    encode,
+    fresh,
+    job_headers,
+)
+
+
+def job_of(body: bytes) -> SendJob | None:
+    """The job a parked message holds: a job, or the job inside a failure report (the
+    failed queue dead-letters reports it could not route here, past its delivery limit)."""
+    try:
+        decoded = decode_bus_message(body)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(decoded, Failure):
+        return decoded.job
+    return decoded
+
+
+def is_plain_job(body: bytes) -> bool:
+    """Whether the body is a job itself (so the sender can take it as it is)."""
+    try:
+        return isinstance(decode_bus_message(body), SendJob)
+    except msgspec.DecodeError:
+        return False
 
 
 def requeue_body(body: bytes, destination: str) -> tuple[bytes, dict[str, Any]]:
-    try:
-        job = decode_job(body)
-    except msgspec.DecodeError:
+    job = job_of(body)
+    if job is None:
         return body, {"destination": destination}  # raw: let the sender judge it again
     job = msgspec.structs.replace(fresh(job), destination=destination)
     return encode(job), job_headers(job)
@@ -55,10 +81,7 @@ def item_from_job(item_id: str, job: SendJob) -> ParkedItem:
 def item_from_message(message: AbstractIncomingMessage) -> ParkedItem:
     headers = message.headers or {}
     item_id = message.message_id or uuid.uuid4().hex
-    try:
-        job = decode_job(message.body)
-    except msgspec.DecodeError:
-        job = None
+    job = job_of(message.body)
     if job is not None and job.parked_at is not None:
         return item_from_job(item_id, job)
     reason, reason_class = _reason_from_headers(headers, job is None)

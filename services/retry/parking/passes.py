@@ -21,7 +21,12 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from sendqueue.services.retry.metrics import RetryMetrics
 from sendqueue.services.retry.parking.index import ParkedIndex, ParkedItem
-from sendqueue.services.retry.parking.items import item_from_message, plain_headers, requeue_body
+from sendqueue.services.retry.parking.items import (
+    is_plain_job,
+    item_from_message,
+    plain_headers,
+    requeue_body,
+)
 from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.logs import job_event
 from sendqueue.shared.topology import Names
@@ -201,12 +206,13 @@ class ParkingPass:
         destination = to or item.destination
         if destination not in self._destinations:
             raise LookupError(f"destination {destination!r} is not configured")
-        if destination == item.destination:
+        if destination == item.destination and is_plain_job(message.body):
             # RabbitMQ moves it to the work exchange itself (the parking queue dead-letters
             # there, keeping the routing key): no window in which it exists twice. The
             # sender sees parked_at and starts the job afresh.
             await message.reject(requeue=False)
             return "dead-lettered"
+        # Another destination, or a failure report (its job is what goes): a fresh copy.
         body, headers = requeue_body(message.body, destination)
         await self._publisher.publish(self._names.work_exchange, destination, body, headers=headers)
         return "copied"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
@@ -109,7 +110,12 @@ class Parking:
             headers=headers,
             message_id=item_id,
         )
-        self._index.add([item], pass_seq=self._active_seq)
+        try:
+            self._index.add([item], pass_seq=self._active_seq)
+        except sqlite3.Error as exc:
+            # The job is parked (confirmed): failing now would park it twice. The index
+            # trails the queue until the watcher finds them different and rebuilds it.
+            log.error("parked %s, but the index cannot record it (%s): rebuilt later", item_id, exc)
         self.parks += 1
         self._metrics.parked.labels(destination, reason_class).inc()
         job_event(

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from sendqueue.services.sender.destinations import stow
-from sendqueue.services.sender.destinations.http import HttpPeer, StreamedBody, raise_for_http
+from sendqueue.services.sender.destinations.http import (
+    HttpPeer,
+    StreamedBody,
+    raise_for_http,
+    read_answer,
+)
 from sendqueue.services.sender.destinations.instance import read_meta, read_study_uid
 from sendqueue.shared.config import DicomWebDestinationConfig
 from sendqueue.shared.errors import PermanentError, SendQueueError, TransientError
@@ -88,17 +93,43 @@ class DicomWebDestination:
             return StreamedBody(parts, stow.content_type(boundary), self.config.http_timeout)
 
         self.requests_sent += 1
+        deadline = self.config.http_timeout
         async with self._peer.request("POST", "/studies", body, headers=_ACCEPT) as resp:
             if resp.status == 409:
-                answer = stow.parse_answer(await resp.read())
+                answer = stow.parse_answer(await read_answer(resp, what, deadline))
                 raise PermanentError(
                     f"{what}: HTTP 409 Conflict, nothing stored{stow.failure_codes(answer)}",
                     reason_class="http-409",
                 )
             await raise_for_http(resp, what)
-            answer = stow.parse_answer(await resp.read())
-            status = 202 if resp.status == 202 else 200
+            status = resp.status
+            raw = await read_answer(resp, what, deadline)
+        if status == 200 and not raw.strip():
+            return {item.sop_uid: await self._verify(item.sop_uid, what) for item in batch}
+        answer = stow.parse_answer(raw) if status in (200, 202) else None
         return {item.sop_uid: stow.result_for(item.sop_uid, answer, status, what) for item in batch}
+
+    async def _verify(self, uid: str, what: str) -> stow.Result:
+        """An empty 200 says "all stored" without the lists: believe it once QIDO-RS finds
+        the instance (a proxy's empty 200 must not count as delivered)."""
+        search = stow.qido_path(uid)
+        try:
+            async with self._peer.request("GET", search, headers=_ACCEPT) as resp:
+                if resp.status == 200:
+                    found = stow.qido_found(
+                        await read_answer(resp, what, self.config.http_timeout), uid
+                    )
+                    if found:
+                        return "Stored (empty answer, found by QIDO-RS)"
+        except SendQueueError as exc:
+            return TransientError(
+                f"{what}: empty HTTP 200, and the QIDO-RS check failed: {exc}",
+                reason_class="stow-unverified",
+            )
+        return TransientError(
+            f"{what}: empty HTTP 200, but QIDO-RS does not find {uid} at the peer",
+            reason_class="stow-unverified",
+        )
 
     # -- batching -----------------------------------------------------------------------
     async def _send_batched(self, item: _Pending) -> str:

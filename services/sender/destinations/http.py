@@ -1,7 +1,9 @@
 """What the HTTP kinds share: a session per destination, bodies streamed from the spool
 file, and what an HTTP answer means for the job.
 
-    2xx                       -> the kind looks at the body
+    2xx                       -> the kind looks at the body (read with a size cap and a deadline)
+    3xx                       -> DestinationUnavailable "redirected": never followed (a POST
+                                 redirected to an SSO login page would "succeed" there)
     401, 403                  -> DestinationUnavailable "auth-rejected": pause and probe
     404, 405                  -> DestinationUnavailable "endpoint-missing": the url is wrong
     408, 429, 5xx             -> TransientError, with the peer's Retry-After when it sent one
@@ -32,6 +34,9 @@ from sendqueue.shared.errors import DestinationUnavailable, PermanentError, Tran
 CHUNK = 256 * 1024
 #: Characters of the peer's error body kept in the failure reason.
 _BODY_EXCERPT = 300
+#: The most of an answer body read into memory: a STOW-RS answer for a batch of a
+#: thousand instances is about 1 MB; anything bigger is not an answer we asked for.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 Part = bytes | Path
 
@@ -142,7 +147,9 @@ class HttpPeer:
             for attempt in (1, 2):
                 data = body() if body else None
                 try:
-                    resp = await self._get_session().request(method, url, data=data, **kw)
+                    resp = await self._get_session().request(
+                        method, url, data=data, allow_redirects=False, **kw
+                    )
                 except aiohttp.ServerDisconnectedError:
                     _close(data)
                     # Orthanc and others drop idle keep-alive connections: one fresh try.
@@ -184,7 +191,7 @@ class HttpPeer:
         """
         try:
             async with self.request("GET", path, headers=headers) as resp:
-                if resp.status in (401, 403, 404) or resp.status >= 500:
+                if 300 <= resp.status < 400 or resp.status in (401, 403, 404) or resp.status >= 500:
                     await raise_for_http(resp, f"GET {self.base}{path}")
         except TransientError as exc:
             if isinstance(exc, DestinationUnavailable):
@@ -210,6 +217,13 @@ async def raise_for_http(resp: aiohttp.ClientResponse, what: str) -> None:
     message = f"{what}: HTTP {status} {resp.reason or ''}".rstrip() + (
         f": {excerpt}" if excerpt else ""
     )
+    if 300 <= status < 400:
+        where = resp.headers.get("Location", "")
+        raise DestinationUnavailable(
+            f"{message}: redirected{f' to {where}' if where else ''}; a redirect is never"
+            " followed (check the destination's url, or an expired proxy session)",
+            reason_class="redirected",
+        )
     if status in (401, 403):
         raise DestinationUnavailable(
             message + " (check the destination's credentials)", reason_class="auth-rejected"
@@ -227,9 +241,34 @@ async def raise_for_http(resp: aiohttp.ClientResponse, what: str) -> None:
     raise PermanentError(message, reason_class=f"http-{status}")
 
 
+async def read_answer(
+    resp: aiohttp.ClientResponse, what: str, deadline: float, limit: int | None = None
+) -> bytes:
+    """The whole answer body, or TransientError if it is bigger than `limit` bytes or
+    does not arrive within `deadline` seconds (a peer dripping a byte at a time would pass
+    every per-read timeout)."""
+    limit = MAX_ANSWER_BYTES if limit is None else limit
+    try:
+        async with asyncio.timeout(deadline):
+            raw = await resp.content.read(limit + 1)
+            while len(raw) <= limit and (more := await resp.content.read(limit + 1 - len(raw))):
+                raw += more
+    except TimeoutError:
+        raise TransientError(
+            f"{what}: the answer did not arrive whole within {deadline:g} s",
+            reason_class="http-slow-answer",
+        ) from None
+    if len(raw) > limit:
+        raise TransientError(
+            f"{what}: the answer is bigger than {limit} bytes", reason_class="http-huge-answer"
+        )
+    return raw
+
+
 async def body_excerpt(resp: aiohttp.ClientResponse) -> str:
     try:
-        raw = await resp.content.read(_BODY_EXCERPT * 4)
+        async with asyncio.timeout(5):
+            raw = await resp.content.read(_BODY_EXCERPT * 4)
     except (aiohttp.ClientError, TimeoutError):
         return ""
     return " ".join(raw.decode("utf-8", errors="replace").split())[:_BODY_EXCERPT]

@@ -3,17 +3,22 @@
 Orthanc answers 200 with a JSON "Status": "Success" and "AlreadyStored" both mean the peer
 has the instance; "FilteredOut" means one of its filters (Lua ReceivedInstanceFilter, a
 plugin) refused it, which a retry cannot change. Errors follow http.py's table; a full
-peer storage is a 500 there, so it is retried.
+peer storage is a 500 there, so it is retried. Any other answer (no JSON, no Status, a
+2xx other than 200, a redirect) is not taken for stored: the instance is retried.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from sendqueue.services.sender.destinations.http import HttpPeer, StreamedBody, raise_for_http
+from sendqueue.services.sender.destinations.http import (
+    HttpPeer,
+    StreamedBody,
+    raise_for_http,
+    read_answer,
+)
 from sendqueue.shared.config import OrthancDestinationConfig
 from sendqueue.shared.errors import PermanentError, TransientError
 
@@ -36,16 +41,22 @@ class OrthancPeerDestination:
 
         async with self._peer.request("POST", "/instances", body) as resp:
             await raise_for_http(resp, what)
-            answer = await _json(resp, what)
+            code = resp.status
+            answer = _json(await read_answer(resp, what, self.config.http_timeout))
         status = answer.get("Status") if isinstance(answer, dict) else None
-        if status in _STORED:
+        if code == 200 and status in _STORED:
             return _STORED[status]
-        if status == "FilteredOut":
+        if code == 200 and status == "FilteredOut":
             raise PermanentError(
                 f"{what}: the peer's filters refused the instance (Status FilteredOut)",
                 reason_class="filtered-out",
             )
-        raise PermanentError(f"{what}: unexpected answer {answer!r:.200}", reason_class="http-200")
+        # Not Orthanc's answer (a proxy's page, an empty body, an unknown Status): the
+        # instance may or may not be there; ask again later, never count it as stored.
+        raise TransientError(
+            f"{what}: HTTP {code} without Orthanc's answer: {answer!r:.200}",
+            reason_class="http-bad-answer",
+        )
 
     async def probe(self) -> None:
         await self._peer.probe("/system")
@@ -57,9 +68,8 @@ class OrthancPeerDestination:
         await self._peer.close()
 
 
-async def _json(resp: aiohttp.ClientResponse, what: str) -> Any:
+def _json(raw: bytes) -> Any:
     try:
-        return await resp.json(content_type=None)
+        return json.loads(raw)
     except ValueError:
-        # A 200 we cannot read: the instance may or may not be there; ask again later.
-        raise TransientError(f"{what}: unreadable answer", reason_class="http-bad-answer") from None
+        return raw[:200]

@@ -4,6 +4,11 @@ The answer's ReferencedSOPSequence lists what the peer stored and FailedSOPSeque
 it did not, with a FailureReason that uses C-STORE status codes (PS3.18 I.2.2), so the
 DIMSE table decides retry or park. An instance in neither list was not confirmed stored:
 retried (Orthanc's plugin answers 200 with both lists empty when its disk is full).
+
+Only such an answer counts as stored. A 200 with an empty body (which some servers send,
+and the standard's 200 "all stored" allows) counts once a QIDO-RS search finds each
+instance at the peer. Anything else, a 200 HTML login page of a proxy, `{}`, a 204, is no
+answer: the instance is retried, never taken for delivered.
 """
 
 from __future__ import annotations
@@ -91,15 +96,19 @@ def _first(item: Any, tag: str) -> Any:
     return values[0] if isinstance(values, list) and values else None
 
 
+def no_answer(uid: str, status: int, what: str) -> TransientError:
+    """A 2xx that is not a STOW-RS answer: nothing says the instance was stored."""
+    return TransientError(
+        f"{what}: HTTP {status} without a STOW-RS answer (not DICOM JSON with the stored and"
+        f" failed lists): {uid} is not confirmed stored",
+        reason_class="stow-no-answer",
+    )
+
+
 def result_for(uid: str, answer: StowAnswer | None, status: int, what: str) -> Result:
     """What a 200 or 202 answer means for one instance of the request."""
     if answer is None:
-        if status == 200:
-            return "Stored"  # 200 means every instance stored, even without a readable list
-        return TransientError(
-            f"{what}: HTTP 202 without a readable answer: {uid} may not be stored",
-            reason_class="stow-unconfirmed",
-        )
+        return no_answer(uid, status, what)
     if uid in answer.stored:
         warning = answer.stored[uid]
         return "Stored" if warning is None else f"Stored with warning 0x{warning:04X}"
@@ -132,3 +141,23 @@ def failure_codes(answer: StowAnswer | None) -> str:
         return ""
     codes = sorted({f"0x{c:04X}" for c in answer.failed.values() if c is not None})
     return f" (FailureReason {', '.join(codes)})" if codes else ""
+
+
+def qido_path(uid: str) -> str:
+    """The QIDO-RS search that finds one instance by its SOP Instance UID."""
+    return f"/instances?{_SOP_INSTANCE_KEYWORD}={uid}&includefield={_SOP_INSTANCE_KEYWORD}"
+
+
+_SOP_INSTANCE_KEYWORD = "SOPInstanceUID"
+_SOP_INSTANCE_UID_TAG = "00080018"
+
+
+def qido_found(raw: bytes, uid: str) -> bool:
+    """Whether a QIDO-RS answer lists the instance `uid`."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+    if not isinstance(doc, list):
+        return False
+    return any(_first(item, _SOP_INSTANCE_UID_TAG) == uid for item in doc)

@@ -354,3 +354,122 @@ async def test_a_4xx_on_changes_is_retried_with_an_error_that_points_at_the_url(
     del orthanc.errors["/changes"]
     await ingest.run_until(lambda: ingest.cursor == 1)
     assert ingest.queued() == [("o1", "pacs")]
+
+
+# -- the look-back window -------------------------------------------------------------------
+
+
+async def test_a_change_revealed_after_a_later_one_is_queued_once(make_ingest):
+    # Given an Orthanc (PostgreSQL, several writers) that shows change 2 only after 3
+    ingest = await make_ingest(_orthanc("o1", "o2", "o3"), start_from="beginning")
+    late = ingest.orthanc.changes.pop(1)
+    await ingest.run_until(lambda: ingest.cursor == 3)
+    assert ingest.queued() == [("o1", "pacs"), ("o3", "pacs")]
+
+    # When change 2 becomes visible, below the cursor
+    ingest.orthanc.changes.insert(1, late)
+    await ingest.run_until(lambda: len(ingest.queued()) == 3)
+
+    # Then it is queued, and nothing else twice, however many rounds run
+    asked = ingest.orthanc.asked("/changes")
+    await ingest.run_until(lambda: ingest.orthanc.asked("/changes") > asked + 5)
+    assert Counter(ingest.queued()) == {("o1", "pacs"): 1, ("o2", "pacs"): 1, ("o3", "pacs"): 1}
+    assert ingest.cursor == 3
+
+
+async def test_a_restart_queues_nothing_twice(make_ingest):
+    # Given a feed that queued three changes and stopped
+    orthanc = _orthanc("o1", "o2", "o3")
+    first = await make_ingest(orthanc, start_from="beginning")
+    await first.run_until(lambda: first.cursor == 3)
+    await first.close()
+
+    # When it starts again and runs a few rounds over the same Orthanc
+    second = await make_ingest(orthanc)
+    asked = orthanc.asked("/changes")
+    await second.run_until(lambda: orthanc.asked("/changes") > asked + 3)
+
+    # Then the look-back window re-read nothing as new
+    assert second.queued() == []
+
+
+async def test_a_restored_orthanc_that_passed_the_old_cursor_loses_nothing(make_ingest):
+    # Given a feed that queued ten changes and stopped
+    before = _orthanc(*(f"o{i}" for i in range(1, 11)))
+    first = await make_ingest(before, start_from="beginning")
+    await first.run_until(lambda: first.cursor == 10)
+    await first.close()
+
+    # While it was down, Orthanc was restored from a backup taken at change 6, and then
+    # received eight new instances: its change numbers passed the old cursor (10)
+    restored = _orthanc(*(f"o{i}" for i in range(1, 7)), *(f"n{i}" for i in range(7, 15)))
+
+    # When the feed starts again
+    second = await make_ingest(restored)
+    await second.run_until(lambda: second.cursor == 14)
+
+    # Then every new instance is queued, including those numbered 7..10, and none of the
+    # old ones again
+    assert [orthanc_id for orthanc_id, _ in second.queued()] == [f"n{i}" for i in range(7, 15)]
+
+
+async def test_a_database_replaced_below_the_window_is_followed_from_the_start(make_ingest, caplog):
+    # Given a feed past many changes (more than the look-back window)
+    many = [f"o{i}" for i in range(1, 301)]
+    first = await make_ingest(_orthanc(*many), start_from="beginning", batch_size=1000)
+    await first.run_until(lambda: first.cursor == 300)
+    await first.close()
+
+    # When Orthanc comes back with another history of the same length
+    other = _orthanc(*(f"x{i}" for i in range(1, 306)))
+    second = await make_ingest(other, batch_size=1000)
+    with caplog.at_level(logging.WARNING):
+        await second.run_until(lambda: second.cursor == 305)
+
+    # Then it follows the new database from its first change, and says why
+    assert len(set(second.queued())) == 305
+    assert "database was reset or replaced" in caplog.text
+
+
+async def test_a_state_dir_that_cannot_take_the_cursor_is_retried_not_fatal(make_ingest):
+    # Given a state dir that is full for the first saves of the cursor
+    import errno
+
+    ingest = await make_ingest(_orthanc("o1", "o2"), start_from="beginning")
+    failures = {"left": 3}
+    real_write = ingest.cursor_file.write
+
+    def write(name: str, seq: int) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(name, seq)
+
+    ingest.cursor_file.write = write
+
+    # When the feed runs, then it says so and keeps going, and saves once there is room
+    await ingest.run_until(lambda: ingest.errors("state") >= 1)
+    await ingest.run_until(lambda: ingest.cursor == 2)
+    assert {orthanc_id for orthanc_id, _ in ingest.queued()} == {"o1", "o2"}
+
+
+async def test_a_throttled_file_is_waited_for_and_never_parked(make_ingest):
+    # Given routes that need a tag from the file, and an Orthanc that answers 429 on it
+    from sendqueue.shared.errors import SourceThrottled
+
+    routes = [RouteConfig(destinations=["thin"], match={"SliceThickness": "0.*"})]
+    orthanc = FakeOrthanc()
+    orthanc.store("busy", {"Modality": "CT"}, file_tags={"SliceThickness": "0.5"})
+    orthanc.errors["/instances/busy/simplified-tags"] = SourceThrottled(
+        "Orthanc asked to slow down (HTTP 429 on GET /instances/busy/simplified-tags)"
+    )
+    ingest = await make_ingest(orthanc, start_from="beginning", routes=routes)
+
+    # When the feed runs many rounds into the throttling
+    await ingest.run_until(lambda: orthanc.asked("/instances/busy/simplified-tags") >= 5)
+
+    # Then nothing is parked, and once Orthanc answers, the instance is queued
+    assert ingest.failures() == [] and ingest.cursor == 0
+    del orthanc.errors["/instances/busy/simplified-tags"]
+    await ingest.run_until(lambda: ingest.cursor == 1)
+    assert ingest.queued() == [("busy", "thin")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -358,3 +359,58 @@ async def test_a_publish_not_confirmed_sends_the_report_back_with_a_nack(retry, 
     # Then the report goes back to its queue; nothing was counted or indexed
     assert message.outcomes == ["nack requeue"]
     assert retry.indexed() == [] and retry.ledger.waiting("pacs") == {}
+
+
+# -- faults of the service's own state (SQLite errors, a full state_dir) --------------------
+# The queues are the truth; the SQLite files only index them: the message is settled
+# once, never left unacked, never scheduled or parked twice.
+
+DISK_FULL = sqlite3.OperationalError("database or disk is full")
+
+
+def _fail(*_args: object, **_kwargs: object) -> None:
+    raise DISK_FULL
+
+
+async def test_a_delay_ledger_that_cannot_write_still_schedules_the_retry_once(
+    retry: RetryService, monkeypatch
+):
+    # Given a delay ledger whose disk is full
+    monkeypatch.setattr(retry.ledger, "add", _fail)
+
+    # When a transient failure is reported
+    message = await retry.report(_failure(_job(attempts=0)))
+
+    # Then the retry is scheduled once, the report acked, nothing parked
+    (delayed,) = retry.delayed()
+    assert decode_job(delayed.body).attempts == 1
+    assert message.outcomes == ["ack"]
+    assert retry.publisher.to(PARKED) == []
+
+
+async def test_a_parked_index_that_cannot_write_still_parks_once(retry: RetryService, monkeypatch):
+    # Given a parked index whose disk is full
+    monkeypatch.setattr(retry.index, "add", _fail)
+
+    # When a permanent failure is reported
+    message = await retry.report(_failure(_job(), permanent=True))
+
+    # Then the job is parked once (the index is rebuilt from the queue later), and the
+    # report acked: not parked a second time by the crash handler, not returned
+    parked = retry.parked()
+    assert decode_job(parked.body).id == "job-1"
+    assert message.outcomes == ["ack"]
+
+
+async def test_a_state_that_cannot_write_at_all_still_settles_the_message(
+    retry: RetryService, monkeypatch
+):
+    # Given an index and a ledger that both fail, and a broker that refuses to park
+    monkeypatch.setattr(retry.index, "add", _fail)
+    monkeypatch.setattr(retry.ledger, "add", _fail)
+    retry.publisher.refuse()
+
+    # When a report arrives, then it is settled (returned to the queue, bounded by the
+    # delivery limit), never left unacked holding a slot
+    message = await retry.report(_failure(_job(), permanent=True))
+    assert message.outcomes == ["nack requeue"]

@@ -237,3 +237,34 @@ async def test_an_os_error_of_the_handler_is_set_aside_not_taken_for_the_broker(
     # Then it is set aside and acked, not nacked back in a loop
     assert [type(c) for c in crashes] == [OSError]
     assert journal == ["ack"]
+
+
+class _SlowExchange:
+    """Confirms after `delay` seconds, as a broker that stopped reading for a while."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.published = 0
+
+    async def publish(self, *_args: Any, **_kwargs: Any) -> None:
+        self.published += 1
+        await asyncio.sleep(self.delay)
+
+
+async def test_a_publish_confirmed_late_is_waited_for_not_given_up():
+    # Given a publish that the broker confirms only after several confirm timeouts
+    publisher = Publisher(connection=None, timeout=0.05)
+    exchange = _SlowExchange(0.3)
+    publisher._exchanges["x"] = exchange
+
+    # When it publishes, Then it returns once confirmed (giving up would have the caller
+    # put its message back while this copy still arrives: two lineages of one job)
+    await publisher.publish("x", "key", b"{}")
+    assert exchange.published == 1
+
+
+async def test_a_publish_never_confirmed_is_given_up_after_the_patience():
+    publisher = Publisher(connection=None, timeout=0.05, blocked_patience=0.2)
+    publisher._exchanges["x"] = _SlowExchange(60)
+    with pytest.raises(NotConfirmed):
+        await publisher.publish("x", "key", b"{}")

@@ -18,7 +18,7 @@ from sendqueue.services.retry.parking.index import Filters, ParkedIndex, ParkedI
 from sendqueue.services.retry.parking.passes import Selector
 from sendqueue.services.retry.parking.queue import Parking
 from sendqueue.shared.errors import NotConfirmed
-from sendqueue.shared.schemas import SendJob, decode_job, encode
+from sendqueue.shared.schemas import Failure, SendJob, decode_job, encode
 from sendqueue.shared.topology import Names
 from tests.unit.fakes import FakeConnection, FakeMessage, FakePublisher, FakeQueue
 
@@ -406,3 +406,39 @@ async def test_the_queue_depth_is_what_the_broker_says(room):
 
     # Then the depth comes from a passive declaration
     assert await room.parking.queue_depth() == 2
+
+
+async def test_a_failure_report_dead_lettered_into_parking_is_listed_and_requeued_as_its_job(
+    room,
+):
+    # Given a failure report the failed queue dead-lettered into the parking queue (the
+    # retry service crashed on it past the delivery limit): a Failure body, not a job
+    job = SendJob(id="job-9", destination="pacs", orthanc_id="o-9", patient_id="P9", attempts=2)
+    report = Failure(
+        destination="pacs", job=job, permanent=False, reason="C-STORE 0xA700", reason_class="x"
+    )
+    room.queue.put(
+        FakeMessage(
+            encode(report),
+            headers={"destination": "pacs", "x-death": [{"reason": "delivery_limit"}]},
+            routing_key="pacs",
+            message_id="m-9",
+        )
+    )
+
+    # When a pass rebuilds the index, then one requeues it
+    await room.run_pass(keep)
+    (listed,) = room.index.page(Filters(), limit=10)
+    result = await room.run_pass(requeue)
+
+    # Then it was listed with its job's details, and requeue sent the job itself (the
+    # sender could not take a failure report), fresh, to its destination
+    assert (listed.orthanc_id, listed.patient_id, listed.reason_class) == (
+        "o-9",
+        "P9",
+        "delivery-limit",
+    )
+    (copy,) = room.publisher.to(WORK)
+    requeued = decode_job(copy.body)
+    assert (requeued.id, requeued.destination, requeued.attempts) == ("job-9", "pacs", 0)
+    assert result.requeued == 1 and room.queue.dead_lettered == []
