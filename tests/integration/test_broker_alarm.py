@@ -23,6 +23,7 @@ from sendqueue.services.retry.app import run_retry
 from sendqueue.shared.amqp import Publisher, blocked
 from sendqueue.shared.config import parse_config
 from sendqueue.shared.settle import settle
+from tests.integration.harness import ADMIN_TOKEN
 from tests.support import rabbit
 from tests.support.broker_lock import disturbing_broker
 from tests.support.ports import free_port
@@ -117,7 +118,11 @@ async def test_the_retry_service_starts_while_publishers_are_blocked(rabbit_vhos
         {
             "amqp": {"url": rabbit_vhost.amqp_url, "prefix": "sq"},
             "orthanc": {"url": f"http://127.0.0.1:{free_port()}"},
-            "retry": {"state_dir": str(tmp_path / "retry"), "listen": f"127.0.0.1:{port}"},
+            "retry": {
+                "state_dir": str(tmp_path / "retry"),
+                "listen": f"127.0.0.1:{port}",
+                "admin_token": ADMIN_TOKEN,
+            },
             "destinations": [{"name": "pacs", "kind": "dicom", "host": "127.0.0.1", "port": 1}],
         },
         environ={},
