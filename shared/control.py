@@ -19,7 +19,6 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelClosed
 
 from sendqueue.shared.amqp import Publisher
-from sendqueue.shared.register import put_state
 from sendqueue.shared.schemas import (
     ControlState,
     DestinationStatus,
@@ -50,14 +49,13 @@ async def latest_control_state(
     connection: AbstractRobustConnection, names: Names
 ) -> ControlState | None:
     """The newest control state, read without removing it; None if there is none."""
-    async with connection.channel(publisher_confirms=True) as channel:
+    async with connection.channel() as channel:
         queue = await channel.declare_queue(names.control_state_queue, passive=True)
         message = await queue.get(no_ack=False, fail=False)
         if message is not None:
-            # Put back by publishing it again before the ack (shared/register.py): a
-            # requeue would count against the quorum queue's delivery limit.
-            await put_state(channel, names.prefix, names.control_state_queue, message.body)
-            await message.ack()
+            # Returned, not republished: this works while publishers are blocked; the
+            # queue's delivery limit is out of reach (shared/register.py).
+            await message.nack(requeue=True)
     body = message.body if message is not None else await _legacy_state(connection, names)
     if body is None:
         return None

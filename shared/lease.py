@@ -24,17 +24,39 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from sendqueue.shared.amqp import BROKER_ERRORS, connect_once
-from sendqueue.shared.register import declare_state_queue, put_state
+from sendqueue.shared.register import RETURNS_LIMIT, declare_state_queue, put_state
 
 log = logging.getLogger(__name__)
 
 #: Seconds; RabbitMQ gives a silent host's lease away after about two of these.
 LEASE_HEARTBEAT = 5
+LEASE_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-single-active-consumer": True,
+    # Each take-over returns the token once: never to be dropped for it.
+    "x-delivery-limit": RETURNS_LIMIT,
+}
+#: The services whose processes take turns.
+LEASED_SERVICES = ("ingest", "retry")
+
+
+async def seed_token(channel: aio_pika.abc.AbstractChannel, prefix: str, service: str) -> None:
+    """Declares the lease queue and, if no token waits there, puts one (declared with the
+    topology, by every service at start). When the active process holds the token none
+    waits, and this adds a second: harmless, as only the active consumer ever gets one, and
+    the next declare sees it waiting. None at all would leave every process waiting."""
+    queue_name = f"{prefix}.{service}.lease"
+    queue = await declare_state_queue(channel, prefix, queue_name, LEASE_ARGUMENTS)
+    if not queue.declaration_result.message_count:
+        await put_state(channel, prefix, queue_name, b"lease")
+
+
 #: Wait before a standby whose broker connection failed tries again.
 _RECONNECT_WAIT = 2.0
 #: The broker went away while this process waited for its turn.
@@ -116,17 +138,9 @@ class Lease:
     async def _consume(self, connection: AbstractConnection, stop: asyncio.Event) -> bool:
         channel = await connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=1)
-        queue = await declare_state_queue(
-            channel,
-            self._prefix,
-            self.queue,
-            {"x-queue-type": "quorum", "x-single-active-consumer": True},
-        )
-        if not queue.declaration_result.message_count:
-            # No token waiting: either this is the very first process, or the token is
-            # held by the active one. One token too many is harmless (only the active
-            # consumer ever gets one); none at all would leave every process waiting.
-            await self._publish_token(channel)
+        # The token is put there by seed_token(), with the topology: this connection never
+        # publishes, so RabbitMQ never blocks it (a memory or disk alarm).
+        queue = await declare_state_queue(channel, self._prefix, self.queue, LEASE_ARGUMENTS)
         got: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         await queue.consume(got.put)
         waiter = asyncio.ensure_future(got.get())
@@ -142,16 +156,10 @@ class Lease:
             if closed.done() and not stop.is_set():
                 raise ConnectionError("lease connection closed while waiting")
             return False
-        token = waiter.result()
-        # A token handed over a few times would reach a quorum queue's delivery limit
-        # (RabbitMQ 4 has one by default): replace it with a fresh one, then drop it. The
-        # fresh one comes straight back to this consumer, the active one.
-        await self._publish_token(channel)
-        await token.ack()
+        # Kept unacknowledged. No publish here: a take-over works while RabbitMQ blocks
+        # publishers (a memory or disk alarm).
+        waiter.result()
         return True
-
-    async def _publish_token(self, channel: aio_pika.abc.AbstractChannel) -> None:
-        await put_state(channel, self._prefix, self.queue, self.identity.encode())
 
 
 def _set_event() -> asyncio.Event:

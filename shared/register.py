@@ -6,10 +6,10 @@ overflow `drop-head`). Being a quorum queue it is replicated to every node of a 
 so any process on any host can read what another wrote: this is how a standby ingest
 resumes the changes cursor of the one that died.
 
-Reading takes the value (basic.get), publishes it again, and only then acknowledges the
-taken copy: whatever happens in between, the register still holds the value (twice at
-worst, never zero times). Requeueing it instead would count against a quorum queue's
-delivery limit and, after enough reads, drop it.
+Reading takes the value (basic.get) and returns it to the queue (nack with requeue): no
+publish, so a read works while RabbitMQ blocks publishers (a memory or disk alarm). Each
+return counts against a quorum queue's delivery limit, so registers declare a limit no
+run of reads reaches (RabbitMQ 4 would otherwise drop the value after 20 reads).
 """
 
 from __future__ import annotations
@@ -26,10 +26,14 @@ from sendqueue.shared.errors import NotConfirmed
 
 log = logging.getLogger(__name__)
 
+#: Reads of a register (or take-overs of a lease) that may return its message before
+#: RabbitMQ would drop it: far beyond any real count (RabbitMQ 3.x has no "unlimited").
+RETURNS_LIMIT = 1_000_000
 REGISTER_ARGUMENTS: dict[str, Any] = {
     "x-queue-type": "quorum",
     "x-max-length": 1,
     "x-overflow": "drop-head",
+    "x-delivery-limit": RETURNS_LIMIT,
 }
 
 
@@ -96,8 +100,7 @@ class Registers:
                 message = await queue.get(no_ack=False, fail=False)
                 if message is None:
                     return None
-                await self._put(queue.name, message.body)
-                await message.ack()
+                await message.nack(requeue=True)
                 return message.body
         except _PUBLISH_FAILURES as exc:
             raise NotConfirmed(f"RabbitMQ did not answer reading register {name}: {exc!r}") from exc

@@ -56,6 +56,7 @@ from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.config import Config
 from sendqueue.shared.durations import format_duration
 from sendqueue.shared.errors import ConfigError
+from sendqueue.shared.lease import LEASED_SERVICES, seed_token
 from sendqueue.shared.register import REGISTER_ARGUMENTS, declare_state_queue
 
 #: A message redelivered this many times without an outcome (the consumer crashed or
@@ -261,6 +262,8 @@ async def _declare_all(
     parked = await declarer.queue(names.parked_queue, parked_arguments(names, major))
     await parked.bind(parked_x)
     await _declare_control(declarer.channel, names)
+    for service in LEASED_SERVICES:
+        await seed_token(declarer.channel, names.prefix, service)
     captured_x = await declarer.channel.declare_exchange(
         names.captured_exchange, fanout, durable=True
     )

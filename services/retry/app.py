@@ -11,8 +11,11 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
+from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -73,6 +76,9 @@ async def run_retry(
     async with ServiceParts() as parts:
         conn = await parts.connection(config.amqp.url, "sendqueue-retry-standby")
         registers = Registers(conn, config.amqp.prefix)
+        # The topology (with the lease's token) before the first wait: a fresh install
+        # whose retry starts first. In the background: a broker alarm blocks its publish.
+        parts.task(_declare(conn, config), "declare-topology")
         while not stop.is_set():
             standby = await start_server(standby_app(registry, registers), config.retry.listen, tls)
             try:
@@ -83,8 +89,13 @@ async def run_retry(
                 break
             active.set(1)
             try:
-                await announce_active(registers, config.retry.listen, lease.identity, tls=bool(tls))
-                await _active_term(config, stop, lost, registry, tls)
+                announcing = asyncio.create_task(
+                    announce_active(registers, config.retry.listen, lease.identity, tls=bool(tls))
+                )
+                try:
+                    await _active_term(config, stop, lost, registry, tls)
+                finally:
+                    announcing.cancel()
             except BROKER_ERRORS as exc:
                 # RabbitMQ failed the take-over or the term (a node lost, a queue's leader
                 # moving): hand the lease on, wait as a standby, take it again if offered.
@@ -161,11 +172,18 @@ async def _serve(
         destinations=destinations,
     )
     # The index is rebuilt from the parking queue at every take-over: the previous active
-    # process may have run on another host. The pass also finishes a requeue this host's
-    # journal says was interrupted, and drops a second copy of an item parked twice (a
-    # process killed between parking a failure and acking it).
-    log.info("rebuilding the parked index from the parking queue")
-    await parking.run_pass(lambda _item: "keep", action="rebuild")
+    # process may have run on another host. The pass also drops a second copy of an item
+    # parked twice (a process killed between parking a failure and acking it). A requeue
+    # this host's journal says was interrupted is finished before serving, so that the
+    # admin API never lists an item already requeued; otherwise the pass runs in the
+    # background (it publishes: a broker alarm must not hold up the start).
+    rebuild = parking.run_pass(lambda _item: "keep", action="rebuild")
+    if index.has_requeued():
+        log.info("finishing an interrupted requeue")
+        await rebuild
+    else:
+        log.info("rebuilding the parked index from the parking queue")
+        parts.task(_quiet(rebuild), "parked-index-rebuild")
     router = FailureRouter(
         config=config,
         names=names,
@@ -179,9 +197,9 @@ async def _serve(
     failed = await channel.declare_queue(names.failed_queue, passive=True)
     await failed.consume(router.on_message)
     registers = Registers(publish_conn, config.amqp.prefix)
-    await RemovedDestinations(config.retry.state_dir, names, parking, registers).drain(
-        consume_conn, destinations
-    )
+    strays = RemovedDestinations(config.retry.state_dir, names, parking, registers)
+    await strays.drain(consume_conn, destinations)
+    parts.task(strays.remembered, "remember-destinations")
     await follow_unroutable(consume_conn, names, parking)
     await follow_captured(consume_conn, names, audit)
     parts.task(watch_index(parking, metrics), "parked-index-watch")
@@ -220,3 +238,22 @@ async def _serve(
     scheme = "https" if tls else "http"
     log.info("retry running; admin API on %s://%s/", scheme, config.retry.listen)
     await stop.wait()
+
+
+async def _quiet(work: Coroutine[Any, Any, Any]) -> None:
+    """A background pass whose failure the index watch makes up for (it rebuilds when the
+    index and the queue disagree)."""
+    try:
+        await work
+    except BROKER_ERRORS as exc:
+        log.warning("rebuilding the parked index failed (%r); the index watch retries", exc)
+
+
+async def _declare(connection: AbstractRobustConnection, config: Config) -> None:
+    while True:
+        try:
+            await prepare_bus(connection, config)
+            return
+        except BROKER_ERRORS as exc:
+            log.warning("cannot declare the topology yet (%r)", exc)
+        await asyncio.sleep(2.0)

@@ -9,6 +9,7 @@ page redirects to the active process, and the console, meeting such a 503, moves
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -52,8 +53,17 @@ def admin_url(listen: str, *, tls: bool = False) -> str:
 async def announce_active(
     registers: Registers, listen: str, holder: str, *, tls: bool = False
 ) -> None:
+    """Retried until RabbitMQ confirms (run in the background: an alarm blocks publishes)."""
     active = ActiveRetry(url=admin_url(listen, tls=tls), holder=holder, since=time.time())
-    await registers.write(ACTIVE_REGISTER, msgspec.json.encode(active))
+    pause = 1.0
+    while True:
+        try:
+            await registers.write(ACTIVE_REGISTER, msgspec.json.encode(active))
+            return
+        except BROKER_ERRORS as exc:
+            log.warning("cannot announce this retry process as the active one yet (%r)", exc)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 30.0)
 
 
 async def read_active(registers: Registers) -> ActiveRetry | None:

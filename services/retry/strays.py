@@ -15,6 +15,7 @@ the destination is configured again, its sender consumes the queue as before.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -25,6 +26,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelClosed
 
 from sendqueue.services.retry.parking.queue import Parking
+from sendqueue.shared.amqp import BROKER_ERRORS
 from sendqueue.shared.register import Registers
 from sendqueue.shared.schemas import decode_job
 from sendqueue.shared.settle import settle
@@ -54,7 +56,7 @@ class RemovedDestinations:
         configured = set(configured)
         removed = sorted(await self._known() - configured)
         draining = [name for name in removed if await self._queue_exists(connection, name)]
-        await self._save(configured | set(draining))
+        self.remembered = self._save(configured | set(draining))
         for name in draining:
             reason = (
                 f"destination {name!r} was removed from the configuration; requeue to another"
@@ -79,7 +81,19 @@ class RemovedDestinations:
             return set()
 
     async def _save(self, names: set[str]) -> None:
-        await self._registers.write(_KNOWN, json.dumps({"destinations": sorted(names)}).encode())
+        """Run by the caller in the background (module doc of app.py: a broker alarm must
+        not hold up the start); retried until RabbitMQ confirms."""
+        pause = 1.0
+        while True:
+            try:
+                await self._registers.write(
+                    _KNOWN, json.dumps({"destinations": sorted(names)}).encode()
+                )
+                return
+            except BROKER_ERRORS as exc:
+                log.warning("cannot record the configured destinations yet (%r)", exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 60.0)
 
     async def _queue_exists(self, connection: AbstractRobustConnection, name: str) -> bool:
         # A passive declare of a missing queue closes its channel: use a throw-away one.

@@ -10,7 +10,7 @@ import aio_pika
 import pytest
 
 from sendqueue.shared.amqp import broker_urls, connect
-from sendqueue.shared.lease import Lease
+from sendqueue.shared.lease import Lease, seed_token
 from sendqueue.shared.register import Registers, register_queue
 from tests.support import rabbit
 from tests.support.ports import free_port
@@ -42,7 +42,14 @@ async def test_a_register_keeps_the_latest_value_through_any_number_of_reads(amq
         assert await registers.read("ingest.jobs") is None
 
 
+async def _seed(amqp_url: str, service: str) -> None:
+    """What the topology's declaration does at every service start."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        await seed_token(await connection.channel(), "t", service)
+
+
 async def test_one_lease_holder_at_a_time_and_the_next_takes_over_when_it_goes(amqp_url):
+    await _seed(amqp_url, "x")
     stop = asyncio.Event()
     first, second = Lease(amqp_url, "t", "x"), Lease(amqp_url, "t", "x")
     async with first.held(stop) as first_lost:
@@ -68,6 +75,7 @@ async def _hold(lease: Lease, stop: asyncio.Event) -> None:
 
 
 async def test_a_lease_whose_connection_is_lost_says_so(amqp_url, rabbit_vhost):
+    await _seed(amqp_url, "y")
     stop = asyncio.Event()
     lease = Lease(amqp_url, "t", "y")
     async with lease.held(stop) as lost:
