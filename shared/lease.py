@@ -47,13 +47,15 @@ LEASED_SERVICES = ("ingest", "retry")
 
 
 async def seed_token(channel: aio_pika.abc.AbstractChannel, prefix: str, service: str) -> None:
-    """Declares the lease queue and, if no token waits there, puts one (declared with the
-    topology, by every service at start). When the active process holds the token none
-    waits, and this adds a second: harmless, as only the active consumer ever gets one, and
-    the next declare sees it waiting. None at all would leave every process waiting."""
+    """Declares the lease queue and, on a fresh install, puts the token there (declared
+    with the topology, by every service at start, before any process waits for a lease).
+    A queue with consumers has its token (held by the active one, or waiting): nothing is
+    published then, so a start during a broker alarm is not held up by it. A second token
+    would be harmless anyway: only the active consumer ever gets one."""
     queue_name = f"{prefix}.{service}.lease"
     queue = await declare_state_queue(channel, prefix, queue_name, LEASE_ARGUMENTS)
-    if not queue.declaration_result.message_count:
+    declared = queue.declaration_result
+    if not declared.message_count and not declared.consumer_count:
         await put_state(channel, prefix, queue_name, b"lease")
 
 

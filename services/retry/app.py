@@ -15,7 +15,6 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -77,8 +76,8 @@ async def run_retry(
         conn = await parts.connection(config.amqp.url, "sendqueue-retry-standby")
         registers = Registers(conn, config.amqp.prefix)
         # The topology (with the lease's token) before the first wait: a fresh install
-        # whose retry starts first. In the background: a broker alarm blocks its publish.
-        parts.task(_declare(conn, config), "declare-topology")
+        # whose retry starts first.
+        await prepare_bus(conn, config)
         while not stop.is_set():
             standby = await start_server(standby_app(registry, registers), config.retry.listen, tls)
             try:
@@ -196,7 +195,10 @@ async def _serve(
     await channel.set_qos(prefetch_count=_PREFETCH)
     failed = await channel.declare_queue(names.failed_queue, passive=True)
     await failed.consume(router.on_message)
-    registers = Registers(publish_conn, config.amqp.prefix)
+    # Registers on a connection of their own: a write held by a broker alarm blocks its
+    # connection, which must then be neither the consumers' nor the publisher's.
+    state_conn = await parts.connection(config.amqp.url, "sendqueue-retry-state")
+    registers = Registers(state_conn, config.amqp.prefix)
     strays = RemovedDestinations(config.retry.state_dir, names, parking, registers)
     await strays.drain(consume_conn, destinations)
     parts.task(strays.remembered, "remember-destinations")
@@ -247,13 +249,3 @@ async def _quiet(work: Coroutine[Any, Any, Any]) -> None:
         await work
     except BROKER_ERRORS as exc:
         log.warning("rebuilding the parked index failed (%r); the index watch retries", exc)
-
-
-async def _declare(connection: AbstractRobustConnection, config: Config) -> None:
-    while True:
-        try:
-            await prepare_bus(connection, config)
-            return
-        except BROKER_ERRORS as exc:
-            log.warning("cannot declare the topology yet (%r)", exc)
-        await asyncio.sleep(2.0)

@@ -78,9 +78,9 @@ async def test_broker_connections_closed_mid_transfer_lose_nothing(make_pipeline
     for service in ("retry", "sender", "ingest"):
         pipeline.spawn(service)
     await pipeline.wait_healthy("retry", "sender", "ingest", timeout=60)
-    # (ingest 2: its own and its lease's; sender 2: consuming and publishing; retry 4: the
-    # same two, its lease's and the one it waits on as a standby)
-    connections = await asyncio.to_thread(rabbit.listed_connections, pipeline.vhost, 8)
+    # (ingest 2: its own and its lease's; sender 2: consuming and publishing; retry 5: the
+    # same two, its registers', its lease's and the one it waits on as a standby)
+    connections = await asyncio.to_thread(rabbit.listed_connections, pipeline.vhost, 9)
     first = make_study(40)
     for data in first:
         orthanc.upload(data)
