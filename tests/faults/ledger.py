@@ -97,7 +97,7 @@ TABLE_HEADER = (
 async def drain_vhost(amqp_url: str, vhost: str) -> QueueContents:
     """Consume every job-carrying queue of the vhost to the end (services stopped)."""
     contents = QueueContents()
-    names = [q["name"] for q in rabbit.list_queues(vhost) if ".control" not in q["name"]]
+    names = [q["name"] for q in rabbit.list_queues(vhost) if _carries_jobs(q["name"])]
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
@@ -106,6 +106,14 @@ async def drain_vhost(amqp_url: str, vhost: str) -> QueueContents:
             while (message := await queue.get(no_ack=True, fail=False)) is not None:
                 _account(contents, name, message)
     return contents
+
+
+def _carries_jobs(queue: str) -> bool:
+    """Work, delay, failed, parked and unroutable queues; not the operator link, the
+    leases (single active consumer: no basic.get), the registers, or the capture and
+    delivery records (no jobs in them)."""
+    _prefix, _, rest = queue.partition(".")
+    return rest.startswith(("work.", "delay.")) or rest in {"failed", "parked", "unroutable"}
 
 
 def _account(contents: QueueContents, queue: str, message: Any) -> None:
