@@ -21,10 +21,10 @@ import logging
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 from yarl import URL
 
@@ -46,18 +46,89 @@ _PUBLISH_FAILURES: tuple[type[BaseException], ...] = (
 BROKER_ERRORS: tuple[type[BaseException], ...] = (NotConfirmed, *CONNECTION_EXCEPTIONS)
 
 
-async def connect(url: str, name: str) -> AbstractRobustConnection:
-    """A robust connection, named so it is recognisable in the management UI."""
+def broker_urls(url: str) -> list[str]:
+    """`[amqp] url` names one broker or several (a cluster's nodes), comma-separated."""
+    urls = [part.strip() for part in url.split(",") if part.strip()]
+    if not urls:
+        raise ValueError("amqp url names no broker")
+    return urls
+
+
+def _named(url: str, name: str, heartbeat: int) -> URL:
     target = URL(url)
     query = dict(target.query)
     query.setdefault("name", name)
-    query.setdefault("heartbeat", "30")
-    connection = await aio_pika.connect_robust(str(target.with_query(query)))
+    query.setdefault("heartbeat", str(heartbeat))
+    return target.with_query(query)
+
+
+class ClusterConnection(aio_pika.RobustConnection):
+    """A robust connection that knows every node of a RabbitMQ cluster.
+
+    Each (re)connection tries the nodes in order, starting with the one it last reached, so
+    the loss of that node moves the connection to the next one instead of retrying a dead
+    address forever. Channels and consumers are restored by aio-pika as usual.
+    """
+
+    nodes: list[URL] = []
+
+    # aio-pika's reconnect loop calls this private method for the initial connection and
+    # for every reconnection: the one place where the address can change between attempts.
+    # (tests/unit/shared/test_amqp_urls.py fails if an aio-pika upgrade renames it.)
+    async def _RobustConnection__connect_transport(self) -> None:
+        start = self.nodes.index(self.url) if self.url in self.nodes else 0
+        failure: BaseException | None = None
+        for step in range(len(self.nodes)):
+            self.url = self.nodes[(start + step) % len(self.nodes)]
+            try:
+                await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+                return
+            except CONNECTION_EXCEPTIONS as exc:
+                failure = exc
+                log.info("RabbitMQ node %s unreachable (%r)", mask_node(self.url), exc)
+        assert failure is not None
+        raise failure
+
+
+def mask_node(url: URL) -> str:
+    return f"{url.host}:{url.port}"
+
+
+async def connect(
+    url: str, name: str, *, heartbeat: int = 30, timeout: float = 15.0
+) -> AbstractRobustConnection:
+    """A robust connection, named so it is recognisable in the management UI.
+
+    `url` may list several nodes of one cluster (comma-separated): tried in order.
+    """
+    nodes = [_named(node, name, heartbeat) for node in broker_urls(url)]
+    connection_class = type("ClusterConnection", (ClusterConnection,), {"nodes": nodes})
+    connection = cast(
+        ClusterConnection,
+        await aio_pika.connect_robust(nodes[0], connection_class=connection_class, timeout=timeout),
+    )
     # aio-pika logs the loss (with a traceback); say plainly when it is over.
     connection.reconnect_callbacks.add(
-        lambda *_: log.warning("%s: connected to RabbitMQ again", name)
+        lambda *_: log.warning(
+            "%s: connected to RabbitMQ again (%s)", name, mask_node(connection.url)
+        )
     )
     return connection
+
+
+async def connect_once(
+    url: str, name: str, *, heartbeat: int = 5, timeout: float = 10.0
+) -> AbstractConnection:
+    """A plain connection that is not restored once lost (for leases: losing the connection
+    must mean losing the lease). The first node of `url` that answers."""
+    failure: BaseException | None = None
+    for node in broker_urls(url):
+        try:
+            return await aio_pika.connect(_named(node, name, heartbeat), timeout=timeout)
+        except CONNECTION_EXCEPTIONS as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
 
 
 def blocked(connection: AbstractRobustConnection) -> bool:

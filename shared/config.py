@@ -119,8 +119,9 @@ class AmqpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     url: Annotated[
         str,
         doc(
-            "RabbitMQ (vhost in the path); also env `SENDQUEUE_AMQP_URL`, which wins (keeps"
-            " the password out of the file)"
+            "RabbitMQ (vhost in the path); the nodes of a cluster comma-separated, tried in"
+            " order; also env `SENDQUEUE_AMQP_URL`, which wins (keeps the password out of"
+            " the file)"
         ),
     ] = "amqp://guest:guest@127.0.0.1:5672/"
     prefix: Annotated[
@@ -141,6 +142,12 @@ class AmqpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     def __post_init__(self) -> None:
         if not NAME.match(self.prefix):
             raise ValueError(f"amqp prefix must match {NAME.pattern}, got {self.prefix!r}")
+        nodes = [node.strip() for node in self.url.split(",") if node.strip()]
+        if not nodes or not all(node.startswith(("amqp://", "amqps://")) for node in nodes):
+            raise ValueError(
+                "amqp url must be one or more comma-separated amqp:// or amqps:// URLs,"
+                f" got {mask_url(self.url)!r}"
+            )
 
 
 class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -159,8 +166,8 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     state_dir: Annotated[
         str,
         doc(
-            "where the `/changes` cursor is kept (written atomically); one ingest process"
-            " per directory (locked)"
+            "where earlier versions kept the `/changes` cursor: read once on upgrade (the"
+            " cursor lives in RabbitMQ now); several ingest processes may share it"
         ),
     ] = "./state/ingest"
     start_from: Annotated[

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import ChannelClosed
 
 from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.schemas import (
@@ -40,18 +41,45 @@ async def broadcast_control(publisher: Publisher, names: Names, state: ControlSt
 
 
 async def read_control_state(connection: AbstractRobustConnection, names: Names) -> ControlState:
-    """The newest control state, read without removing it (get, then requeue)."""
+    """The newest control state; the empty one if none was ever broadcast."""
+    return await latest_control_state(connection, names) or ControlState()
+
+
+async def latest_control_state(
+    connection: AbstractRobustConnection, names: Names
+) -> ControlState | None:
+    """The newest control state, read without removing it; None if there is none."""
     async with connection.channel() as channel:
         queue = await channel.declare_queue(names.control_state_queue, passive=True)
         message = await queue.get(no_ack=False, fail=False)
-        if message is None:
-            return ControlState()
-        await message.nack(requeue=True)
+        if message is not None:
+            # Returned, not republished: this works while publishers are blocked; the
+            # queue's delivery limit is out of reach (shared/register.py).
+            await message.nack(requeue=True)
+    body = message.body if message is not None else await _legacy_state(connection, names)
+    if body is None:
+        return None
     try:
-        return decode_control(message.body)
+        return decode_control(body)
     except msgspec.DecodeError:
-        log.error("unreadable control state ignored: %r", message.body[:200])
-        return ControlState()
+        log.error("unreadable control state ignored: %r", body[:200])
+        return None
+
+
+async def _legacy_state(connection: AbstractRobustConnection, names: Names) -> bytes | None:
+    """The state an older version left in its classic queue, if it is still there."""
+    try:
+        async with connection.channel() as channel:
+            queue = await channel.declare_queue(
+                names.legacy_control_state_queue, passive=True, robust=False
+            )
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                return None
+            await message.nack(requeue=True)  # a classic queue has no delivery limit
+            return message.body
+    except ChannelClosed:
+        return None  # no such queue: a fresh install
 
 
 async def follow_control(

@@ -4,6 +4,12 @@ The split that matters is *transient* (try again later) versus *permanent* (park
 retrying cannot help). A third family, ``DestinationUnavailable``, is a transient error
 about the destination as a whole rather than about one message: the sender then pauses
 that destination instead of spending the message's attempts.
+
+Every error that crosses a module boundary, and so reaches a place that decides ack / retry /
+park, is defined here. A few exceptions stay private to the one module that raises and
+catches them (the DICOM client's own association errors in destinations/scu/, translated
+into these at its edge; the ingest feed's `StateUnwritable`; the destination's
+`NeedsTranscode` signal, caught by the same destination), like any library's internals.
 """
 
 from __future__ import annotations

@@ -56,6 +56,8 @@ from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.config import Config
 from sendqueue.shared.durations import format_duration
 from sendqueue.shared.errors import ConfigError
+from sendqueue.shared.lease import LEASED_SERVICES, seed_token
+from sendqueue.shared.register import REGISTER_ARGUMENTS, declare_state_queue
 
 #: A message redelivered this many times without an outcome (the consumer crashed or
 #: was killed with it each time) is dead-lettered to the failed queue, then parked.
@@ -81,7 +83,10 @@ class Names:
         #: Operator decisions (pause/resume) broadcast to every sender.
         self.control_exchange = f"{prefix}.control"
         #: Holds only the latest control state, so a starting sender can read it.
-        self.control_state_queue = f"{prefix}.control.state"
+        self.control_state_queue = f"{prefix}.control.latest"
+        #: Where versions before the quorum one kept it (a classic queue): read while the
+        #: new one is still empty, on upgrade; delete it once every service is upgraded.
+        self.legacy_control_state_queue = f"{prefix}.control.state"
         #: Senders report destination health here (transient, not mandatory).
         self.status_exchange = f"{prefix}.status"
         #: The work exchange's alternate exchange: whatever reaches the work exchange for a
@@ -262,6 +267,8 @@ async def _declare_all(
     parked = await declarer.queue(names.parked_queue, parked_arguments(names, major))
     await parked.bind(parked_x)
     await _declare_control(declarer.channel, names)
+    for service in LEASED_SERVICES:
+        await seed_token(declarer.channel, names.prefix, service)
     captured_x = await declarer.channel.declare_exchange(
         names.captured_exchange, fanout, durable=True
     )
@@ -326,9 +333,9 @@ async def _declare_control(channel: AbstractChannel, names: Names) -> None:
     fanout = ExchangeType.FANOUT
     control = await channel.declare_exchange(names.control_exchange, fanout, durable=True)
     await channel.declare_exchange(names.status_exchange, fanout, durable=True)
-    # A classic queue keeping the newest message only (max-length 1 drops the head).
-    state = await channel.declare_queue(
-        names.control_state_queue, durable=True, arguments={"x-max-length": 1}
+    # A register (shared/register.py): a replicated queue keeping the newest message only.
+    state = await declare_state_queue(
+        channel, names.prefix, names.control_state_queue, REGISTER_ARGUMENTS
     )
     await state.bind(control)
 

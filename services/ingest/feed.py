@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from sendqueue.services.ingest.cursor import CursorFile, WindowFile
+from sendqueue.services.ingest.cursor import Cursor
 from sendqueue.services.ingest.ledger import Resends
 from sendqueue.services.ingest.lookback import LookBack, seq_of
 from sendqueue.services.ingest.metrics import IngestMetrics
@@ -76,6 +76,7 @@ class ChangesFeed:
         publisher: Publisher,
         names: Names,
         metrics: IngestMetrics,
+        cursor: Cursor,
         resends: Resends,
     ) -> None:
         self._config = config
@@ -86,9 +87,10 @@ class ChangesFeed:
         self._names = names
         self._metrics = metrics
         self._resends = resends
-        self._cursor_file = CursorFile(config.state_dir)
-        self._window_file = WindowFile(config.state_dir)
-        self._window = LookBack(self._window_file.load())
+        #: The cursor and the look-back window, in RabbitMQ (cursor.py): loaded when the
+        #: feed starts, so that a take-over on another host resumes with both.
+        self._cursor_file = cursor
+        self._window = LookBack(None)
         #: Rounds in which Orthanc, though up, failed to read an instance's file.
         self._unreadable: dict[str, int] = {}
         self.healthy = True
@@ -132,7 +134,8 @@ class ChangesFeed:
         self._metrics.queued.labels(job.destination, "changes").inc()
 
     async def _initial_cursor(self) -> int:
-        saved = self._cursor_file.load()
+        self._window = LookBack(await self._cursor_file.load_window())
+        saved = await self._cursor_file.load()
         if saved is not None:
             log.info("resuming Orthanc changes after seq %d", saved)
             return saved
@@ -140,7 +143,7 @@ class ChangesFeed:
             start = 0
         else:
             start = int((await self._changes({"last": ""}))["Last"])
-        self._save(lambda: self._cursor_file.save(start))
+        await self._save(lambda: self._cursor_file.save(start))
         log.info("first start: following Orthanc changes after seq %d", start)
         return start
 
@@ -155,7 +158,7 @@ class ChangesFeed:
         done = bool(page.get("Done", True))
         window = self._window.sort(changes, cursor)
         if window.replaced or (done and newest < cursor):
-            return self._replaced(newest, cursor)
+            return await self._replaced(newest, cursor)
         self._resends.begin_page()
         jobs: list[SendJob] = []
         unroutable: list[Failure] = []
@@ -177,19 +180,22 @@ class ChangesFeed:
         last = max(cursor, newest)
         self._window.remember(window.fresh, last)
         if window.fresh:
-            self._save(lambda: self._window_file.save(self._window.remembered))
+            await self._save(lambda: self._cursor_file.save_window(self._window.remembered))
         if last != cursor:
-            self._save(lambda: self._cursor_file.save(last))
+            await self._save(lambda: self._cursor_file.save(last))
         self._unreadable.clear()  # only the page being retried needs counting
         self._metrics.cursor.set(last)
         if done:
             self._metrics.orthanc_last.set(last)
             self._metrics.lag.set(0)
         else:
-            await self._measure_lag(last)
+            # Only a metric. The page is queued and the cursor saved: failing the round
+            # now would leave the caller's cursor behind and queue the page again.
+            with contextlib.suppress(SourceUnavailable):
+                await self._measure_lag(last)
         return last, done
 
-    def _replaced(self, newest: int, cursor: int) -> tuple[int, bool]:
+    async def _replaced(self, newest: int, cursor: int) -> tuple[int, bool]:
         # Orthanc's change log is not the one we followed: its database was reset or
         # replaced (restored from a backup). What it holds may have been stored after
         # that, so follow it from the start (duplicates are possible, loss is not).
@@ -201,15 +207,15 @@ class ChangesFeed:
             cursor,
         )
         self._window.forget()
-        self._save(lambda: self._window_file.save({}))
-        self._save(lambda: self._cursor_file.save(0))
+        await self._save(lambda: self._cursor_file.save_window({}))
+        await self._save(lambda: self._cursor_file.save(0))
         self._metrics.cursor.set(0)
         return 0, False
 
     @staticmethod
-    def _save(write: Callable[[], None]) -> None:
+    async def _save(write: Callable[[], Awaitable[None]]) -> None:
         try:
-            write()
+            await write()
         except OSError as exc:
             # The state dir is full, read-only or gone. Whatever was queued stays queued;
             # the round is read again later (duplicates, no loss).

@@ -32,6 +32,12 @@ class IngestMetrics:
             ["stage"],
             registry=registry,
         )
+        self.active = Gauge(
+            "sendqueue_ingest_active",
+            "1 while this ingest process is the one following Orthanc's changes, 0 while it"
+            " waits as a standby.",
+            registry=registry,
+        )
         self.cursor = Gauge(
             "sendqueue_ingest_cursor_seq",
             "The last Orthanc change sequence number fully queued.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+import uuid
 from typing import Any
 
 import msgspec
@@ -58,6 +59,7 @@ class FailureRouter:
                 destination=_destination_of(message),
                 reason=f"internal error while routing this failure: {exc!r}",
                 reason_class="internal",
+                item_id=parked_id(message),
             )
 
         await settle(
@@ -66,6 +68,7 @@ class FailureRouter:
 
     async def _route(self, message: AbstractIncomingMessage) -> None:
         destination = _destination_of(message)
+        item_id = parked_id(message)
         try:
             decoded = decode_bus_message(message.body)
         except msgspec.DecodeError as exc:
@@ -75,10 +78,11 @@ class FailureRouter:
                 destination=destination,
                 reason=f"undecodable message on the failed queue: {exc}",
                 reason_class="decode-error",
+                item_id=item_id,
             )
             return
         if isinstance(decoded, SendJob):
-            await self._park_dead_lettered(decoded, message)
+            await self._park_dead_lettered(decoded, message, item_id)
         elif decoded.job is None:
             await self._parking.park(
                 None,
@@ -86,11 +90,14 @@ class FailureRouter:
                 destination=decoded.destination,
                 reason=decoded.reason,
                 reason_class=decoded.reason_class,
+                item_id=item_id,
             )
         else:
-            await self._retry_or_park(decoded, decoded.job)
+            await self._retry_or_park(decoded, decoded.job, item_id)
 
-    async def _park_dead_lettered(self, job: SendJob, message: AbstractIncomingMessage) -> None:
+    async def _park_dead_lettered(
+        self, job: SendJob, message: AbstractIncomingMessage, item_id: str | None
+    ) -> None:
         deaths: Any = (message.headers or {}).get("x-death") or [{}]
         why = str(deaths[0].get("reason", "dead-lettered")) if isinstance(deaths, list) else "?"
         reason = (
@@ -102,10 +109,15 @@ class FailureRouter:
             job, last_failed_at=now, first_failed_at=job.first_failed_at or now
         )
         await self._parking.park(
-            job, raw=None, destination=job.destination, reason=reason, reason_class="delivery-limit"
+            job,
+            raw=None,
+            destination=job.destination,
+            reason=reason,
+            reason_class="delivery-limit",
+            item_id=item_id,
         )
 
-    async def _retry_or_park(self, failure: Failure, job: SendJob) -> None:
+    async def _retry_or_park(self, failure: Failure, job: SendJob, item_id: str | None) -> None:
         if self._config.destination(job.destination) is None:
             # A delay tier would dead-letter it to a work queue nobody has declared.
             await self._parking.park(
@@ -114,6 +126,7 @@ class FailureRouter:
                 destination=job.destination,
                 reason=f"unknown destination {job.destination!r}",
                 reason_class="unknown-destination",
+                item_id=item_id,
             )
             return
         attempts = job.attempts + 1
@@ -141,6 +154,7 @@ class FailureRouter:
                 destination=job.destination,
                 reason=decision.reason,
                 reason_class=failure.reason_class,
+                item_id=item_id,
             )
             return
         await self._publisher.publish(
@@ -168,6 +182,17 @@ class FailureRouter:
             reason=failure.reason,
             reason_class=failure.reason_class,
         )
+
+
+def parked_id(message: AbstractIncomingMessage) -> str | None:
+    """The parked item's id, the same for every delivery of one failure report."""
+    if not message.message_id:
+        return None
+    return uuid.uuid5(_PARKED_IDS, message.message_id).hex
+
+
+#: Namespace of parked item ids derived from failure reports' message ids.
+_PARKED_IDS = uuid.UUID("7d1c3a51-4c3e-4f7e-9a51-0b1f5d4e2c10")
 
 
 def _destination_of(message: AbstractIncomingMessage) -> str:

@@ -1,4 +1,9 @@
-"""Operator pause state: kept by the retry service (paused.json), broadcast to senders.
+"""Operator pause state: kept by the retry service, broadcast to senders.
+
+RabbitMQ holds the truth (the control state queue keeps the newest broadcast), so that a
+retry process taking over on another host pauses what the previous one paused.
+`paused.json` in state_dir is a local copy, read only when the broker has none (the
+first start after an upgrade).
 
 The broadcast at start-up runs in the background until RabbitMQ confirms it: a broker
 that blocks publishers (a memory or disk alarm) must not keep the retry service, and the
@@ -20,7 +25,7 @@ from pathlib import Path
 from aio_pika.abc import AbstractRobustConnection
 
 from sendqueue.shared.amqp import BROKER_ERRORS, Publisher
-from sendqueue.shared.control import broadcast_control, read_control_state
+from sendqueue.shared.control import broadcast_control, latest_control_state
 from sendqueue.shared.files import write_atomic
 from sendqueue.shared.schemas import ControlState
 from sendqueue.shared.topology import Names
@@ -52,16 +57,16 @@ class PauseStore:
         return until if until is not None and until > time.time() else None
 
     async def load(self, connection: AbstractRobustConnection) -> None:
-        """From our file; on a first start, adopt what the broker last saw. Returns before
-        the broadcast is confirmed (module doc)."""
-        if self._path.exists():
+        """What the broker last saw; our file only if the broker has nothing. Returns
+        before the broadcast is confirmed (module doc)."""
+        state = await latest_control_state(connection, self._names)
+        if state is not None:
+            self._paused = set(state.paused)
+            self._open_until = dict(state.window_open_until)
+        elif self._path.exists():
             saved = json.loads(self._path.read_text())
             self._paused = set(saved["paused"])
             self._open_until = dict(saved.get("window_open_until", {}))
-        else:
-            state = await read_control_state(connection, self._names)
-            self._paused = set(state.paused)
-            self._open_until = dict(state.window_open_until)
         self._initial = asyncio.create_task(self._broadcast_until_confirmed())
 
     async def close(self) -> None:

@@ -6,14 +6,16 @@ exchange cannot route (its alternate exchange's queue, `<prefix>.unroutable`).
 A work queue outlives its destination's removal from the config, and jobs still waiting
 in a delay tier come back to it. Nobody would consume them, and the admin API would not
 show them. So the retry service remembers every destination it was ever configured with
-(`destinations.json` in its state_dir) and consumes the work queue of each removed one,
-parking every job there as `unknown-destination`: visible, and requeued from there to
-another destination (or deleted) by an operator. If the destination is configured again,
-its sender consumes the queue as before.
+(in the RabbitMQ register `retry.destinations`, so that a retry process on another host
+knows them too; `destinations.json` in state_dir is read on upgrade) and consumes the
+work queue of each removed one, parking every job there as `unknown-destination`:
+visible, and requeued from there to another destination (or deleted) by an operator. If
+the destination is configured again, its sender consumes the queue as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -24,7 +26,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelClosed
 
 from sendqueue.services.retry.parking.queue import Parking
-from sendqueue.shared.files import write_atomic
+from sendqueue.shared.amqp import BROKER_ERRORS
+from sendqueue.shared.register import Registers
 from sendqueue.shared.schemas import decode_job
 from sendqueue.shared.settle import settle
 from sendqueue.shared.topology import Names
@@ -34,20 +37,26 @@ log = logging.getLogger(__name__)
 _PREFETCH = 32
 
 
+_KNOWN = "retry.destinations"
+
+
 class RemovedDestinations:
-    def __init__(self, state_dir: str, names: Names, parking: Parking) -> None:
+    def __init__(
+        self, state_dir: str, names: Names, parking: Parking, registers: Registers
+    ) -> None:
         self._path = Path(state_dir) / "destinations.json"
         self._names = names
         self._parking = parking
+        self._registers = registers
 
     async def drain(
         self, connection: AbstractRobustConnection, configured: Iterable[str]
     ) -> list[str]:
         """Start parking what reaches removed destinations' queues; returns their names."""
         configured = set(configured)
-        removed = sorted(self._known() - configured)
+        removed = sorted(await self._known() - configured)
         draining = [name for name in removed if await self._queue_exists(connection, name)]
-        self._save(configured | set(draining))
+        self.remembered = self._save(configured | set(draining))
         for name in draining:
             reason = (
                 f"destination {name!r} was removed from the configuration; requeue to another"
@@ -62,14 +71,29 @@ class RemovedDestinations:
             )
         return draining
 
-    def _known(self) -> set[str]:
-        try:
+    async def _known(self) -> set[str]:
+        raw = await self._registers.read(_KNOWN)
+        if raw is not None:
+            return set(json.loads(raw)["destinations"])
+        try:  # the first start after an upgrade: what this host's file says
             return set(json.loads(self._path.read_text())["destinations"])
         except FileNotFoundError:
             return set()
 
-    def _save(self, names: set[str]) -> None:
-        write_atomic(self._path, json.dumps({"destinations": sorted(names)}))
+    async def _save(self, names: set[str]) -> None:
+        """Run by the caller in the background (module doc of app.py: a broker alarm must
+        not hold up the start); retried until RabbitMQ confirms."""
+        pause = 1.0
+        while True:
+            try:
+                await self._registers.write(
+                    _KNOWN, json.dumps({"destinations": sorted(names)}).encode()
+                )
+                return
+            except BROKER_ERRORS as exc:
+                log.warning("cannot record the configured destinations yet (%r)", exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 60.0)
 
     async def _queue_exists(self, connection: AbstractRobustConnection, name: str) -> bool:
         # A passive declare of a missing queue closes its channel: use a throw-away one.

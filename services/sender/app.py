@@ -18,6 +18,7 @@ from sendqueue.services.sender.commitment import Commitments, share_reports
 from sendqueue.services.sender.consumer import DestinationConsumer
 from sendqueue.services.sender.destinations import create_destination
 from sendqueue.services.sender.fetch import InstanceFetcher
+from sendqueue.services.sender.fleet import warn_about_fleet
 from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.services.sender.status import StatusReporter
 from sendqueue.services.sender.windows import Clock, WindowKeeper, utc_now
@@ -87,6 +88,7 @@ async def _serve(
     parts.callback(shutil.rmtree, spool, ignore_errors=True)
     metrics.watch_spool(spool)
     publisher = await prepare_bus(publish_conn, config)
+    await warn_about_fleet(consume_conn, names, config.destinations)
     control = await read_control_state(consume_conn, names)
     commitments = await _commitments(parts, config, consume_conn, publisher, names)
     windows = {d.name: w for d in config.destinations if (w := d.window()) is not None}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.integration.harness import dicom_destination, wait_for, wait_received
 from tests.support.dicom_factory import make_study, sop_instance_uid
@@ -102,20 +102,36 @@ async def test_two_sender_processes_share_a_destination_queue(make_pipeline, ort
     assert (await pipeline.parked())["total"] == 0
 
 
-async def test_a_second_ingest_or_retry_on_the_same_state_dir_refuses_to_start(make_pipeline, scp):
+async def test_a_second_ingest_or_retry_on_one_config_waits_as_a_standby(make_pipeline, scp):
+    # Given ingest and retry running
     pipeline = make_pipeline(destinations=[dicom_destination("pacs", scp.port, scp.aet)])
     await pipeline.start("ingest", "retry")
-    config = str(pipeline.config_path)
     for service in ("ingest", "retry"):
-        result = await asyncio.to_thread(
-            sendqueue, service, "--config", config, "--listen", f"127.0.0.1:{free_port()}"
+        # When a second process of each starts on the same config and state_dir
+        listen = f"127.0.0.1:{free_port()}"
+        pipeline.spawn(service, "--listen", listen, key=listen)
+        # Then it waits as a standby (tests/ha/ has the take-overs), disturbing nothing
+        active = await wait_for(
+            lambda listen=listen, service=service: _metric_or_none(
+                pipeline, listen, f"sendqueue_{service}_active"
+            ),
+            lambda value: value is not None,
+            timeout=60,
         )
-        assert result.returncode == 2, result.stderr
-        assert f"is in use by another {service} process (pid {os.getpid()})" in result.stderr
-    # the running services were not disturbed, and a restart takes the lock again
+        assert active == 0
+        assert pipeline.terminate(listen) == 0
     pipeline.check_running()
-    await pipeline.stop()
-    await pipeline.start("ingest", "retry")
+    assert await pipeline.metric_sum("ingest", "sendqueue_ingest_active") == 1
+    assert await pipeline.metric_sum("retry", "sendqueue_retry_active") == 1
+
+
+async def _metric_or_none(pipeline: Any, listen: str, name: str) -> float | None:
+    try:
+        samples = await pipeline.metrics(listen)
+    except OSError:
+        return None  # not listening yet
+    values = [value for (sample, _), value in samples.items() if sample == name]
+    return values[0] if values else None
 
 
 async def test_a_work_exchange_declared_differently_stops_the_service_with_a_clear_error(

@@ -69,10 +69,15 @@ class Parking:
         destination: str,
         reason: str,
         reason_class: str,
+        item_id: str | None = None,
     ) -> ParkedItem:
-        """Publish to the parking queue (confirmed), then index it. Raises NotConfirmed."""
+        """Publish to the parking queue (confirmed), then index it. Raises NotConfirmed.
+
+        `item_id` derived from what is parked makes parking it twice (a redelivery after a
+        crash between the publish and the ack) leave two copies of one item, of which the
+        next pass over the queue keeps one."""
         now = time.time()
-        item_id = uuid.uuid4().hex
+        item_id = item_id or uuid.uuid4().hex
         if job is not None:
             job = msgspec.structs.replace(
                 job, parked_at=now, last_error=reason, reason_class=reason_class

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sendqueue.services.ingest.cursor import CursorFile
+from sendqueue.services.ingest.cursor import Cursor, CursorFiles
 from sendqueue.services.ingest.feed import ChangesFeed
 from sendqueue.services.ingest.ledger import QueuedLedger, Resends
 from sendqueue.services.ingest.metrics import IngestMetrics
@@ -41,13 +41,13 @@ class Ingest:
     orthanc: FakeOrthanc
     publisher: FakePublisher
     registry: CollectorRegistry
-    cursor_file: CursorFile
+    cursor_file: CursorFiles
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
     @property
     def cursor(self) -> int | None:
-        return self.cursor_file.load()
+        return self.cursor_file.read("changes")
 
     async def run_until(self, condition: Callable[[], bool]) -> None:
         if self.task is None:
@@ -98,9 +98,9 @@ async def make_ingest(tmp_path: Path) -> AsyncIterator[MakeIngest]:
             start_from=start_from,  # type: ignore[arg-type]
             batch_size=batch_size,
         )
-        cursor_file = CursorFile(config.state_dir)
+        cursor_file = CursorFiles(config.state_dir)
         if saved_cursor is not None:
-            cursor_file.save(saved_cursor)
+            cursor_file.write("changes", saved_cursor)
         publisher = FakePublisher()
         registry = CollectorRegistry()
         ledger = QueuedLedger(
@@ -118,6 +118,7 @@ async def make_ingest(tmp_path: Path) -> AsyncIterator[MakeIngest]:
             publisher=publisher,  # type: ignore[arg-type]
             names=NAMES,
             metrics=metrics,
+            cursor=Cursor(cursor_file, "changes"),
             resends=Resends(
                 ledger,
                 Resolver(orthanc),  # type: ignore[arg-type]
@@ -452,15 +453,15 @@ async def test_a_state_dir_that_cannot_take_the_cursor_is_retried_not_fatal(make
 
     ingest = await make_ingest(_orthanc("o1", "o2"), start_from="beginning")
     failures = {"left": 3}
-    real_save = ingest.cursor_file.save
+    real_write = ingest.cursor_file.write
 
-    def save(seq: int) -> None:
+    def write(name: str, seq: int) -> None:
         if failures["left"]:
             failures["left"] -= 1
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(seq)
+        real_write(name, seq)
 
-    ingest.feed._cursor_file.save = save
+    ingest.cursor_file.write = write
 
     # When the feed runs, then it says so and keeps going, and saves once there is room
     await ingest.run_until(lambda: ingest.errors("state") >= 1)
@@ -488,3 +489,29 @@ async def test_a_throttled_file_is_waited_for_and_never_parked(make_ingest):
     del orthanc.errors["/instances/busy/simplified-tags"]
     await ingest.run_until(lambda: ingest.cursor == 1)
     assert ingest.queued() == [("busy", "thin")]
+
+
+async def test_orthanc_failing_after_a_page_is_queued_does_not_queue_that_page_again(
+    make_ingest,
+):
+    # Given pages of two, and an Orthanc that goes away once, just after the first page,
+    # when ingest asks for its newest change (to measure the lag)
+    orthanc = _orthanc("o1", "o2", "o3", "o4", "o5")
+    real_get_json = orthanc.get_json
+    failures = [SourceUnavailable("Orthanc unreachable on GET /changes: ConnectionResetError")]
+
+    async def get_json(path: str, params: dict[str, str] | None = None) -> Any:
+        if path == "/changes" and "last" in (params or {}) and failures:
+            raise failures.pop()
+        return await real_get_json(path, params)
+
+    orthanc.get_json = get_json
+    ingest = await make_ingest(orthanc, start_from="beginning", batch_size=2)
+
+    # When the feed runs to the end
+    await ingest.run_until(lambda: ingest.cursor == 5)
+
+    # Then the first page, queued and its cursor saved before Orthanc went away, was not
+    # queued a second time
+    assert not failures
+    assert [orthanc_id for orthanc_id, _ in ingest.queued()] == ["o1", "o2", "o3", "o4", "o5"]

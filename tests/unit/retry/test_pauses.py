@@ -9,13 +9,25 @@ import pytest
 
 from sendqueue.services.retry import pauses as pauses_module
 from sendqueue.services.retry.pauses import PauseStore
-from sendqueue.shared.schemas import decode_control
+from sendqueue.shared.schemas import ControlState, decode_control
 from sendqueue.shared.topology import Names
 from tests.unit.fakes import FakePublisher, eventually
 
 pytestmark = pytest.mark.timeout(10)
 
 NAMES = Names("t")
+
+
+@pytest.fixture(autouse=True)
+def broker_state(monkeypatch) -> list[ControlState | None]:
+    """What the control state queue holds (nothing unless a test puts something)."""
+    held: list[ControlState | None] = [None]
+
+    async def latest(_connection: object, _names: Names) -> ControlState | None:
+        return held[0]
+
+    monkeypatch.setattr(pauses_module, "latest_control_state", latest)
+    return held
 
 
 def _store(tmp_path: Path, publisher: FakePublisher, paused: list[str]) -> PauseStore:
@@ -58,3 +70,16 @@ async def test_an_operator_change_supersedes_the_start_up_broadcast(tmp_path, mo
     await store.close()
     last = publisher.to(NAMES.control_exchange)[-1]
     assert decode_control(last.body).paused == ["pacs", "ris"]
+
+
+async def test_the_brokers_state_wins_over_this_hosts_file(tmp_path, broker_state):
+    # Given a file of an earlier term on this host, and a newer state in RabbitMQ (written
+    # by a retry process on another host)
+    broker_state[0] = ControlState(paused=["ris"])
+    publisher = FakePublisher()
+    store = _store(tmp_path, publisher, ["pacs"])
+    # When a take-over loads the pause state, then RabbitMQ's is the one
+    await store.load(connection=None)
+    assert store.paused == {"ris"}
+    await eventually(lambda: len(publisher.to(NAMES.control_exchange)) == 1)
+    await store.close()

@@ -92,6 +92,14 @@ def test_the_broker_url_from_the_environment_wins_over_the_file():
     assert parse_config(data, environ={}).amqp.url == "amqp://guest:guest@127.0.0.1:5672/"
 
 
+def test_the_broker_url_may_list_the_nodes_of_a_cluster():
+    nodes = "amqp://sq:pw@10.0.0.1:5672/site, amqp://sq:pw@10.0.0.2:5672/site"
+    data = {**MINIMAL, "amqp": {"url": nodes}}
+    assert parse_config(data, environ={}).amqp.url == nodes
+    with pytest.raises(ConfigError, match=r"comma-separated amqp://.*sq:\*\*\*\*\*\*@"):
+        parse_config({**MINIMAL, "amqp": {"url": "amqp://sq:pw@a/, http://sq:pw@b/"}}, environ={})
+
+
 def test_per_destination_overrides():
     data = {
         "retry": {"delays": ["1s"], "max_attempts": 3},

@@ -81,6 +81,11 @@
     } catch (err) {
       data = null;
     }
+    if (response.status === 503 && data && typeof data.active === "string" && data.active) {
+      // A standby retry process names the active one: the console moves there.
+      const active = new URL(data.active, window.location.href);
+      if (active.origin !== window.location.origin) window.location.assign(active.origin + "/");
+    }
     if (!response.ok) {
       const words = data && typeof data.error === "string" ? data.error : text.slice(0, 200);
       if (response.status === 401 && state.who) signedOut();  // the token was withdrawn
