@@ -47,6 +47,34 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def broker_cpu_s() -> float:
+    """CPU seconds RabbitMQ's Erlang VM has used so far (0.0 if it is not found). The
+    machine's broker is shared: other users' traffic counts in it too."""
+    total = 0.0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "beam.smp":
+                total += cpu_s(int(comm.parent.name))
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return total
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cores_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """How many cores were busy on average between two machine_jiffies(), by anyone."""
+    import os
+
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return busy / total * (os.cpu_count() or 1) if total else float("nan")
+
+
 def reset_peak(pid: int) -> bool:
     """Reset the process's VmHWM to its current RSS (Linux: clear_refs 5). False if refused."""
     try:

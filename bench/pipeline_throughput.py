@@ -56,9 +56,12 @@ from bench.common import (
     MB,
     ROOT,
     bench_vhost,
+    broker_cpu_s,
     check_alive,
+    cores_busy,
     cpu_s,
     failures_by_class,
+    machine_jiffies,
     median,
     status_mb,
     table,
@@ -185,9 +188,11 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
             await pipeline.wait_healthy("retry", *listens, timeout=60)
             rss_start = status_mb(senders[0].pid, "VmRSS")
             cpu = {"sender": sum(cpu_s(p.pid) for p in senders), "retry": cpu_s(retry.pid),
-                   "orthanc": cpu_s(setup.source.pid)}  # fmt: skip
+                   "orthanc": cpu_s(setup.source.pid), "rabbitmq": broker_cpu_s()}  # fmt: skip
+            machine = machine_jiffies()
             profilers = [_profile(setup, senders[0].pid, f"sender-{run}")]
             started = spawned if setup.backlog else time.monotonic()
+            spawned_wall = time.time()
             if not setup.backlog:
                 ingest = pipeline.spawn("ingest")
                 profilers.append(_profile(setup, ingest.pid, f"ingest-{run}", wait=0))
@@ -207,7 +212,9 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
                 "ingest": cpu_s(ingest.pid),  # its start-up (imports) included
                 "retry": cpu_s(retry.pid) - cpu["retry"],
                 "orthanc": cpu_s(setup.source.pid) - cpu["orthanc"],
+                "rabbitmq": broker_cpu_s() - cpu["rabbitmq"],
             }
+            busy = cores_busy(machine, machine_jiffies())
             for profiler in profilers:
                 if profiler is not None:
                     profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
@@ -223,9 +230,18 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
             failed_by_class = await failures_by_class(pipeline)
         finally:
             await pipeline.stop()
+    seconds = done - started
+    if setup.profile_dir is not None:  # the services' logs (a line per job) with the stacks
+        for log in run_dir.glob("*.log"):
+            shutil.copy(log, setup.profile_dir / f"{log.stem}-{run}.log")
+    # A running ingest: from the moment it reads the changes, its own start-up (imports,
+    # the broker's connection, ~1 s here) left out, as for an ingest that runs already.
+    warm = None if setup.backlog else seconds - (_ingest_ready(run_dir) - spawned_wall)
     return {
         "failed_by_class": failed_by_class,
-        "seconds": done - started,
+        "seconds": seconds,
+        "warm_seconds": warm,
+        "cores_busy": busy,
         "steady_per_s": (n - 1) / (done - first) if first and done > first else float("nan"),
         "first_s": (first or done) - started,
         "sender_rss_start_mb": rss_start,
@@ -233,6 +249,15 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
         "failed_attempts": failed,
         **{f"cpu_ms_per_inst_{k}": v * 1000 / n for k, v in used.items()},
     }
+
+
+def _ingest_ready(run_dir: Path) -> float:
+    """When ingest first read Orthanc's changes (its log line's time, to the ms)."""
+    for line in (run_dir / "ingest.log").read_text(errors="replace").splitlines():
+        if "following Orthanc changes after seq" in line:
+            stamp, _, millis = line[:23].partition(",")
+            return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+    raise RuntimeError(f"ingest never read Orthanc's changes (see {run_dir / 'ingest.log'})")
 
 
 async def _wait_backlog(pipeline: Any, n: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ class Resolver:
     def __init__(self, orthanc: OrthancClient) -> None:
         self._orthanc = orthanc
         self._parents: OrderedDict[str, dict[str, str]] = OrderedDict()
+        #: Series whose tags are being read, for the instances that ask meanwhile.
+        self._loading: dict[str, asyncio.Future[dict[str, str]]] = {}
 
     async def instance(self, orthanc_id: str) -> InstanceInfo:
         """Main tags of the instance and its series, study and patient (2-3 cached GETs)."""
@@ -93,6 +96,18 @@ class Resolver:
         if cached is not None:
             self._parents.move_to_end(series_id)
             return cached
+        # Instances of one series are resolved at once (ingest reads a page's changes
+        # concurrently): they share one read of the series and study, not one each.
+        loading = self._loading.get(series_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_series_tags(series_id))
+            self._loading[series_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(series_id, None))
+            # Retrieved here, as every waiter may be gone (cancelled) by the time it fails.
+            loading.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return await asyncio.shield(loading)
+
+    async def _load_series_tags(self, series_id: str) -> dict[str, str]:
         series = await self._orthanc.get_json(f"/series/{series_id}")
         study = await self._orthanc.get_json(f"/studies/{series['ParentStudy']}")
         tags = {
