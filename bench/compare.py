@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -165,7 +166,7 @@ def sendqueue_http(kind: str) -> Callable[[Bench, int], Awaitable[dict[str, Any]
 
     async def leg(bench: Bench, run: int) -> dict[str, Any]:
         from bench.common import bench_vhost, check_alive, failures_by_class, wait_until
-        from bench.pipeline_throughput import _sent_is
+        from bench.pipeline_throughput import _profile, _sent_is
         from tests.integration.harness import Pipeline
 
         await asyncio.to_thread(bench.peer.reset_database)
@@ -186,6 +187,7 @@ def sendqueue_http(kind: str) -> Callable[[Bench, int], Awaitable[dict[str, Any]
                 who = {"sender": sender.pid, "retry": retry.pid, "orthanc": bench.source.pid,
                        "peer orthanc": bench.peer.pid}  # fmt: skip
                 cpu = {name: cpu_s(pid) for name, pid in who.items()}
+                profiler = _profile(bench, sender.pid, f"sender-{kind}-{run}")
                 started = spawned if bench.backlog else time.monotonic()
                 if not bench.backlog:
                     ingest = pipeline.spawn("ingest")
@@ -197,6 +199,9 @@ def sendqueue_http(kind: str) -> Callable[[Bench, int], Awaitable[dict[str, Any]
                 done = await wait_until(all_sent, timeout=1800, interval=0.05, what="all sent")
                 used = {name: cpu_s(pid) - cpu[name] for name, pid in who.items()}
                 used["ingest"] = cpu_s(ingest.pid)  # its start-up (imports) included
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                    profiler.wait(60)
                 peak = status_mb(sender.pid, "VmHWM")
                 failed = await pipeline.metric_sum("sender", "sendqueue_jobs_failed_total")
                 print(json.dumps({"failed_by_class": await failures_by_class(pipeline)}))
@@ -277,6 +282,7 @@ async def one_size(
     concurrency: int,
     methods: list[str],
     backlog: bool = False,
+    profile: str = "",
 ) -> list[dict[str, Any]]:
     from tests.support.orthanc import OrthancProcess
     from tests.support.scp import StorescpProcess
@@ -293,6 +299,7 @@ async def one_size(
         source.put_modality("storescp", scp.aet, scp.port)
         bench = Bench(tmp, source, scp, tmp / "files", ids, uids, total, concurrency)
         bench.backlog = backlog
+        bench.profile_dir = Path(profile) if profile else None
         if {"peer-store", *HTTP_METHODS} & set(methods):
             bench.peer = stack.enter_context(_peer_orthanc())
             source.request(
@@ -398,7 +405,7 @@ async def compare(args: argparse.Namespace) -> int:
             continue
         count = quick_n if args.quick else (args.instances or n)
         rows += await one_size(
-            label, frames, count, args.runs, args.concurrency, methods, args.backlog
+            label, frames, count, args.runs, args.concurrency, methods, args.backlog, args.profile
         )
     load_after = os.getloadavg()
     print()
@@ -431,6 +438,9 @@ def main() -> int:
         help="sendqueue legs: start the sender once every job is queued (its drain rate)",
     )
     parser.add_argument("--json", default="", help="write the results here (else stdout)")
+    parser.add_argument(
+        "--profile", default="", help="HTTP-kind legs: py-spy collapsed stacks of the sender here"
+    )
     args = parser.parse_args()
     if args.quick:
         args.runs = 1
