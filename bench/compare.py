@@ -162,7 +162,9 @@ def http_destination(bench: Bench, kind: str) -> dict[str, Any]:
 def sendqueue_http(kind: str) -> Callable[[Bench, int], Awaitable[dict[str, Any]]]:
     """The whole pipeline (ingest from the beginning, retry, sender) with one HTTP
     destination: the peer Orthanc of peer-store, emptied first; timed until the sender
-    counts every job sent (a job counts only on the peer's parsed answer)."""
+    counts every job sent (a job counts only on the peer's parsed answer). With --backlog
+    the sender is already running, its destination paused while ingest queues every job,
+    and the time starts at the resume: the warm sender's drain rate."""
 
     async def leg(bench: Bench, run: int) -> dict[str, Any]:
         from bench.common import bench_vhost, check_alive, failures_by_class, wait_until
@@ -178,25 +180,26 @@ def sendqueue_http(kind: str) -> Callable[[Bench, int], Awaitable[dict[str, Any]
                                 destinations=[http_destination(bench, kind)])  # fmt: skip
             try:
                 retry = pipeline.spawn("retry")
-                if bench.backlog:
-                    ingest = pipeline.spawn("ingest")
-                    await _wait_queued(pipeline, n)
-                spawned = time.monotonic()
                 sender = pipeline.spawn("sender")
                 await pipeline.wait_healthy("retry", "sender", timeout=60)
+                ingest = await _paused_backlog(pipeline, n) if bench.backlog else None
                 who = {"sender": sender.pid, "retry": retry.pid, "orthanc": bench.source.pid,
                        "peer orthanc": bench.peer.pid}  # fmt: skip
                 cpu = {name: cpu_s(pid) for name, pid in who.items()}
-                profiler = _profile(bench, sender.pid, f"sender-{kind}-{run}")
-                started = spawned if bench.backlog else time.monotonic()
-                if not bench.backlog:
+                profiler = _profile(bench, sender.pid, f"sender-{kind}-{run}", wait=0)
+                started = time.monotonic()
+                if bench.backlog:
+                    status, answer = await pipeline.admin("POST", "/api/destinations/peer/resume")
+                    if status != 200:
+                        raise RuntimeError(f"resume: HTTP {status} {answer}")
+                if ingest is None:
                     ingest = pipeline.spawn("ingest")
 
                 async def all_sent() -> bool:
                     check_alive(pipeline, "ingest", "retry", "sender")
                     return await _sent_is(pipeline, n)
 
-                done = await wait_until(all_sent, timeout=1800, interval=0.05, what="all sent")
+                done = await wait_until(all_sent, timeout=1800, interval=0.1, what="all sent")
                 used = {name: cpu_s(pid) - cpu[name] for name, pid in who.items()}
                 used["ingest"] = cpu_s(ingest.pid)  # its start-up (imports) included
                 if profiler is not None:
@@ -214,6 +217,23 @@ def sendqueue_http(kind: str) -> Callable[[Bench, int], Awaitable[dict[str, Any]
                 "failed_attempts": failed}  # fmt: skip
 
     return leg
+
+
+async def _paused_backlog(pipeline: Any, n: int) -> Any:
+    """Pause the running sender's destination, let ingest queue every job, check that
+    none went out meanwhile: the caller times the drain from the resume (a warm sender,
+    as Orthanc is warm for peer-store)."""
+    from bench.pipeline_throughput import _sent_is
+
+    status, answer = await pipeline.admin("POST", "/api/destinations/peer/pause")
+    if status != 200:
+        raise RuntimeError(f"pause: HTTP {status} {answer}")
+    await asyncio.sleep(1.0)  # the pause travels to the sender as a broadcast
+    ingest = pipeline.spawn("ingest")
+    await _wait_queued(pipeline, n)
+    if await _sent_is(pipeline, 1):
+        raise RuntimeError("the paused destination sent jobs: the backlog timing is void")
+    return ingest
 
 
 async def _wait_queued(pipeline: Any, n: int) -> None:
