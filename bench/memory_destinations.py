@@ -123,6 +123,10 @@ def _sink(port: int, cert: str, key: str) -> None:
     from aiohttp import web
 
     async def handle(request: web.Request) -> web.Response:
+        if request.method == "GET" and request.path.endswith("/instances"):
+            # The QIDO-RS check that follows an empty STOW 200: "it is there".
+            uid = request.query.get("SOPInstanceUID", "")
+            return web.json_response([{"00080018": {"vr": "UI", "Value": [uid]}}])
         received = 0
         async for chunk in request.content.iter_chunked(1024 * 1024):
             received += len(chunk)
