@@ -48,9 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import MB, ROOT, cpu_s, median, reset_peak, status_mb, table, upload_file
 from bench.pipeline_throughput import Setup, by_sendqueue
 
-METHODS = ["native", "storescu", "sendqueue-fast", "sendqueue-pynetdicom", "peer-store"]
-#: The HTTP kinds, compared with peer-store (not in the default set: --methods names them).
+#: The HTTP kinds, compared with peer-store.
 HTTP_METHODS = ["sendqueue-orthanc", "sendqueue-dicomweb"]
+METHODS = ["native", "storescu", "sendqueue-fast", "sendqueue-pynetdicom", "peer-store",
+           *HTTP_METHODS]  # fmt: skip
 #: name -> (frames of 512x512 16-bit, instances, instances in --quick)
 SIZES = {"0.5 MB": (1, 400, 12), "5 MB": (10, 60, 3)}
 _MULTI_FRAME = "1.2.840.10008.5.1.4.1.1.7.3"
@@ -414,7 +415,7 @@ def _ratios(ratios: list[float]) -> str:
 
 async def compare(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = set(methods) - set(METHODS) - set(HTTP_METHODS)
+    unknown = set(methods) - set(METHODS)
     if unknown:
         raise SystemExit(f"unknown method(s): {', '.join(sorted(unknown))}")
     load_before = os.getloadavg()

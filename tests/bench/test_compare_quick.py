@@ -34,7 +34,8 @@ def test_the_quick_comparison_runs_every_leg_for_every_size(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     legs = {(r["size"], r["method"]) for r in rows}
-    methods = ["native", "storescu", "sendqueue-fast", "sendqueue-pynetdicom", "peer-store"]
+    methods = ["native", "storescu", "sendqueue-fast", "sendqueue-pynetdicom", "peer-store",
+               "sendqueue-orthanc", "sendqueue-dicomweb"]  # fmt: skip
     assert legs == {(size, m) for size in ("0.5 MB", "5 MB") for m in methods}
     for row in rows:
         assert row["inst_per_s"] > 0 and row["peak_rss_mb"] > 0, row
