@@ -12,6 +12,8 @@ each run sends them to the same receivers, one way after the other:
     sendqueue-fast        the three sendqueue services, data_path = "fast" (the default)
     sendqueue-pynetdicom  the same with data_path = "pynetdicom"
     peer-store            Orthanc's own peer store: POST /peers/{id}/store to a second Orthanc
+    sendqueue-orthanc     the three sendqueue services, kind = "orthanc", to that second Orthanc
+    sendqueue-dicomweb    the same, kind = "dicomweb" (STOW-RS to its DICOMweb plugin, batching)
 
 The DICOM receiver is DCMTK storescp (--fork, TCP_NODELAY=1, as Orthanc); the sendqueue
 legs are bench/pipeline_throughput.py's (ingest starts at the beginning of the change log;
@@ -30,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,7 +59,10 @@ from bench.common import (
 )
 from bench.pipeline_throughput import Setup, by_sendqueue
 
-METHODS = ["native", "storescu", "sendqueue-fast", "sendqueue-pynetdicom", "peer-store"]
+#: The HTTP kinds, compared with peer-store.
+HTTP_METHODS = ["sendqueue-orthanc", "sendqueue-dicomweb"]
+METHODS = ["native", "storescu", "sendqueue-fast", "sendqueue-pynetdicom", "peer-store",
+           *HTTP_METHODS]  # fmt: skip
 #: name -> (frames of 512x512 16-bit, instances, instances in --quick)
 SIZES = {"0.5 MB": (1, 400, 12), "5 MB": (10, 60, 3)}
 _MULTI_FRAME = "1.2.840.10008.5.1.4.1.1.7.3"
@@ -153,12 +159,128 @@ async def peer_store(bench: Bench, _run: int) -> dict[str, Any]:
     }
 
 
+# -- the HTTP kinds: sendqueue to the peer-store Orthanc ------------------------------------
+
+#: STOW-RS batching of the dicomweb leg: up to `concurrency` instances in flight can batch.
+DICOMWEB_BATCH = 16
+
+
+def http_destination(bench: Bench, kind: str) -> dict[str, Any]:
+    peer = bench.peer
+    base = {"name": "peer", "username": peer.username, "password": peer.password,
+            "concurrency": bench.concurrency}  # fmt: skip
+    if kind == "orthanc":
+        return {"kind": "orthanc", "url": peer.url, **base}
+    return {"kind": "dicomweb", "url": peer.url + "/dicom-web", "batch_max_instances":
+            DICOMWEB_BATCH, **base}  # fmt: skip
+
+
+def sendqueue_http(kind: str) -> Callable[[Bench, int], Awaitable[dict[str, Any]]]:
+    """The whole pipeline (ingest from the beginning, retry, sender) with one HTTP
+    destination: the peer Orthanc of peer-store, emptied first; timed until the sender
+    counts every job sent (a job counts only on the peer's parsed answer). With --backlog
+    the sender is already running, its destination paused while ingest queues every job,
+    and the time starts at the resume: the warm sender's drain rate."""
+
+    async def leg(bench: Bench, run: int) -> dict[str, Any]:
+        from bench.common import bench_vhost, check_alive, failures_by_class, wait_until
+        from bench.pipeline_throughput import _profile, _sent_is
+        from tests.integration.harness import Pipeline
+
+        await asyncio.to_thread(bench.peer.reset_database)
+        n = len(bench.ids)
+        run_dir = bench.tmp / f"sendqueue-{kind}-{run}"
+        run_dir.mkdir()
+        with bench_vhost() as vhost:
+            pipeline = Pipeline(amqp_url=vhost.amqp_url, orthanc=bench.source, tmp=run_dir,
+                                destinations=[http_destination(bench, kind)])  # fmt: skip
+            try:
+                retry = pipeline.spawn("retry")
+                sender = pipeline.spawn("sender")
+                await pipeline.wait_healthy("retry", "sender", timeout=60)
+                ingest = await _paused_backlog(pipeline, n) if bench.backlog else None
+                who = {"sender": sender.pid, "retry": retry.pid, "orthanc": bench.source.pid,
+                       "peer orthanc": bench.peer.pid}  # fmt: skip
+                cpu = {name: cpu_s(pid) for name, pid in who.items()}
+                profiler = _profile(bench, sender.pid, f"sender-{kind}-{run}", wait=0)
+                started = time.monotonic()
+                if bench.backlog:
+                    status, answer = await pipeline.admin("POST", "/api/destinations/peer/resume")
+                    if status != 200:
+                        raise RuntimeError(f"resume: HTTP {status} {answer}")
+                if ingest is None:
+                    ingest = pipeline.spawn("ingest")
+
+                async def all_sent() -> bool:
+                    check_alive(pipeline, "ingest", "retry", "sender")
+                    return await _sent_is(pipeline, n)
+
+                done = await wait_until(all_sent, timeout=1800, interval=0.1, what="all sent")
+                used = {name: cpu_s(pid) - cpu[name] for name, pid in who.items()}
+                used["ingest"] = cpu_s(ingest.pid)  # its start-up (imports) included
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                    profiler.wait(60)
+                peak = status_mb(sender.pid, "VmHWM")
+                failed = await pipeline.metric_sum("sender", "sendqueue_jobs_failed_total")
+                print(json.dumps({"failed_by_class": await failures_by_class(pipeline)}))
+            finally:
+                await pipeline.stop()
+        got = len(bench.peer.instances())
+        if got != n:
+            raise RuntimeError(f"sendqueue-{kind}: the peer holds {got} of {n} instances")
+        return {"seconds": done - started, "cpu_s": used, "peak_mb": peak,
+                "failed_attempts": failed}  # fmt: skip
+
+    return leg
+
+
+async def _paused_backlog(pipeline: Any, n: int) -> Any:
+    """Pause the running sender's destination, let ingest queue every job, check that
+    none went out meanwhile: the caller times the drain from the resume (a warm sender,
+    as Orthanc is warm for peer-store)."""
+    from bench.pipeline_throughput import _sent_is
+
+    status, answer = await pipeline.admin("POST", "/api/destinations/peer/pause")
+    if status != 200:
+        raise RuntimeError(f"pause: HTTP {status} {answer}")
+    await asyncio.sleep(1.0)  # the pause travels to the sender as a broadcast
+    ingest = pipeline.spawn("ingest")
+    await _wait_queued(pipeline, n)
+    if await _sent_is(pipeline, 1):
+        raise RuntimeError("the paused destination sent jobs: the backlog timing is void")
+    return ingest
+
+
+async def _wait_queued(pipeline: Any, n: int) -> None:
+    from bench.common import check_alive, wait_until
+    from tests.integration.harness import queue_ready
+
+    async def full() -> bool:
+        check_alive(pipeline, "ingest", "retry")
+        try:
+            return await queue_ready(pipeline, "work.peer") >= n
+        except Exception:  # not declared yet
+            return False
+
+    await wait_until(full, timeout=600, interval=0.5, what="every job queued")
+
+
+def ratios_to_peer_store(measured: dict[str, list[dict[str, Any]]], method: str) -> list[float]:
+    """An HTTP kind's rate over peer-store's, run by run (empty without peer-store)."""
+    base = measured.get("peer-store") or []
+    runs = measured.get(method, [])
+    return [r["per_s"] / b["per_s"] for r, b in zip(runs, base, strict=False)]
+
+
 LEGS: dict[str, Callable[[Bench, int], Awaitable[dict[str, Any]]]] = {
     "native": native,
     "storescu": storescu,
     "sendqueue-fast": sendqueue("fast"),
     "sendqueue-pynetdicom": sendqueue("pynetdicom"),
     "peer-store": peer_store,
+    "sendqueue-orthanc": sendqueue_http("orthanc"),
+    "sendqueue-dicomweb": sendqueue_http("dicomweb"),
 }
 #: Legs that C-STORE to storescp: its received set is checked after each.
 _TO_STORESCP = {"native", "storescu", "sendqueue-fast", "sendqueue-pynetdicom"}
@@ -196,6 +318,7 @@ async def one_size(
     concurrency: int,
     methods: list[str],
     backlog: bool = False,
+    profile: str = "",
 ) -> list[dict[str, Any]]:
     from tests.support.orthanc import OrthancProcess
     from tests.support.scp import StorescpProcess
@@ -212,8 +335,9 @@ async def one_size(
         source.put_modality("storescp", scp.aet, scp.port)
         bench = Bench(tmp, source, scp, tmp / "files", ids, uids, total, concurrency)
         bench.backlog = backlog
-        if "peer-store" in methods:
-            bench.peer = stack.enter_context(OrthancProcess(aet="PEER", start_timeout=60))
+        bench.profile_dir = Path(profile) if profile else None
+        if {"peer-store", *HTTP_METHODS} & set(methods):
+            bench.peer = stack.enter_context(_peer_orthanc())
             source.request(
                 "PUT",
                 "/peers/peer",
@@ -245,6 +369,14 @@ async def one_size(
         return _summary(label, n, total, measured)
 
 
+def _peer_orthanc() -> Any:
+    """The second Orthanc: the DICOMweb plugin too where installed (the STOW-RS target)."""
+    from tests.support.orthanc import OrthancProcess, dicomweb_plugin_path
+
+    plugin = dicomweb_plugin_path()
+    return OrthancProcess(aet="PEER", start_timeout=60, plugins=[plugin] if plugin else [])
+
+
 def _summary(
     label: str, n: int, total: int, measured: dict[str, list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
@@ -271,14 +403,15 @@ def _summary(
                 # The whole machine's (other users' work included), while it ran.
                 "cores_busy": median([r.get("cores_busy", float("nan")) for r in runs]),
                 "failed_attempts": sum(r.get("failed_attempts", 0) for r in runs),
+                "ratios_to_peer_store": ratios_to_peer_store(measured, method),
             }
         )
     return rows
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    headers = ["size", "method", "inst/s", "MB/s", "x native", "CPU ms/inst", "peak RSS MB",
-               "cores busy"]  # fmt: skip
+    headers = ["size", "method", "inst/s", "MB/s", "x native", "x peer-store", "CPU ms/inst",
+               "peak RSS MB", "cores busy"]  # fmt: skip
     body = [
         [
             r["size"],
@@ -286,6 +419,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             r["inst_per_s"],
             r["mb_per_s"],
             "-" if r["ratio_to_native"] is None else f"{r['ratio_to_native']:.2f}",
+            _ratios(r.get("ratios_to_peer_store", [])),
             ", ".join(f"{p} {ms:.2f}" for p, ms in r["cpu_ms_per_instance"].items()),
             r["peak_rss_mb"],
             r["cores_busy"],
@@ -293,6 +427,13 @@ def render(rows: list[dict[str, Any]]) -> str:
         for r in rows
     ]
     return table(headers, body)
+
+
+def _ratios(ratios: list[float]) -> str:
+    """The median and each run's ratio, as the README tables show them."""
+    if not ratios:
+        return "-"
+    return f"{median(ratios):.2f} ({', '.join(f'{x:.2f}' for x in ratios)})"
 
 
 async def compare(args: argparse.Namespace) -> int:
@@ -308,7 +449,7 @@ async def compare(args: argparse.Namespace) -> int:
             continue
         count = quick_n if args.quick else (args.instances or n)
         rows += await one_size(
-            label, frames, count, args.runs, args.concurrency, methods, args.backlog
+            label, frames, count, args.runs, args.concurrency, methods, args.backlog, args.profile
         )
     load_after = os.getloadavg()
     print()
@@ -341,6 +482,9 @@ def main() -> int:
         help="sendqueue legs: start the sender once every job is queued (its drain rate)",
     )
     parser.add_argument("--json", default="", help="write the results here (else stdout)")
+    parser.add_argument(
+        "--profile", default="", help="HTTP-kind legs: py-spy collapsed stacks of the sender here"
+    )
     args = parser.parse_args()
     if args.quick:
         args.runs = 1

@@ -220,8 +220,8 @@ class SenderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         int,
         doc(
             "instances up to this size (MiB) are downloaded into memory and sent from there"
-            " (kind dicom); larger ones go through `spool_dir`. Each unit of `concurrency`"
-            " holds at most one"
+            " (every kind; not a file Orthanc prepares, nor one for storage commitment);"
+            " larger ones go through `spool_dir`. Each unit of `concurrency` holds at most one"
         ),
     ] = 8
     probe_min: Annotated[

@@ -9,24 +9,35 @@ Each instance still gets its own outcome from the answer's per-instance lists.
 
 A 409 is permanent for every instance of the request (the issue's contract), whatever
 the per-instance FailureReason; 401/403 pause the destination (http.py).
+
+`deliver` is the hot path (http.py's module doc): downloaded, and its UIDs read, in the
+destination's own thread; a small instance goes into the request from memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
+from pydicom.tag import Tag
+
 from sendqueue.services.sender.destinations import stow
 from sendqueue.services.sender.destinations.http import (
     HttpPeer,
+    Part,
     StreamedBody,
+    body_part,
     raise_for_http,
     read_answer,
 )
 from sendqueue.services.sender.destinations.instance import read_meta, read_study_uid
+from sendqueue.services.sender.fetch import InstanceFetcher
 from sendqueue.shared.config import DicomWebDestinationConfig
 from sendqueue.shared.errors import PermanentError, SendQueueError, TransientError
 
@@ -37,7 +48,8 @@ _ACCEPT = {"Accept": "application/dicom+json"}
 class _Pending:
     """One instance waiting to be part of a STOW-RS request."""
 
-    path: Path
+    #: The instance: its bytes held in memory, or its spool file.
+    body: Part
     sop_uid: str
     study_uid: str
     size: int
@@ -51,6 +63,32 @@ def _read(path: Path, with_study: bool) -> tuple[str, str, int]:
     meta = read_meta(path)
     study = read_study_uid(path) if with_study else ""
     return meta.sop_instance_uid, study, path.stat().st_size
+
+
+_STUDY_INSTANCE_UID = Tag(0x0020, 0x000D)
+
+
+def _read_bytes(data: bytes, with_study: bool) -> tuple[str, str, int]:
+    """_read for an instance held in memory: the same UIDs, PermanentError if not Part-10."""
+    try:
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=[_STUDY_INSTANCE_UID])
+        sop_uid = str(ds.file_meta.MediaStorageSOPInstanceUID)
+    except Exception as exc:
+        raise PermanentError(
+            f"the instance file is not valid DICOM Part-10: {exc}", reason_class="invalid-dicom"
+        ) from None
+    return sop_uid, str(ds.get("StudyInstanceUID", "")) if with_study else "", len(data)
+
+
+def _fetch_and_read(
+    fetcher: InstanceFetcher, orthanc_id: str, spool: Path, with_study: bool
+) -> tuple[Part, tuple[str, str, int]]:
+    """Download, then read the UIDs: both in one of the destination's threads."""
+    fetched = fetcher.fetch(orthanc_id, spool)
+    body = body_part(fetched, spool)
+    if isinstance(body, bytes):
+        return body, _read_bytes(body, with_study)
+    return body, _read(body, with_study)
 
 
 class DicomWebDestination:
@@ -67,7 +105,21 @@ class DicomWebDestination:
 
     async def send(self, path: Path) -> str:
         sop_uid, study_uid, size = await asyncio.to_thread(_read, path, self._batching)
-        item = _Pending(path, sop_uid, study_uid, size)  # its futures need this loop
+        return await self._send(_Pending(path, sop_uid, study_uid, size))
+
+    async def deliver(
+        self, fetcher: InstanceFetcher, orthanc_id: str, spool: Path
+    ) -> tuple[int, str, float]:
+        """Download (own thread) and STOW: (bytes, the peer's answer, seconds sending).
+        A large instance goes through `spool`, which the caller removes."""
+        work = _fetch_and_read, fetcher, orthanc_id, spool, self._batching
+        body, (sop_uid, study_uid, size) = await self._peer.in_thread(*work)
+        started = time.monotonic()
+        detail = await self._send(_Pending(body, sop_uid, study_uid, size))
+        return size, detail, time.monotonic() - started
+
+    async def _send(self, item: _Pending) -> str:
+        # item is made on the event loop: its futures need this loop.
         if not self._batching:
             return _unwrap((await self._stow([item]))[item.sop_uid])
         return await self._send_batched(item)
@@ -86,10 +138,10 @@ class DicomWebDestination:
         """POST the batch; per-instance results, or raises what fails the whole request."""
         boundary = stow.new_boundary()
         what = f"STOW-RS {self._peer.base}/studies"
-        paths = [item.path for item in batch]
+        instances = [item.body for item in batch]
 
         def body() -> StreamedBody:
-            parts = stow.body_parts(paths, boundary)
+            parts = stow.body_parts(instances, boundary)
             return StreamedBody(parts, stow.content_type(boundary), self.config.http_timeout)
 
         self.requests_sent += 1

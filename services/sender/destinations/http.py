@@ -1,5 +1,13 @@
-"""What the HTTP kinds share: a session per destination, bodies streamed from the spool
-file, and what an HTTP answer means for the job.
+"""What the HTTP kinds share: a session per destination, the download from Orthanc in the
+destination's own threads, bodies sent from memory or streamed from the spool file, and
+what an HTTP answer means for the job.
+
+The hot path (`HttpPeer.fetch`): each of the destination's `concurrency` threads downloads
+with its own kept-alive connection to Orthanc (sender/fetch.py), off the event loop; an
+instance up to [sender] in_memory_mb stays in memory and is posted from there (no spool
+write and read back); a bigger one streams into the spool file and is posted from it, so
+memory stays flat for any size. The upload stays on the event loop (aiohttp): every rule
+below holds the same for both.
 
     2xx                       -> the kind looks at the body (read with a size cap and a deadline)
     3xx                       -> DestinationUnavailable "redirected": never followed (a POST
@@ -19,14 +27,16 @@ import base64
 import email.utils
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
 from sendqueue.services.sender.destinations.tls import client_context
+from sendqueue.services.sender.fetch import Fetched, InstanceFetcher
 from sendqueue.shared.config import HttpDestinationConfig
 from sendqueue.shared.errors import DestinationUnavailable, PermanentError, TransientError
 
@@ -39,6 +49,7 @@ _BODY_EXCERPT = 300
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 Part = bytes | Path
+T = TypeVar("T")
 
 
 class StreamedBody(aiohttp.payload.Payload):
@@ -70,7 +81,10 @@ class StreamedBody(aiohttp.payload.Payload):
         try:
             for part in self._parts:
                 if isinstance(part, bytes):
-                    await self._put(writer, part)
+                    # In pieces, like a file: the peer's pace paces us, piece by piece.
+                    view = memoryview(part)
+                    for start in range(0, len(view), CHUNK):
+                        await self._put(writer, view[start : start + CHUNK])
                     continue
                 while chunk := await asyncio.to_thread(part.read, CHUNK):
                     await self._put(writer, chunk)
@@ -82,7 +96,7 @@ class StreamedBody(aiohttp.payload.Payload):
     ) -> None:
         await self.write(writer)
 
-    async def _put(self, writer: AbstractStreamWriter, data: bytes) -> None:
+    async def _put(self, writer: AbstractStreamWriter, data: bytes | memoryview) -> None:
         try:
             await asyncio.wait_for(writer.write(data), self._stall)
         except TimeoutError:
@@ -109,7 +123,25 @@ class HttpPeer:
         self._ssl = client_context(config.tls, config.name) if config.tls else True
         self._server_name = config.tls.server_name if config.tls else ""
         self._session: aiohttp.ClientSession | None = None
+        self._downloads: ThreadPoolExecutor | None = None
         self.in_flight = 0
+
+    async def fetch(self, fetcher: InstanceFetcher, orthanc_id: str, spool: Path) -> Fetched:
+        """Download the instance in one of this destination's threads (module doc).
+
+        Raises what the fetcher raises (source and spool faults), for the consumer."""
+        return await self.in_thread(fetcher.fetch, orthanc_id, spool)
+
+    async def in_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """Run work in one of the destination's threads: one per unit of concurrency, each
+        keeping its own connection to Orthanc."""
+        if self._downloads is None:
+            self._downloads = ThreadPoolExecutor(
+                max_workers=self.config.concurrency,
+                thread_name_prefix=f"sq-http-{self.config.name}",
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._downloads, work, *args)
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Made on first use: a ClientSession belongs to the running event loop.
@@ -201,6 +233,14 @@ class HttpPeer:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self._downloads is not None:
+            self._downloads.shutdown(wait=False, cancel_futures=True)
+            self._downloads = None
+
+
+def body_part(fetched: Fetched, spool: Path) -> Part:
+    """What to post: the bytes in memory, or the spool file they were streamed into."""
+    return bytes(fetched.data) if fetched.data is not None else spool
 
 
 def _close(body: StreamedBody | None) -> None:

@@ -17,7 +17,6 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sendqueue.services.sender.destinations.dimse_status import Outcome, classify
@@ -44,12 +43,13 @@ def content_type(boundary: str) -> str:
     return f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-def body_parts(paths: Sequence[Path], boundary: str) -> list[Part]:
-    """The multipart body as bytes and files, for http.StreamedBody (files are streamed)."""
+def body_parts(instances: Sequence[Part], boundary: str) -> list[Part]:
+    """The multipart body as bytes and files, for http.StreamedBody (files are streamed);
+    each instance is its bytes (held in memory) or its spool file."""
     head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
     parts: list[Part] = []
-    for path in paths:
-        parts += [head, path, b"\r\n"]
+    for instance in instances:
+        parts += [head, instance, b"\r\n"]
     parts.append(f"--{boundary}--\r\n".encode())
     return parts
 
