@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from sendqueue.shared.amqp import BROKER_ERRORS, connect_once
@@ -55,8 +56,25 @@ async def seed_token(channel: aio_pika.abc.AbstractChannel, prefix: str, service
     queue_name = f"{prefix}.{service}.lease"
     queue = await declare_state_queue(channel, prefix, queue_name, LEASE_ARGUMENTS)
     declared = queue.declaration_result
-    if not declared.message_count and not declared.consumer_count:
-        await put_state(channel, prefix, queue_name, b"lease")
+    if declared.message_count or declared.consumer_count:
+        return
+    for attempt in range(1, _SEED_TRIES + 1):
+        try:
+            await put_state(channel, prefix, queue_name, b"lease")
+            return
+        except aiormq.exceptions.DeliveryError:
+            # A quorum queue declared a moment ago may nack while it elects its leader
+            # (seen on a loaded machine): try again shortly, then give up loudly.
+            if attempt == _SEED_TRIES:
+                raise
+            log.warning(
+                "RabbitMQ refused the %s token (attempt %d); trying again", service, attempt
+            )
+            await asyncio.sleep(_SEED_PAUSE * attempt)
+
+
+#: Tries, and the pause between them (times the try's number), of seeding a lease token.
+_SEED_TRIES, _SEED_PAUSE = 5, 0.5
 
 
 #: Wait before a standby whose broker connection failed tries again.
