@@ -17,13 +17,13 @@ again: duplicates, never loss).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from sendqueue.shared.resolver import Resolver
 from sendqueue.shared.schemas import SendJob
+from sendqueue.shared.sqlite_file import open_db
 
 SkipHook = Callable[[SendJob], None]
 
@@ -40,16 +40,16 @@ class QueuedLedger:
         max_entries: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
         # The cursor is fsynced after the entries: they must be on disk before it.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS queued (destination TEXT, sop TEXT, content TEXT,"
-            " queued_at REAL, PRIMARY KEY (destination, sop))"
+        self._db = open_db(
+            path,
+            synchronous="FULL",
+            schema=(
+                "CREATE TABLE IF NOT EXISTS queued (destination TEXT, sop TEXT, content TEXT,"
+                " queued_at REAL, PRIMARY KEY (destination, sop))",
+                "CREATE INDEX IF NOT EXISTS by_age ON queued (queued_at)",
+            ),
         )
-        self._db.execute("CREATE INDEX IF NOT EXISTS by_age ON queued (queued_at)")
         self._max_age = max_age
         self._max_entries = max_entries
         self._clock = clock

@@ -23,11 +23,11 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from sendqueue.services.retry.admin.audit import AuditLog
 from sendqueue.services.retry.metrics import RetryMetrics
-from sendqueue.services.retry.sqlite import open_db
 from sendqueue.shared.errors import SendQueueError, SourceUnavailable
 from sendqueue.shared.orthanc import OrthancClient
 from sendqueue.shared.schemas import Delivered, decode_delivered
 from sendqueue.shared.settle import settle
+from sendqueue.shared.sqlite_file import open_db
 from sendqueue.shared.topology import Names
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,12 @@ class GatewayCleanup:
         metrics: RetryMetrics,
         pause: float = 1.0,
     ) -> None:
-        self._db = open_db(path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS delivered (orthanc_id TEXT, destination TEXT,"
-            " delivered_at REAL, PRIMARY KEY (orthanc_id, destination))"
+        self._db = open_db(
+            path,
+            schema=(
+                "CREATE TABLE IF NOT EXISTS delivered (orthanc_id TEXT, destination TEXT,"
+                " delivered_at REAL, PRIMARY KEY (orthanc_id, destination))",
+            ),
         )
         self._orthanc = orthanc
         self._audit = audit

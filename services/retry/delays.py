@@ -15,17 +15,20 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sendqueue.services.retry.sqlite import open_db
+from sendqueue.shared.sqlite_file import open_db
 
 
 class DelayLedger:
     def __init__(self, path: Path) -> None:
         # Advisory counts: losing the last commits in a power cut only undercounts.
-        self._db = open_db(path, synchronous="NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS leaving (leaves_at REAL, destination TEXT, tier TEXT)"
+        self._db = open_db(
+            path,
+            synchronous="NORMAL",
+            schema=(
+                "CREATE TABLE IF NOT EXISTS leaving (leaves_at REAL, destination TEXT, tier TEXT)",
+                "CREATE INDEX IF NOT EXISTS by_leaves_at ON leaving (leaves_at)",
+            ),
         )
-        self._db.execute("CREATE INDEX IF NOT EXISTS by_leaves_at ON leaving (leaves_at)")
         self._leaving: list[tuple[float, str, str]] = []  # (leaves at, destination, tier)
         self._waiting: Counter[tuple[str, str]] = Counter()
         self._db.execute("DELETE FROM leaving WHERE leaves_at <= ?", (time.time(),))

@@ -223,15 +223,36 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             for service in services:
+                last = "no answer"
                 while True:
                     self.check_running()
+                    self._check_spawned(service)
                     with contextlib.suppress(aiohttp.ClientError):
                         async with session.get(self.url(service, "/healthz")) as response:
                             if response.status == 200:
                                 break
+                            last = f"{response.status} {await response.text()}"
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"{service} not healthy after {timeout}s")
+                        raise TimeoutError(
+                            f"{service} not healthy after {timeout}s (last: {last})"
+                            + self._log_tail(service)
+                        )
                     await asyncio.sleep(0.1)
+
+    def _check_spawned(self, key: str) -> None:
+        """A spawned process that already ended never becomes healthy: say so at once."""
+        proc = self._procs.get(key)
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"{key} exited with {proc.returncode} before it was healthy" + self._log_tail(key)
+            )
+
+    def _log_tail(self, key: str, lines: int = 40) -> str:
+        path = self.tmp / f"{key}.log"
+        if key not in self._procs or not path.exists():
+            return ""
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        return f"\n--- {key} log (tail) ---\n" + "\n".join(tail)
 
     async def admin(
         self, method: str, path: str, body: Any = None, token: str | None = ADMIN_TOKEN

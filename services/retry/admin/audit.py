@@ -12,15 +12,17 @@ from aiohttp import web
 
 from sendqueue.services.retry.admin import input as inp
 from sendqueue.services.retry.admin.auth import Access
-from sendqueue.services.retry.sqlite import open_db
+from sendqueue.shared.sqlite_file import open_db
 
 
 class AuditLog:
     def __init__(self, path: Path) -> None:
-        self._db = open_db(path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "time REAL, who TEXT, action TEXT, details TEXT, count INTEGER)"
+        self._db = open_db(
+            path,
+            schema=(
+                "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "time REAL, who TEXT, action TEXT, details TEXT, count INTEGER)",
+            ),
         )
 
     def close(self) -> None:

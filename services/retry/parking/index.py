@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from sendqueue.services.retry.sqlite import open_db
+from sendqueue.shared.sqlite_file import open_db
 
 
 class ParkedItem(msgspec.Struct, frozen=True, kw_only=True):
