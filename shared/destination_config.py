@@ -94,8 +94,8 @@ class DestinationConfigBase(
     concurrency: Annotated[
         int,
         doc(
-            "parallel sends: associations, or HTTP requests in flight (1..64); also the"
-            " prefetch of its work queue"
+            "parallel sends: associations, or HTTP requests in flight (1..64); its work"
+            " queue's prefetch is twice this (a job waits ready for each send)"
         ),
     ] = 2
     max_attempts: Annotated[

@@ -68,6 +68,11 @@ _SPOOL_NAMES = itertools.count()
 CONSUMER_TIMEOUT_MS = 6 * 3600 * 1000
 #: A job in hand longer than this turns /healthz red: something hangs.
 STUCK_AFTER = 30 * 60.0
+#: Jobs taken per unit of concurrency: one being sent, one waiting for the next free
+#: association. With only as many as there are associations, each one idles after every
+#: send for the ack to reach RabbitMQ and the next job to come back (a round trip through
+#: the event loop and the broker, longer than a small instance's send on a loaded host).
+PREFETCH_PER_SEND = 2
 
 
 class DestinationConsumer:
@@ -114,6 +119,8 @@ class DestinationConsumer:
         self._stopping = False
         self._probe_task: asyncio.Task[None] | None = None
         self._in_flight = 0
+        #: Downloads and sends at once on the path without worker threads (start() sizes it).
+        self._sends = asyncio.Semaphore(destination.config.concurrency)
         #: When each job in hand was taken (by delivery tag).
         self._taken_at: dict[int, float] = {}
         self._idle = asyncio.Event()
@@ -154,7 +161,10 @@ class DestinationConsumer:
         return max(0.0, time.time() - self._head_since) if ready > 0 else 0.0
 
     async def start(self, channel: AbstractChannel, *, paused: bool = False) -> None:
-        await channel.set_qos(prefetch_count=self.destination.config.concurrency)
+        concurrency = self.destination.config.concurrency
+        # The sends themselves stay `concurrency` at once: the destination's worker threads
+        # (or self._sends) bound them; the jobs beyond wait their turn in this process.
+        await channel.set_qos(prefetch_count=concurrency * PREFETCH_PER_SEND)
         work = await declare_work_exchange(channel, self._names)
         self._queue = await declare_work_queue(channel, self._names, self.name, work)
         await self.set_paused(paused)
@@ -299,9 +309,10 @@ class DestinationConsumer:
         if deliver is not None and self._fetcher is not None and _stored_file_as_is(config):
             size, detail, took = await deliver(self._fetcher, job.orthanc_id, path)
             return int(size), str(detail), float(took)
-        size = await fetch_instance(self._orthanc, config, job.orthanc_id, path)
-        started = time.monotonic()
-        detail = await self.destination.send(path)
+        async with self._sends:  # no more downloads in the spool than sends at once
+            size = await fetch_instance(self._orthanc, config, job.orthanc_id, path)
+            started = time.monotonic()
+            detail = await self.destination.send(path)
         return size, detail, time.monotonic() - started
 
     async def _source_failed(self, job: SendJob, exc: SendQueueError) -> None:

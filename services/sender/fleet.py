@@ -1,7 +1,8 @@
 """Several sender processes: what their `concurrency` adds up to, said at start-up.
 
-`concurrency` is per process: each sender takes up to C jobs of a destination at once
-(the prefetch of its work queue) and opens up to C associations or HTTP connections, so
+`concurrency` is per process: each sender sends up to C jobs of a destination at once
+(and holds C more ready: its work queue's prefetch is 2C) over up to C associations or
+HTTP connections, so
 N senders open up to N * C. RabbitMQ cannot cap the unacknowledged messages of a quorum
 queue across consumers (a global prefetch is per channel, and quorum queues do not
 support it), so no broker setting enforces a cluster-wide cap: size `concurrency` as

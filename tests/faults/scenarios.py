@@ -18,12 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sendqueue.services.sender.consumer import PREFETCH_PER_SEND
 from tests.faults import broker_faults
 from tests.faults.spool_disk import filled
 from tests.faults.stage import Stage
 
 #: Settings every scenario's pipeline uses (bounds below are written in their terms).
-CONCURRENCY = 2  # associations to the peer = the work queue's prefetch
+CONCURRENCY = 2  # associations to the peer
+PREFETCH = CONCURRENCY * PREFETCH_PER_SEND  # jobs a sender holds unacked
 BATCH_SIZE = 20  # /changes per ingest page: what a restarted ingest may publish again
 RETRY_PREFETCH = 32  # failure reports the retry service holds unacked (retry/app.py)
 DIMSE_TIMEOUT = "10s"
@@ -223,10 +225,10 @@ SCENARIOS: dict[str, Scenario] = {
             "kill-sender",
             kill_repeatedly("sender"),
             window=16,
-            per_fault=lambda f: _count(f, "kill -9 sender") * CONCURRENCY,
+            per_fault=lambda f: _count(f, "kill -9 sender") * PREFETCH,
             why=(
                 "only unacked jobs come back, and the sender holds at most its prefetch"
-                f" ({CONCURRENCY}) of them; each may have been stored already"
+                f" ({PREFETCH}) of them; each may have been stored already"
             ),
         ),
         Scenario(
@@ -245,7 +247,7 @@ SCENARIOS: dict[str, Scenario] = {
             window=20,
             disturbs_broker=True,
             per_fault=lambda f: (
-                _count(f, "rabbitmq stop_app") * (BATCH_SIZE + CONCURRENCY + RETRY_PREFETCH)
+                _count(f, "rabbitmq stop_app") * (BATCH_SIZE + PREFETCH + RETRY_PREFETCH)
             ),
             why=(
                 "every connection drops: unacked jobs and failure reports come back, and"
@@ -258,7 +260,7 @@ SCENARIOS: dict[str, Scenario] = {
             window=26,
             disturbs_broker=True,
             per_fault=lambda f: (
-                _count(f, "memory alarm") * (BATCH_SIZE + CONCURRENCY + RETRY_PREFETCH)
+                _count(f, "memory alarm") * (BATCH_SIZE + PREFETCH + RETRY_PREFETCH)
             ),
             why=(
                 "publishers block: a publish that times out is published again once, by"
@@ -272,8 +274,8 @@ SCENARIOS: dict[str, Scenario] = {
             window=48,
             disturbs_broker=True,
             per_fault=lambda f: (
-                _count(f, "disk alarm") * (BATCH_SIZE + CONCURRENCY + RETRY_PREFETCH)
-                + _count(f, "kill -9 sender") * CONCURRENCY
+                _count(f, "disk alarm") * (BATCH_SIZE + PREFETCH + RETRY_PREFETCH)
+                + _count(f, "kill -9 sender") * PREFETCH
                 + _count(f, "kill -9 retry") * RETRY_PREFETCH
             ),
             why=(

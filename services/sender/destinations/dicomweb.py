@@ -4,7 +4,8 @@ Batching (batch_max_instances > 1) is a group commit per study: while a request 
 study is in flight, instances of that study that the consumer spools meanwhile wait; the
 next request takes as many of them as the caps allow (count, bytes; one instance bigger
 than batch_max_bytes goes alone). So batches form only from instances in flight at the
-same time: at most `concurrency` of them, and none is held back waiting for more.
+same time: at most the jobs the consumer holds (its prefetch, twice `concurrency`), and
+none is held back waiting for more.
 Each instance still gets its own outcome from the answer's per-instance lists.
 
 A 409 is permanent for every instance of the request (the issue's contract), whatever

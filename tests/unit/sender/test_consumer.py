@@ -495,22 +495,59 @@ async def test_a_destination_paused_by_an_operator_stays_paused_when_its_probe_a
     assert sender.queue.consumer is not None
 
 
-async def test_start_sets_the_prefetch_to_the_concurrency_and_a_paused_start_consumes_nothing(
+async def test_start_sets_the_prefetch_to_twice_the_concurrency_and_a_paused_start_consumes_nothing(
     tmp_path,
 ):
     # When a consumer starts paused (the control state says so)
     sender = await _start(tmp_path, paused=True)
 
-    # Then it takes no job, and its prefetch is the destination's concurrency
+    # Then it takes no job, and its prefetch is twice the destination's concurrency (a job
+    # waits ready for each association)
     try:
         assert sender.queue.consumer is None and sender.consumer.state == "paused"
-        assert sender.channel.prefetch_count == sender.destination.config.concurrency == 3
+        assert sender.destination.config.concurrency == 3
+        assert sender.channel.prefetch_count == 6
         assert sender.queue.bindings == [(WORK, "pacs")]
     finally:
         await sender.consumer.stop(grace=0)
 
 
 # -- shutdown -------------------------------------------------------------------------------
+
+
+async def test_jobs_beyond_the_concurrency_wait_their_turn_and_all_are_delivered(sender):
+    # Given the prefetch's worth of jobs in hand (twice the concurrency of 3) and sends
+    # that hang until let go
+    sender.destination.gate = asyncio.Event()
+    sending = 0
+    most = 0
+    original = sender.destination.send
+
+    async def counting_send(path: Path) -> str:
+        nonlocal sending, most
+        sending += 1
+        most = max(most, sending)
+        try:
+            return await original(path)
+        finally:
+            sending -= 1
+
+    sender.destination.send = counting_send  # type: ignore[method-assign]
+    for n in range(6):
+        sender.orthanc.store(f"o{n}", data=f"DICM-o{n}".encode())
+    messages = [sender.message(_job(id=f"job-{n}", orthanc_id=f"o{n}")) for n in range(6)]
+    deliveries = [asyncio.create_task(sender.queue.deliver(m)) for m in messages]
+    await eventually(lambda: sender.consumer.in_flight == 6)
+    await asyncio.sleep(0.05)
+
+    # Then only `concurrency` of them download and send at once
+    assert sending == 3
+    # And once the sends go through, every job is delivered and acked
+    sender.destination.gate.set()
+    await asyncio.gather(*deliveries)
+    assert most == 3
+    assert [m.outcomes for m in messages] == [["ack"]] * 6
+    assert sorted(sender.destination.received) == sorted(f"DICM-o{n}".encode() for n in range(6))
 
 
 async def test_stop_waits_for_the_send_in_flight_and_it_is_acked(sender):
