@@ -67,21 +67,38 @@ class OrthancClient:
 
     async def get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
         """GET a JSON resource; 404 -> InstanceNotFound, network/5xx -> SourceUnavailable."""
+        return await self._json("GET", path, params=params)
 
+    async def post_json(self, path: str, body: Any) -> Any:
+        """POST a JSON body to a route that only reads (`/tools/bulk-content`), its JSON
+        answer back; errors as get_json's."""
+        return await self._json("POST", path, body=json.dumps(body).encode())
+
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> Any:
         async def call() -> Any:
-            async with self._session.get(self._base + path, params=params) as response:
-                _raise_for_status(response, path)
+            async with self._session.request(
+                method, self._base + path, params=params, data=body
+            ) as response:
+                _raise_for_status(response, path, method)
                 raw = await _read_capped(response, path, self._config.timeout)
             try:
                 return json.loads(raw)
             except ValueError:
                 # A proxy's HTML page, a truncated answer: not Orthanc's REST API talking.
                 raise SourceUnavailable(
-                    f"Orthanc answered GET {path} with something that is not JSON: {raw[:80]!r}",
+                    f"Orthanc answered {method} {path} with something that is not JSON:"
+                    f" {raw[:80]!r}",
                     reason_class="source-bad-answer",
                 ) from None
 
-        return await self._twice(call, path)
+        return await self._twice(call, path, method)
 
     async def post(self, path: str, body: bytes = b"") -> int:
         """POST to an action route (`/jobs/{id}/cancel`); returns the HTTP status (Orthanc
@@ -171,17 +188,19 @@ class OrthancClient:
                     written += len(chunk)
         return written
 
-    async def _twice(self, call: Callable[[], Awaitable[Any]], path: str) -> Any:
+    async def _twice(
+        self, call: Callable[[], Awaitable[Any]], path: str, method: str = "GET"
+    ) -> Any:
         try:
             return await call()
         except aiohttp.ServerDisconnectedError:
             pass  # Orthanc drops idle keep-alive connections: one more try on a fresh one.
         except _IO_ERRORS as exc:
-            raise SourceUnavailable(f"Orthanc unreachable on GET {path}: {exc!r}") from None
+            raise SourceUnavailable(f"Orthanc unreachable on {method} {path}: {exc!r}") from None
         try:
             return await call()
         except _IO_ERRORS as exc:
-            raise SourceUnavailable(f"Orthanc unreachable on GET {path}: {exc!r}") from None
+            raise SourceUnavailable(f"Orthanc unreachable on {method} {path}: {exc!r}") from None
 
     async def _download(self, path: str, target: Path) -> int:
         written = 0
@@ -267,21 +286,19 @@ async def _read_capped(response: aiohttp.ClientResponse, path: str, deadline: fl
     return raw
 
 
-def _raise_for_status(response: aiohttp.ClientResponse, path: str) -> None:
-    if response.status == 404:
-        raise InstanceNotFound(f"not found in Orthanc (HTTP 404 on GET {path})")
-    if response.status in (401, 403):
+def _raise_for_status(response: aiohttp.ClientResponse, path: str, method: str = "GET") -> None:
+    status, on = response.status, f"{method} {path}"
+    if status == 404:
+        raise InstanceNotFound(f"not found in Orthanc (HTTP 404 on {on})")
+    if status in (401, 403):
         raise SourceUnavailable(
-            f"Orthanc refused the credentials (HTTP {response.status} on GET {path})",
-            reason_class="source-auth",
+            f"Orthanc refused the credentials (HTTP {status} on {on})", reason_class="source-auth"
         )
-    if response.status in (408, 429):
-        raise SourceThrottled(f"Orthanc asked to slow down (HTTP {response.status} on GET {path})")
-    if response.status >= 500:
+    if status in (408, 429):
+        raise SourceThrottled(f"Orthanc asked to slow down (HTTP {status} on {on})")
+    if status >= 500:
         raise SourceUnavailable(
-            f"Orthanc answered HTTP {response.status} on GET {path}", reason_class="source-error"
+            f"Orthanc answered HTTP {status} on {on}", reason_class="source-error"
         )
-    if response.status >= 400:
-        raise PermanentError(
-            f"Orthanc answered HTTP {response.status} on GET {path}", reason_class="source-4xx"
-        )
+    if status >= 400:
+        raise PermanentError(f"Orthanc answered HTTP {status} on {on}", reason_class="source-4xx")

@@ -30,7 +30,7 @@ from sendqueue.shared.errors import (
 )
 from sendqueue.shared.jobs import make_job, publish_failure, publish_jobs
 from sendqueue.shared.orthanc import OrthancClient
-from sendqueue.shared.resolver import InstanceInfo, Resolver
+from sendqueue.shared.resolver import BulkInstance, InstanceInfo, Resolver
 from sendqueue.shared.schemas import Failure, SendJob
 from sendqueue.shared.topology import Names
 
@@ -82,6 +82,8 @@ class ChangesFeed:
         self._config = config
         self._orthanc = orthanc
         self._resolver = resolver
+        #: The new instances of the page being resolved, read in one request.
+        self._read_ahead: dict[str, BulkInstance] = {}
         self._router = router
         self._publisher = publisher
         self._names = names
@@ -239,7 +241,26 @@ class ChangesFeed:
     async def _resolve(self, changes: list[dict[str, Any]]) -> list[Resolved]:
         """(level, jobs, failures) of each change, in the changes' order. The first
         failure fails the round: nothing of the page is published, the cursor stays."""
-        return await _bounded(self._jobs_for, changes)
+        self._read_ahead = await self._read_new_instances(changes)
+        try:
+            return await _bounded(self._jobs_for, changes)
+        finally:
+            self._read_ahead = {}
+
+    async def _read_new_instances(self, changes: list[dict[str, Any]]) -> dict[str, BulkInstance]:
+        """The page's new instances, read together (a request for the page rather than
+        one each: a fifth of ingest's CPU went to those GETs). What is not there is read
+        one by one, as before."""
+        if "instance" not in self._router.levels():
+            return {}
+        ids = [
+            str(change["ID"])
+            for change in changes
+            if CHANGE_FOR_LEVEL.get(str(change.get("ChangeType"))) == "instance"
+        ]
+        if len(ids) < 2:
+            return {}
+        return await self._resolver.instances_in_bulk(ids) or {}
 
     async def _jobs_for(self, change: dict[str, Any]) -> Resolved:
         level = CHANGE_FOR_LEVEL.get(str(change.get("ChangeType")))
@@ -258,7 +279,8 @@ class ChangesFeed:
 
     async def _instances(self, level: str, orthanc_id: str) -> list[InstanceInfo]:
         if level == "instance":
-            return [await self._resolver.instance(orthanc_id)]
+            ahead = self._read_ahead.get(orthanc_id)
+            return [ahead.info if ahead else await self._resolver.instance(orthanc_id)]
         return await self._resolver.instances_of(level, orthanc_id)
 
     async def _route(self, level: str, infos: list[InstanceInfo]) -> Routed:
@@ -297,6 +319,9 @@ class ChangesFeed:
             return [UNKNOWN_ORIGIN] * len(infos)
 
         async def origin(info: InstanceInfo) -> Origin:
+            ahead = self._read_ahead.get(info.orthanc_id)
+            if ahead is not None and ahead.metadata is not None:
+                return Origin.from_metadata(ahead.metadata)
             return Origin.from_metadata(await self._resolver.metadata(info.orthanc_id))
 
         return await _bounded(origin, infos)

@@ -400,6 +400,9 @@ class FakeOrthanc:
         self.errors: dict[str, Exception] = {}
         #: Every path asked for, with its query string.
         self.calls: list[str] = []
+        #: Whether POST /tools/bulk-content exists (Orthanc 1.9.4 and newer); off, the
+        #: fake answers it 404 as an older Orthanc does.
+        self.bulk_content = False
 
     def store(
         self,
@@ -456,6 +459,24 @@ class FakeOrthanc:
             case ["studies", _]:
                 return {"MainDicomTags": {}, "PatientMainDicomTags": {}}
         raise InstanceNotFound(f"not found in Orthanc (HTTP 404 on GET {path})")
+
+    async def post_json(self, path: str, body: Any) -> Any:
+        self.calls.append(path)
+        self._fail_if_asked_to(path)
+        if path != "/tools/bulk-content" or not self.bulk_content:
+            raise InstanceNotFound(f"not found in Orthanc (HTTP 404 on POST {path})")
+        # As Orthanc: the instances it knows, in no set order; unknown IDs left out.
+        return [
+            {
+                "ID": orthanc_id,
+                "Type": "Instance",
+                "ParentSeries": "series-1",
+                "MainDicomTags": self.tags[orthanc_id],
+                "Metadata": dict(self.metadata.get(orthanc_id, {})),
+            }
+            for orthanc_id in sorted(set(body["Resources"]))
+            if orthanc_id in self.tags
+        ]
 
     async def answers(self) -> bool:
         try:

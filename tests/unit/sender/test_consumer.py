@@ -532,7 +532,7 @@ async def test_jobs_beyond_the_concurrency_wait_their_turn_and_all_are_delivered
         finally:
             sending -= 1
 
-    sender.destination.send = counting_send  # type: ignore[method-assign]
+    sender.destination.send = counting_send
     for n in range(6):
         sender.orthanc.store(f"o{n}", data=f"DICM-o{n}".encode())
     messages = [sender.message(_job(id=f"job-{n}", orthanc_id=f"o{n}")) for n in range(6)]
