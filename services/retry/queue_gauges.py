@@ -28,12 +28,12 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
-from aio_pika.exceptions import ChannelNotFoundEntity
+from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from yarl import URL
 
 from sendqueue.shared.config import Config
+from sendqueue.shared.queue_counts import QueueCounts
 from sendqueue.shared.topology import Names, jittered_ttls
 
 log = logging.getLogger(__name__)
@@ -164,46 +164,19 @@ class AmqpSource:
     label = "amqp"
 
     def __init__(self, connection: AbstractRobustConnection, queues: Iterable[str]) -> None:
-        self._connection = connection
         self._queues = list(queues)
-        self._channel: AbstractRobustChannel | None = None
-        # One round at a time: a 404 in one round would close the channel under another.
-        self._lock = asyncio.Lock()
+        self._counts = QueueCounts(connection)
 
     async def fetch(self) -> list[QueueStats]:
-        async with self._lock:
-            return await self._fetch()
-
-    async def _fetch(self) -> list[QueueStats]:
         found: list[QueueStats] = []
         for name in self._queues:
-            channel = await self._open_channel()
-            try:
-                # robust=False: a robust channel caches passively declared queues and would
-                # hand back the first declare's counts forever after.
-                queue = await channel.declare_queue(name, passive=True, robust=False)
-            except ChannelNotFoundEntity:
-                # The 404 closed the channel; the next queue gets a new one.
-                await self._drop_channel()
-                continue
-            result = queue.declaration_result
-            found.append(QueueStats(name, result.message_count, None, result.consumer_count))
+            result = await self._counts.declared(name)
+            if result is not None:  # a missing queue is skipped
+                found.append(QueueStats(name, result.message_count, None, result.consumer_count))
         return found
 
-    async def _open_channel(self) -> AbstractRobustChannel:
-        if self._channel is None or self._channel.is_closed:
-            await self._drop_channel()
-            self._channel = await self._connection.channel()
-        return self._channel
-
-    async def _drop_channel(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None and not channel.is_closed:
-            with contextlib.suppress(Exception):
-                await channel.close()
-
     async def close(self) -> None:
-        await self._drop_channel()
+        await self._counts.close()
 
 
 def source_for(config: Config, connection: AbstractRobustConnection) -> Source:

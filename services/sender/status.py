@@ -14,6 +14,7 @@ from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.control import publish_status
 from sendqueue.shared.errors import NotConfirmed
+from sendqueue.shared.queue_counts import QueueCounts
 from sendqueue.shared.schemas import DestinationStatus
 from sendqueue.shared.topology import Names
 
@@ -40,6 +41,7 @@ class StatusReporter:
         self._metrics = metrics
         self._interval = interval
         self._ready: dict[str, int] = {}
+        self._counts = QueueCounts(connection)
 
     async def run(self) -> None:
         while True:
@@ -54,14 +56,13 @@ class StatusReporter:
             await asyncio.sleep(self._interval)
 
     async def _refresh_ready(self) -> None:
-        async with self._connection.channel() as channel:
-            for consumer in self._consumers:
-                queue = await channel.declare_queue(
-                    self._names.work_queue(consumer.name), passive=True
-                )
-                ready = int(queue.declaration_result.message_count or 0)
-                self._ready[consumer.name] = ready
-                self._metrics.queue_ready.labels(consumer.name).set(ready)
+        for consumer in self._consumers:
+            declared = await self._counts.declared(self._names.work_queue(consumer.name))
+            if declared is None:
+                continue  # not declared (yet): its gauge keeps its last value
+            ready = int(declared.message_count or 0)
+            self._ready[consumer.name] = ready
+            self._metrics.queue_ready.labels(consumer.name).set(ready)
 
     async def report(self, consumer: DestinationConsumer) -> None:
         oldest = consumer.oldest_waiting(self._ready.get(consumer.name, 0))

@@ -274,3 +274,65 @@ async def test_run_refreshes_until_stopped(
 
 def _mgmt_host() -> str:
     return rabbit.MGMT_URL.split("//", 1)[1]
+
+
+async def test_repeated_refreshes_keep_one_channel_even_across_a_missing_queue(
+    connection: AbstractRobustConnection, amqp_url: str
+) -> None:
+    # Given a monitor over a missing queue (its 404 closes the channel) and present ones,
+    # and the channels opened on the connection counted: aio-pika 10 keeps a callback of
+    # every channel ever opened on its connection (4-16 KB each), so a channel a refresh
+    # grew a sender by ~90 MB a day
+    config = make_config(amqp_url, destinations=2)
+    await _declare_and_fill(connection, config, ready=1)
+    opened = 0
+    open_channel = connection.channel
+
+    def counting_channel(*args: object, **kwargs: object) -> object:
+        nonlocal opened
+        opened += 1
+        return open_channel(*args, **kwargs)  # type: ignore[arg-type]
+
+    connection.channel = counting_channel  # type: ignore[assignment]
+    registry = CollectorRegistry()
+    monitor = QueueDepthMonitor(config, connection, registry)
+    try:
+        # When it refreshes 50 times
+        for _ in range(50):
+            await monitor.refresh()
+    finally:
+        await monitor.source.close()
+    # Then it opened a channel per missing-queue 404 at most, not one per queue and round
+    assert opened <= 50 + 1
+    assert _value(registry, "sendqueue_queue_messages", **work("ready")) == 1
+
+
+async def test_queue_counts_reuse_one_channel_for_present_queues(
+    connection: AbstractRobustConnection, amqp_url: str
+) -> None:
+    from sendqueue.shared.queue_counts import QueueCounts
+
+    config = make_config(amqp_url)
+    await _declare_and_fill(connection, config, ready=2)
+    opened = 0
+    open_channel = connection.channel
+
+    def counting_channel(*args: object, **kwargs: object) -> object:
+        nonlocal opened
+        opened += 1
+        return open_channel(*args, **kwargs)  # type: ignore[arg-type]
+
+    connection.channel = counting_channel  # type: ignore[assignment]
+    counts = QueueCounts(connection)
+    try:
+        # When a queue is counted 200 times, then a missing one, then the first again
+        results = [await counts.declared(f"{PREFIX}.work.pacs1") for _ in range(200)]
+        missing = await counts.declared(f"{PREFIX}.work.nowhere")
+        again = await counts.declared(f"{PREFIX}.work.pacs1")
+    finally:
+        await counts.close()
+    # Then every count is current, the missing one is None, and two channels were opened:
+    # the first, and one after the 404 closed it
+    assert {r.message_count for r in results if r is not None} == {2} and None not in results
+    assert missing is None and again is not None and again.message_count == 2
+    assert opened == 2

@@ -22,6 +22,7 @@ from sendqueue.services.retry.parking.items import item_from_job
 from sendqueue.services.retry.parking.passes import PASS_MARK, ParkingPass, PassResult, Selector
 from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.logs import job_event
+from sendqueue.shared.queue_counts import QueueCounts
 from sendqueue.shared.schemas import SendJob, encode, job_headers
 from sendqueue.shared.topology import Names
 
@@ -41,6 +42,7 @@ class Parking:
     ) -> None:
         self._names = names
         self._conn = consume_conn
+        self._counts = QueueCounts(consume_conn)
         self._publisher = publisher
         self._index = index
         self._metrics = metrics
@@ -133,9 +135,10 @@ class Parking:
         return item
 
     async def queue_depth(self) -> int:
-        async with self._conn.channel() as channel:
-            queue = await channel.declare_queue(self._names.parked_queue, passive=True)
-            return int(queue.declaration_result.message_count or 0)
+        declared = await self._counts.declared(self._names.parked_queue)
+        if declared is None:
+            raise LookupError(f"the parking queue {self._names.parked_queue} is missing")
+        return int(declared.message_count or 0)
 
     async def run_pass(self, select: Selector, *, action: str, to: str | None = None) -> PassResult:
         """One pass over the parking queue, applying `select` to every message.
