@@ -201,6 +201,16 @@ def broker_figures(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "alarm_seen": any(s["alarm"] for s in samples),
         "vhost_queues_memory_max": max(s["queues_memory"] for s in samples),
         "vhost_messages_max": max(s["messages"] for s in samples),
+        # (seconds since the first sample, mem_used MiB, vhost queues' MiB, messages)
+        "series": [
+            (
+                round(s["t"] - samples[0]["t"], 1),
+                round(s["mem_used"] / 2**20, 1),
+                round(s["queues_memory"] / 2**20, 2),
+                s["messages"],
+            )
+            for s in samples
+        ],
     }
 
 
@@ -426,8 +436,7 @@ def rss_figures(
     down = [mb for t, mb in samples if outage <= t < start]
     during = [(t, mb) for t, mb in samples if start <= t <= end]
     tenth = (end - start) / 10
-    first = [mb for t, mb in during if t <= start + tenth]
-    last = [mb for t, mb in during if t >= end - tenth]
+    tenths = [_median_in(during, start + k * tenth, start + (k + 1) * tenth) for k in range(10)]
     slope = statistics.linear_regression([t for t, _ in during], [mb for _, mb in during]).slope
     mbs = [mb for _, mb in during]
     return {
@@ -437,10 +446,20 @@ def rss_figures(
         "min": min(mbs),
         "median": median(mbs),
         "max": max(mbs),
-        "first_tenth_median": median(first),
-        "last_tenth_median": median(last),
+        "tenths_median": tenths,
+        "first_tenth_median": tenths[0],
+        "last_tenth_median": tenths[-1],
         "fitted_growth_mb": slope * (end - start),
+        # (seconds since the outage began, MiB), every 0.5 s
+        "series": [(round(t - outage, 1), round(mb, 2)) for t, mb in samples],
     }
+
+
+def _median_in(samples: list[tuple[float, float]], low: float, high: float) -> float:
+    """The median of the samples between two times, else the last one before (a short
+    drain has tenths shorter than the sampling interval)."""
+    inside = [mb for t, mb in samples if low <= t <= high]
+    return median(inside or [mb for t, mb in samples if t <= high][-1:])
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -537,8 +556,9 @@ def render(f: dict[str, Any]) -> str:
         ["sender RSS while down", f"{rss['down_min']:.1f}-{rss['down_max']:.1f} MB", ""],
         ["sender RSS during the drain: min / median / max",
          f"{rss['min']:.1f} / {rss['median']:.1f} / {rss['max']:.1f} MB",
-         f"first tenth {rss['first_tenth_median']:.1f}, last tenth {rss['last_tenth_median']:.1f};"
-         f" fitted growth {rss['fitted_growth_mb']:+.1f} MB:"
+         "medians per tenth of the drain: "
+         + ", ".join(f"{x:.1f}" for x in rss["tenths_median"])
+         + f"; fitted growth {rss['fitted_growth_mb']:+.1f} MB:"
          f" {'flat' if v['sender_rss_flat'] else 'GROWING'}"],
         ["storescp holds / parked", f"{b['held']} of {b['instances']}",
          f"parked {f['parked']}; sent in the drain {b['sent_in_phase']}; failed attempts"
