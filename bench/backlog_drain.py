@@ -30,6 +30,9 @@ The backlog's instances are uploaded after the steady measure because ingest que
 of Orthanc's change log: they arrive during the outage, as a modality keeps sending while
 its PACS is down.
 
+Each measure also gives the CPU ms per job of each sendqueue process, Orthanc and the
+machine's RabbitMQ (shared), and the machine's busy cores.
+
 Checks: drain/steady >= 0.90; mem_used below mem_limit and no memory alarm; the sender's
 RSS flat (its least-squares growth across the drain and the difference between the
 medians of the drain's first and last tenths both under 5 MB); storescp holds every
@@ -50,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +66,7 @@ from bench.common import (
     ROOT,
     RssSampler,
     bench_vhost,
+    broker_cpu_s,
     check_alive,
     cores_busy,
     cpu_s,
@@ -129,12 +134,27 @@ def upload(orthanc: Any, instances: Instances, indices: range, label: str) -> se
     started = time.monotonic()
     for start in range(indices.start, indices.stop, UPLOAD_CHUNK):
         chunk = [instances.make(i) for i in range(start, min(indices.stop, start + UPLOAD_CHUNK))]
-        upload_many(orthanc, [data for _, data in chunk], workers=UPLOAD_WORKERS)
+        _upload_chunk(orthanc, [data for _, data in chunk])
         uids.update(uid for uid, _ in chunk)
         took = time.monotonic() - started
         print(f"  {label}: uploaded {len(uids)}/{len(indices)} ({len(uids) / took:.0f}/s)",
               flush=True)  # fmt: skip
     return uids
+
+
+def _upload_chunk(orthanc: Any, blobs: list[bytes], attempts: int = 3) -> None:
+    """upload_many, again on an HTTP 5xx, with the tail of Orthanc's log printed (a 500
+    once ended a run at its 4,000th upload). Orthanc answers "AlreadyStored" for the
+    instances it has, with no new change, so ingest queues each instance once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            upload_many(orthanc, blobs, workers=UPLOAD_WORKERS)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or attempt == attempts:
+                raise
+            print(f"  upload: HTTP {exc.code}, again; Orthanc's log:\n{orthanc.log_tail(10)}")
+            time.sleep(1.0)
 
 
 # -- RabbitMQ's memory --------------------------------------------------------------------
@@ -290,6 +310,18 @@ async def wait_sent(bench: Bench, target: int, n: int, label: str) -> float:
     return await wait_until(all_sent, timeout=max(600.0, n / 20), interval=0.5, what="all sent")
 
 
+def cpu_now(bench: Bench) -> dict[str, float]:
+    """CPU seconds used so far by each sendqueue process, Orthanc and the machine's
+    RabbitMQ (shared: others' traffic counts in it)."""
+    pids = {name: proc.pid for name, proc in bench.pipeline._procs.items()}
+    cpu = {name: cpu_s(pid) for name, pid in {**pids, "orthanc": bench.source.pid}.items()}
+    return {**cpu, "rabbitmq": broker_cpu_s()}
+
+
+def cpu_per_job(bench: Bench, before: dict[str, float], n: int) -> dict[str, float]:
+    return {k: (v - before.get(k, 0.0)) * 1000 / n for k, v in cpu_now(bench).items()}
+
+
 def arrivals(scp: Any, uids: set[str]) -> list[float]:
     """When storescp wrote each of these instances it holds (its files' mtimes), sorted."""
     from tests.support.scp import _uid_from_name
@@ -327,7 +359,7 @@ async def steady(bench: Bench, indices: range, uids: set[str] | None = None) -> 
     n = len(indices)
     uids = await queue_steady(bench, uids, indices)
     before = await sent_total(bench.pipeline)
-    cpu, machine = cpu_s(bench.sender_pid), machine_jiffies()
+    cpu, machine = cpu_now(bench), machine_jiffies()
     resumed = time.time()
     await admin_post(bench.pipeline, "resume")
     await wait_sent(bench, before + n, n, "steady")
@@ -339,7 +371,7 @@ async def steady(bench: Bench, indices: range, uids: set[str] | None = None) -> 
         "seconds": times[-1] - resumed,
         "per_s": n / (times[-1] - resumed),
         "sustained_per_s": (n - 1) / (times[-1] - times[0]) if times[-1] > times[0] else 0.0,
-        "sender_cpu_ms_per_job": (cpu_s(bench.sender_pid) - cpu) * 1000 / n,
+        "cpu_ms_per_job": cpu_per_job(bench, cpu, n),
         "cores_busy": cores_busy(machine, machine_jiffies()),
     }
 
@@ -385,7 +417,7 @@ async def drain_backlog(bench: Bench, before: int, n: int) -> dict[str, Any]:
     from bench.pipeline_throughput import _profile
 
     pipeline = bench.pipeline
-    cpu, machine = cpu_s(bench.sender_pid), machine_jiffies()
+    cpu, machine = cpu_now(bench), machine_jiffies()
     returned = await pipeline.metric_sum("sender", "sendqueue_jobs_returned_total")
     # _profile reads only .profile_dir of what it is given.
     profiler = _profile(cast(Any, bench), bench.sender_pid, "sender-drain", wait=0)
@@ -404,7 +436,7 @@ async def drain_backlog(bench: Bench, before: int, n: int) -> dict[str, Any]:
         "listening": listening,
         "state_up_after_s": up_s,
         "returned_while_down": returned,
-        "sender_cpu_ms_per_job": (cpu_s(bench.sender_pid) - cpu) * 1000 / n,
+        "cpu_ms_per_job": cpu_per_job(bench, cpu, n),
         "cores_busy": cores_busy(machine, machine_jiffies()),
         "sent_in_phase": await sent_total(pipeline) - before,
     }
@@ -532,7 +564,7 @@ def render(f: dict[str, Any]) -> str:
     rows: list[list[Any]] = [
         [f"steady: {s['instances']} queued jobs, paused then resumed", f"{s['per_s']:.1f} inst/s",
          f"{s['seconds']:.1f} s from the resume; first to last file {s['sustained_per_s']:.1f}/s;"
-         f" sender CPU {s['sender_cpu_ms_per_job']:.2f} ms/job; cores busy {s['cores_busy']:.2f}"],
+         f" CPU ms/job {_cpu(s)}; cores busy {s['cores_busy']:.2f}"],
         ["backlog: storescp stopped until every job queued", f"{b['outage_to_queued_s']:.0f} s",
          f"upload done after {b['outage_to_uploaded_s']:.0f} s; state \"{b['state_while_down']}\""
          f" ({_short(b['state_reason'])}); jobs put back {b['returned_while_down']:.0f}"],
@@ -540,8 +572,8 @@ def render(f: dict[str, Any]) -> str:
          f"first file after {b['first_file_s']:.2f} s"],
         [f"**drain: storescp listening until it holds all {b['instances']}**",
          f"**{b['per_s']:.1f} inst/s**",
-         f"{b['seconds']:.1f} s; first to last file {b['sustained_per_s']:.1f}/s; sender CPU"
-         f" {b['sender_cpu_ms_per_job']:.2f} ms/job; cores busy {b['cores_busy']:.2f}"],
+         f"{b['seconds']:.1f} s; first to last file {b['sustained_per_s']:.1f}/s; CPU ms/job"
+         f" {_cpu(b)}; cores busy {b['cores_busy']:.2f}"],
         ["**drain / steady**", f"**{v['ratio']:.2f}**",
          f"target >= {TARGET_RATIO:.2f}: {'met' if v['rate'] else 'NOT met'}"],
         ["drain per 10 % slice (inst/s)", ", ".join(f"{x['per_s']:.0f}" for x in b["slices"]),
@@ -568,8 +600,8 @@ def render(f: dict[str, Any]) -> str:
         a = f["steady_after"]
         rows.append(
             ["steady again, after the drain (a check)", f"{a['per_s']:.1f} inst/s",
-             f"first to last file {a['sustained_per_s']:.1f}/s; sender CPU"
-             f" {a['sender_cpu_ms_per_job']:.2f} ms/job; cores busy {a['cores_busy']:.2f}"]
+             f"first to last file {a['sustained_per_s']:.1f}/s; CPU ms/job {_cpu(a)};"
+             f" cores busy {a['cores_busy']:.2f}"]
         )  # fmt: skip
     return table(["measure", "figure", "detail"], rows)
 
@@ -605,6 +637,10 @@ def main() -> int:
 
 
 VERDICTS = ("rate", "broker_memory", "sender_rss_flat", "nothing_lost")
+
+
+def _cpu(phase: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in phase["cpu_ms_per_job"].items())
 
 
 def _short(text: str, limit: int = 60) -> str:
