@@ -276,35 +276,49 @@ def _mgmt_host() -> str:
     return rabbit.MGMT_URL.split("//", 1)[1]
 
 
-async def test_repeated_refreshes_keep_one_channel_even_across_a_missing_queue(
-    connection: AbstractRobustConnection, amqp_url: str
-) -> None:
-    # Given a monitor over a missing queue (its 404 closes the channel) and present ones,
-    # and the channels opened on the connection counted: aio-pika 10 keeps a callback of
-    # every channel ever opened on its connection (4-16 KB each), so a channel a refresh
-    # grew a sender by ~90 MB a day
-    config = make_config(amqp_url, destinations=2)
-    await _declare_and_fill(connection, config, ready=1)
-    opened = 0
+def _count_channels(connection: AbstractRobustConnection) -> list[int]:
+    """Counts the channels opened on the connection from now on (in the list's one item)."""
+    opened = [0]
     open_channel = connection.channel
 
     def counting_channel(*args: object, **kwargs: object) -> object:
-        nonlocal opened
-        opened += 1
+        opened[0] += 1
         return open_channel(*args, **kwargs)  # type: ignore[arg-type]
 
     connection.channel = counting_channel  # type: ignore[assignment]
+    return opened
+
+
+async def test_the_senders_status_refreshes_keep_one_channel(
+    connection: AbstractRobustConnection, amqp_url: str
+) -> None:
+    from types import SimpleNamespace
+
+    from sendqueue.services.sender.metrics import SenderMetrics
+    from sendqueue.services.sender.status import StatusReporter
+
+    # Given the sender's status reporter over a work queue holding 1 job, and the channels
+    # opened on its connection counted: aio-pika 10 keeps a callback of every channel ever
+    # opened on its connection (4-16 KB each), and a channel a refresh grew an idle sender
+    # by ~1 KB/s
+    config = make_config(amqp_url)
+    await _declare_and_fill(connection, config, ready=1)
+    opened = _count_channels(connection)
     registry = CollectorRegistry()
-    monitor = QueueDepthMonitor(config, connection, registry)
-    try:
-        # When it refreshes 50 times
-        for _ in range(50):
-            await monitor.refresh()
-    finally:
-        await monitor.source.close()
-    # Then it opened a channel per missing-queue 404 at most, not one per queue and round
-    assert opened <= 50 + 1
-    assert _value(registry, "sendqueue_queue_messages", **work("ready")) == 1
+    reporter = StatusReporter(
+        connection=connection,
+        names=Names(PREFIX),
+        publisher=None,  # type: ignore[arg-type]  # not used by a refresh
+        consumers=[SimpleNamespace(name="pacs1")],  # type: ignore[list-item]
+        metrics=SenderMetrics(registry),
+        interval=1.0,
+    )
+    # When it refreshes the queue's depth 50 times
+    for _ in range(50):
+        await reporter._refresh_ready()
+    # Then one channel served them all, and the gauge is current
+    assert opened[0] == 1
+    assert registry.get_sample_value("sendqueue_work_queue_ready", {"destination": "pacs1"}) == 1
 
 
 async def test_queue_counts_reuse_one_channel_for_present_queues(
@@ -314,15 +328,7 @@ async def test_queue_counts_reuse_one_channel_for_present_queues(
 
     config = make_config(amqp_url)
     await _declare_and_fill(connection, config, ready=2)
-    opened = 0
-    open_channel = connection.channel
-
-    def counting_channel(*args: object, **kwargs: object) -> object:
-        nonlocal opened
-        opened += 1
-        return open_channel(*args, **kwargs)  # type: ignore[arg-type]
-
-    connection.channel = counting_channel  # type: ignore[assignment]
+    opened = _count_channels(connection)
     counts = QueueCounts(connection)
     try:
         # When a queue is counted 200 times, then a missing one, then the first again
@@ -335,4 +341,4 @@ async def test_queue_counts_reuse_one_channel_for_present_queues(
     # the first, and one after the 404 closed it
     assert {r.message_count for r in results if r is not None} == {2} and None not in results
     assert missing is None and again is not None and again.message_count == 2
-    assert opened == 2
+    assert opened[0] == 2
