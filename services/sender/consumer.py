@@ -119,7 +119,7 @@ class DestinationConsumer:
         self._stopping = False
         self._probe_task: asyncio.Task[None] | None = None
         self._in_flight = 0
-        #: Downloads and sends at once on the path without worker threads (start() sizes it).
+        #: Downloads and sends at once on the path without worker threads.
         self._sends = asyncio.Semaphore(destination.config.concurrency)
         #: When each job in hand was taken (by delivery tag).
         self._taken_at: dict[int, float] = {}
