@@ -52,6 +52,8 @@ __all__ = [
     "RouteConfig",
     "SenderConfig",
     "TlsConfig",
+    "config_from_json",
+    "config_to_json",
     "is_loopback",
     "load_config",
     "mask_url",
@@ -243,12 +245,50 @@ class SenderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         ),
     ] = ""
 
+    processes: Annotated[
+        int | Literal["auto"],
+        doc(
+            'sender processes, competing consumers of the same queues: `"auto"` = one per'
+            " two CPUs the host lets sendqueue use, at least 1. One process is bound to one"
+            " core (Python's GIL). Several are supervised by the `sendqueue sender` (or"
+            " `sendqueue run`) process, which serves their metrics and health at `listen`;"
+            " `sendqueue run` always gives the sender processes of its own"
+        ),
+    ] = "auto"
+
     def __post_init__(self) -> None:
         _check_listen(self.listen)
+        if self.processes != "auto" and not 1 <= self.processes <= MAX_SENDER_PROCESSES:
+            raise ValueError(
+                f'[sender] processes must be "auto" or 1..{MAX_SENDER_PROCESSES},'
+                f" got {self.processes!r}"
+            )
         if self.commitment_listen:
             _check_listen(self.commitment_listen)
         if not 0 <= self.in_memory_mb <= 1024:
             raise ValueError(f"[sender] in_memory_mb must be 0..1024, got {self.in_memory_mb}")
+
+    def process_count(self, cpus: int | None = None) -> int:
+        """How many sender processes to run; `cpus`: those usable (default: this host's)."""
+        if self.processes != "auto":
+            return self.processes
+        usable = cpus if cpus is not None else usable_cpus()
+        # The sender is about a third of the pipeline's CPU per instance (ingest, RabbitMQ
+        # and Orthanc's REST the rest; bench/README.md), so one per two CPUs keeps the
+        # sender from being the bound without idle processes holding memory.
+        return max(1, min(MAX_SENDER_PROCESSES, usable // 2))
+
+
+#: More sender processes than this on one host is a mistake, not a tuning.
+MAX_SENDER_PROCESSES = 64
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's limit included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 _DEFAULT_DELAYS = [Duration(s) for s in (10, 60, 300, 1800, 7200)]
@@ -577,6 +617,25 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return parse_config(data, environ)
+
+
+def config_to_json(config: Config) -> bytes:
+    """The loaded config (environment and Orthanc's destinations applied), for a child
+    process: config_from_json gives it back equal."""
+    return msgspec.json.encode(config, enc_hook=_enc_hook)
+
+
+def config_from_json(data: bytes) -> Config:
+    try:
+        return msgspec.json.decode(data, type=Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid config: {exc}") from None
+
+
+def _enc_hook(value: Any) -> Any:
+    if isinstance(value, Duration):
+        return float(value)
+    raise NotImplementedError(f"unsupported config type {type(value)}")
 
 
 def with_listen(config: Config, service: str, listen: str) -> Config:

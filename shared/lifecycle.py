@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
@@ -48,9 +49,13 @@ class ServiceParts(contextlib.AsyncExitStack):
         return connection
 
     async def server(
-        self, app: web.Application, listen: str, ssl_context: ssl.SSLContext | None = None
+        self,
+        app: web.Application,
+        listen: str,
+        ssl_context: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
     ) -> web.AppRunner:
-        runner = await start_server(app, listen, ssl_context)
+        runner = await start_server(app, listen, ssl_context, sock)
         self.push_async_callback(runner.cleanup)
         return runner
 

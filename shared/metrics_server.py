@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -32,10 +33,20 @@ def make_app(
 
 
 async def start_server(
-    app: web.Application, listen: str, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    listen: str,
+    ssl_context: ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
 ) -> web.AppRunner:
-    host, port = parse_listen(listen)
+    """Serve `app` at `listen`, or on `sock` when given (a socket a supervising process
+    bound for this one)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
     await runner.setup()
-    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    site: web.BaseSite
+    if sock is not None:
+        site = web.SockSite(runner, sock, ssl_context=ssl_context)
+    else:
+        host, port = parse_listen(listen)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    await site.start()
     return runner

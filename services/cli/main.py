@@ -62,7 +62,14 @@ def _check_config(config: Config) -> Config:
 
 async def _run(config: Config, names: Sequence[str]) -> None:
     services = _services()
-    await run_until_signalled({name: services[name] for name in names}, config)
+    mains = {name: services[name] for name in names}
+    if "sender" in mains and (len(mains) > 1 or config.sender.process_count() > 1):
+        # The sender's own processes: beside ingest and retry it gets a core of its own
+        # (one process shares one GIL), and `[sender] processes` of them may run.
+        from sendqueue.services.sender.processes import run_sender_processes
+
+        mains["sender"] = run_sender_processes
+    await run_until_signalled(mains, config)
 
 
 async def _send(config: Config, destination: str, ids: Sequence[str]) -> int:
@@ -154,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("ingest", "follow Orthanc's changes and queue send jobs"),
         ("sender", "send queued instances to their destinations"),
         ("retry", "retry failed sends, park the hopeless, serve the admin API"),
-        ("run", "run ingest, sender and retry in one process"),
+        ("run", "run ingest, sender and retry (the sender in processes of its own)"),
         ("check", "validate the config and check Orthanc, RabbitMQ and each destination"),
     ):
         cmd = sub.add_parser(name, help=text, description=text)

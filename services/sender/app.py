@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -63,9 +64,13 @@ async def run_sender(
     stop: asyncio.Event,
     registry: CollectorRegistry | None = None,
     clock: Clock = utc_now,
+    *,
+    listen_socket: socket.socket | None = None,
 ) -> None:
+    """`listen_socket`: serve metrics and health there instead of [sender] listen (a
+    sender process under a supervising one, services/sender/processes.py)."""
     async with ServiceParts() as parts:
-        await _serve(parts, config, stop, registry or CollectorRegistry(), clock)
+        await _serve(parts, config, stop, registry or CollectorRegistry(), clock, listen_socket)
 
 
 async def _serve(
@@ -74,6 +79,7 @@ async def _serve(
     stop: asyncio.Event,
     registry: CollectorRegistry,
     clock: Clock,
+    listen_socket: socket.socket | None,
 ) -> None:
     metrics = SenderMetrics(registry)
     expiry = CertificateExpiry(registry, service="sender")
@@ -138,7 +144,7 @@ async def _serve(
             "consumers": not any(consumer.stuck() for consumer in consumers),
         }
 
-    await parts.server(make_app(registry, health), config.sender.listen)
+    await parts.server(make_app(registry, health), config.sender.listen, sock=listen_socket)
     log.info("sender running: %d destination(s)", len(consumers))
     await stop.wait()
     log.info("sender stopping: finishing in-flight sends")

@@ -14,6 +14,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from sendqueue.services.cli.main import _services
+from sendqueue.services.sender.processes import run_sender_processes
 from sendqueue.shared.config import Config, parse_config
 from tests.support import rabbit
 from tests.support.orthanc import OrthancProcess
@@ -77,6 +78,8 @@ class Stack:
     registries: dict[str, CollectorRegistry] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stops: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: The sender as `sendqueue run` has it: processes of its own under a supervisor.
+    sender_processes: bool = False
 
     def listen(self, service: str) -> str:
         listen: str = getattr(self.config, service).listen
@@ -93,6 +96,8 @@ class Stack:
     def start(self, name: str) -> None:
         """Run one service (again: with a fresh registry, as a new process would have)."""
         runners: dict[str, Callable[..., Coroutine[Any, Any, None]]] = dict(_services())
+        if self.sender_processes:
+            runners["sender"] = run_sender_processes
         self.registries[name] = CollectorRegistry()
         self.stops[name] = asyncio.Event()
         main = runners[name](self.config, self.stops[name], self.registries[name])
@@ -109,9 +114,11 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, timeout: float = 30.0) -> AsyncIterator[Stack]:
+async def running(
+    config: Config, timeout: float = 30.0, *, sender_processes: bool = False
+) -> AsyncIterator[Stack]:
     """Start ingest, sender and retry; stop them (and wait for them) when the block ends."""
-    stack = Stack(config)
+    stack = Stack(config, sender_processes=sender_processes)
     for name in SERVICES:
         stack.start(name)
     try:

@@ -35,6 +35,8 @@ RABBIT_PATHS = (
     "/metrics",
     "/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count",
 )
+#: The label the sender's supervisor adds to its processes' metrics (docs/metrics.md).
+PROCESS_LABEL = "process"
 PATIENT_ID = "PID-LABEL-SCAN-0815"
 PATIENT_NAME = "Labelscan^Patricia"
 #: Samples that show the jobs below went through every path.
@@ -75,7 +77,9 @@ async def expositions() -> dict[str, str]:
         )
         # A DICOM TLS destination no route sends to: its certificates' expiry is exported.
         settings["destinations"].append(tls_destination(make_pki(Path(workdir))))
-        async with running(build_config(settings)) as stack:
+        # The sender as `sendqueue run` runs it: its supervisor's metrics, and those of
+        # its process, labelled by process.
+        async with running(build_config(settings), sender_processes=True) as stack:
             for data in study:
                 orthanc.upload(data)
             return await _scrape_when_complete(stack)
@@ -173,9 +177,11 @@ async def test_docs_list_exactly_the_exported_metrics(expositions: dict[str, str
 async def test_docs_give_each_metric_its_labels(expositions: dict[str, str]) -> None:
     documented = assets.documented_labels()
     seen: dict[str, set[str]] = {}
-    for text in expositions.values():
+    for service, text in expositions.items():
         for name, labels in assets.sample_labels(text).items():
-            seen.setdefault(name, set()).update(labels)
+            # The supervisor's `process` label is documented once, for every sender metric.
+            own = labels - {PROCESS_LABEL} if service == "sender" else labels
+            seen.setdefault(name, set()).update(own)
     wrong = {
         name: (sorted(labels), sorted(documented.get(name, set())))
         for name, labels in seen.items()
@@ -183,6 +189,18 @@ async def test_docs_give_each_metric_its_labels(expositions: dict[str, str]) -> 
     }
     assert not wrong, f"labels seen vs documented: {wrong}"
     assert len(seen) >= 20, f"only {len(seen)} metrics had samples: {sorted(seen)}"
+
+
+async def test_the_sender_processes_metrics_carry_their_process(
+    expositions: dict[str, str],
+) -> None:
+    supervisor = {"sendqueue_sender_processes", "sendqueue_sender_process_restarts_total"}
+    labels = assets.sample_labels(expositions["sender"])
+    unlabelled = [n for n, names in labels.items() if PROCESS_LABEL not in names]
+    assert sorted(unlabelled) == sorted(supervisor & set(labels))
+    assert "sendqueue_jobs_sent_total" in labels
+    sender_doc = assets.METRICS_DOC.read_text(encoding="utf-8").split("## Sender", 1)[1]
+    assert f"`{PROCESS_LABEL}`" in sender_doc.split("\n## ", 1)[0]
 
 
 async def test_labels_never_carry_identifiers(expositions: dict[str, str]) -> None:
