@@ -9,6 +9,8 @@ each run sends them to the same receivers, one way after the other:
 
     native                Orthanc's own bulk C-STORE: POST /modalities/{id}/store, all ids
     storescu              DCMTK storescu, all files over one association (the wire limit)
+    sendqueue-run         `sendqueue run` as a user starts it (defaults: data_path "fast",
+                          the sender in processes of its own, `[sender] processes = "auto"`)
     sendqueue-fast        the three sendqueue services, data_path = "fast" (the default)
     sendqueue-pynetdicom  the same with data_path = "pynetdicom"
     peer-store            Orthanc's own peer store: POST /peers/{id}/store to a second Orthanc
@@ -61,8 +63,8 @@ from bench.pipeline_throughput import Setup, by_sendqueue
 
 #: The HTTP kinds, compared with peer-store.
 HTTP_METHODS = ["sendqueue-orthanc", "sendqueue-dicomweb"]
-METHODS = ["native", "storescu", "sendqueue-fast", "sendqueue-pynetdicom", "peer-store",
-           *HTTP_METHODS]  # fmt: skip
+METHODS = ["native", "storescu", "sendqueue-run", "sendqueue-fast", "sendqueue-pynetdicom",
+           "peer-store", *HTTP_METHODS]  # fmt: skip
 #: name -> (frames of 512x512 16-bit, instances, instances in --quick)
 SIZES = {"0.5 MB": (1, 400, 12), "5 MB": (10, 60, 3)}
 _MULTI_FRAME = "1.2.840.10008.5.1.4.1.1.7.3"
@@ -120,10 +122,13 @@ async def storescu(bench: Bench, _run: int) -> dict[str, Any]:
     }
 
 
-def sendqueue(data_path: str) -> Callable[[Bench, int], Awaitable[dict[str, Any]]]:
+def sendqueue(
+    data_path: str, whole_run: bool = False
+) -> Callable[[Bench, int], Awaitable[dict[str, Any]]]:
     async def leg(bench: Bench, run: int) -> dict[str, Any]:
         bench.data_path = data_path
-        result = await by_sendqueue(bench, f"{data_path}-{run}")
+        bench.whole_run = whole_run
+        result = await by_sendqueue(bench, f"{'run' if whole_run else data_path}-{run}")
         n = len(bench.uids)
         who = ("sender", "ingest", "retry", "orthanc", "rabbitmq")
         return {
@@ -276,6 +281,7 @@ def ratios_to_peer_store(measured: dict[str, list[dict[str, Any]]], method: str)
 LEGS: dict[str, Callable[[Bench, int], Awaitable[dict[str, Any]]]] = {
     "native": native,
     "storescu": storescu,
+    "sendqueue-run": sendqueue("fast", whole_run=True),
     "sendqueue-fast": sendqueue("fast"),
     "sendqueue-pynetdicom": sendqueue("pynetdicom"),
     "peer-store": peer_store,
@@ -283,7 +289,7 @@ LEGS: dict[str, Callable[[Bench, int], Awaitable[dict[str, Any]]]] = {
     "sendqueue-dicomweb": sendqueue_http("dicomweb"),
 }
 #: Legs that C-STORE to storescp: its received set is checked after each.
-_TO_STORESCP = {"native", "storescu", "sendqueue-fast", "sendqueue-pynetdicom"}
+_TO_STORESCP = {"native", "storescu", "sendqueue-run", "sendqueue-fast", "sendqueue-pynetdicom"}
 
 
 # -- one size -------------------------------------------------------------------------------
@@ -319,6 +325,7 @@ async def one_size(
     methods: list[str],
     backlog: bool = False,
     profile: str = "",
+    sender_processes: int | None = None,
 ) -> list[dict[str, Any]]:
     from tests.support.orthanc import OrthancProcess
     from tests.support.scp import StorescpProcess
@@ -335,6 +342,7 @@ async def one_size(
         source.put_modality("storescp", scp.aet, scp.port)
         bench = Bench(tmp, source, scp, tmp / "files", ids, uids, total, concurrency)
         bench.backlog = backlog
+        bench.sender_processes = sender_processes
         bench.profile_dir = Path(profile) if profile else None
         if {"peer-store", *HTTP_METHODS} & set(methods):
             bench.peer = stack.enter_context(_peer_orthanc())
@@ -449,8 +457,9 @@ async def compare(args: argparse.Namespace) -> int:
             continue
         count = quick_n if args.quick else (args.instances or n)
         rows += await one_size(
-            label, frames, count, args.runs, args.concurrency, methods, args.backlog, args.profile
-        )
+            label, frames, count, args.runs, args.concurrency, methods, args.backlog,
+            args.profile, args.sender_processes or None,
+        )  # fmt: skip
     load_after = os.getloadavg()
     print()
     print(render(rows))
@@ -459,7 +468,8 @@ async def compare(args: argparse.Namespace) -> int:
         f" after: {', '.join(f'{x:.2f}' for x in load_after)}"
     )
     document = {"rows": rows, "load_before": load_before, "load_after": load_after,
-                "quick": args.quick, "concurrency": args.concurrency}  # fmt: skip
+                "quick": args.quick, "concurrency": args.concurrency,
+                "sender_processes": args.sender_processes or "auto"}  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(document, indent=2))
         print(f"JSON: {args.json}")
@@ -480,6 +490,12 @@ def main() -> int:
         "--backlog",
         action="store_true",
         help="sendqueue legs: start the sender once every job is queued (its drain rate)",
+    )
+    parser.add_argument(
+        "--sender-processes",
+        type=int,
+        default=0,
+        help='sendqueue legs: [sender] processes (default: "auto")',
     )
     parser.add_argument("--json", default="", help="write the results here (else stdout)")
     parser.add_argument(

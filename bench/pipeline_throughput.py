@@ -65,6 +65,7 @@ from bench.common import (
     median,
     status_mb,
     table,
+    tree_cpu_s,
     upload_file,
     wait_until,
 )
@@ -102,6 +103,11 @@ class Setup:
         self.data_path = data_path
         #: Backlog mode: the sender starts once every job waits in its queue.
         self.backlog = False
+        #: `[sender] processes` for the sendqueue measure (None: the default, "auto").
+        self.sender_processes: int | None = None
+        #: One `sendqueue run` (ingest and retry in it, the sender in processes of its own)
+        #: instead of the three services as separate commands.
+        self.whole_run = False
         #: Where py-spy writes the first sender's collapsed stacks per run (None: no profile).
         self.profile_dir: Path | None = None
 
@@ -169,7 +175,10 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
                     data_path=setup.data_path,
                 )
             ],
+            sender=({"processes": setup.sender_processes} if setup.sender_processes else None),
         )
+        if setup.whole_run:
+            return await _by_sendqueue_run(setup, pipeline, run_dir)
         # Extra sender processes: competing consumers of the same queue, own listen each.
         listens = ["sender", *(f"127.0.0.1:{free_port()}" for _ in range(setup.senders - 1))]
         keys = ["sender", *(f"sender-{i + 2}" for i in range(setup.senders - 1))]
@@ -187,7 +196,7 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
             ]
             await pipeline.wait_healthy("retry", *listens, timeout=60)
             rss_start = status_mb(senders[0].pid, "VmRSS")
-            cpu = {"sender": sum(cpu_s(p.pid) for p in senders), "retry": cpu_s(retry.pid),
+            cpu = {"sender": sum(tree_cpu_s(p.pid) for p in senders), "retry": cpu_s(retry.pid),
                    "orthanc": cpu_s(setup.source.pid), "rabbitmq": broker_cpu_s()}  # fmt: skip
             machine = machine_jiffies()
             profilers = [_profile(setup, senders[0].pid, f"sender-{run}")]
@@ -208,7 +217,7 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
 
             done = await wait_until(all_received, timeout=1800, interval=0.05, what="all sent")
             used = {
-                "sender": sum(cpu_s(p.pid) for p in senders) - cpu["sender"],
+                "sender": sum(tree_cpu_s(p.pid) for p in senders) - cpu["sender"],
                 "ingest": cpu_s(ingest.pid),  # its start-up (imports) included
                 "retry": cpu_s(retry.pid) - cpu["retry"],
                 "orthanc": cpu_s(setup.source.pid) - cpu["orthanc"],
@@ -223,7 +232,7 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
             await wait_until(
                 lambda: _sent_is(pipeline, n, listens), timeout=60, interval=0.2, what="sent"
             )
-            peak = max(status_mb(p.pid, "VmHWM") for p in senders)
+            peak = max(status_mb(pid, "VmHWM") for p in senders for pid in sender_pids(p.pid))
             failed = sum(
                 [await pipeline.metric_sum(x, "sendqueue_jobs_failed_total") for x in listens]
             )
@@ -251,9 +260,65 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
     }
 
 
-def _ingest_ready(run_dir: Path) -> float:
+async def _by_sendqueue_run(setup: Setup, pipeline: Any, run_dir: Path) -> dict[str, Any]:
+    """`sendqueue run` as a user starts it, timed from its spawn until storescp holds every
+    instance. CPU: "ingest" is the command's own process (ingest and retry), "sender" its
+    sender processes."""
+    n = len(setup.uids)
+    try:
+        cpu = {"orthanc": cpu_s(setup.source.pid), "rabbitmq": broker_cpu_s()}
+        machine = machine_jiffies()
+        started, spawned_wall = time.monotonic(), time.time()
+        command = pipeline.spawn("run")
+        seen: dict[str, float] = {}
+
+        def all_received() -> bool:
+            check_alive(pipeline, "run")
+            # Before the end: the sender processes' CPU is counted while they live.
+            seen["sender"] = tree_cpu_s(command.pid) - cpu_s(command.pid)
+            seen["ingest"] = cpu_s(command.pid)
+            return len(setup.scp.received_sop_uids()) >= n
+
+        done = await wait_until(all_received, timeout=1800, interval=0.05, what="all sent")
+        used = {**seen, "orthanc": cpu_s(setup.source.pid) - cpu["orthanc"],
+                "rabbitmq": broker_cpu_s() - cpu["rabbitmq"]}  # fmt: skip
+        busy = cores_busy(machine, machine_jiffies())
+        await wait_until(
+            lambda: _sent_is(pipeline, n, ["sender"]), timeout=60, interval=0.2, what="sent"
+        )
+        peak = max(status_mb(pid, "VmHWM") for pid in sender_pids(command.pid))
+        failed = await pipeline.metric_sum("sender", "sendqueue_jobs_failed_total")
+        failed_by_class = await failures_by_class(pipeline)
+    finally:
+        await pipeline.stop()
+    seconds = done - started
+    return {
+        "failed_by_class": failed_by_class,
+        "seconds": seconds,
+        "warm_seconds": seconds - (_ingest_ready(run_dir, "run.log") - spawned_wall),
+        "cores_busy": busy,
+        "sender_peak_mb": peak,
+        "failed_attempts": failed,
+        "cpu_ms_per_inst_retry": 0.0,  # inside the command's own process, with ingest
+        **{f"cpu_ms_per_inst_{k}": v * 1000 / n for k, v in used.items()},
+    }
+
+
+def sender_pids(supervisor: int) -> list[int]:
+    """The sender processes a `sendqueue run` (or `sender`) command started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == supervisor:
+                found.append(int(stat.parent.name))
+        except OSError:
+            continue
+    return found or [supervisor]
+
+
+def _ingest_ready(run_dir: Path, log: str = "ingest.log") -> float:
     """When ingest first read Orthanc's changes (its log line's time, to the ms)."""
-    for line in (run_dir / "ingest.log").read_text(errors="replace").splitlines():
+    for line in (run_dir / log).read_text(errors="replace").splitlines():
         if "following Orthanc changes after seq" in line:
             stamp, _, millis = line[:23].partition(",")
             return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
