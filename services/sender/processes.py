@@ -33,6 +33,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -171,8 +172,16 @@ async def _stop_all(children: list[SenderProcess], stopping: asyncio.Event, grac
     await asyncio.gather(*(child.stop(grace) for child in children))
 
 
+class Child(Protocol):
+    """What the supervisor's HTTP answers need of a child (SenderProcess)."""
+
+    index: int
+
+    async def ask(self, session: aiohttp.ClientSession, path: str) -> tuple[int, str] | None: ...
+
+
 def supervisor_app(
-    children: Sequence[SenderProcess],
+    children: Sequence[Child],
     registry: CollectorRegistry,
     session: aiohttp.ClientSession,
 ) -> web.Application:
