@@ -34,13 +34,25 @@ from sendqueue.shared.lifecycle import ServiceMain, run_until_signalled
 log = logging.getLogger("sendqueue")
 
 
-def _services() -> dict[str, ServiceMain]:
-    # Imported here so `sendqueue check` does not pay for pynetdicom's import.
-    from sendqueue.services.ingest.app import run_ingest
-    from sendqueue.services.retry.app import run_retry
+def _service(name: str) -> ServiceMain:
+    """A service's entry point, imported only when asked for: a command pays for its own
+    service's imports alone (the sender's pydicom and numpy are a third of a second, on
+    the start-up of every ingest or retry process otherwise)."""
+    if name == "ingest":
+        from sendqueue.services.ingest.app import run_ingest
+
+        return run_ingest
+    if name == "retry":
+        from sendqueue.services.retry.app import run_retry
+
+        return run_retry
     from sendqueue.services.sender.app import run_sender
 
-    return {"ingest": run_ingest, "sender": run_sender, "retry": run_retry}
+    return run_sender
+
+
+def _services() -> dict[str, ServiceMain]:
+    return {name: _service(name) for name in ("ingest", "sender", "retry")}
 
 
 async def _with_orthanc_destinations(config: Config, *, wait: bool) -> Config:
@@ -61,15 +73,15 @@ def _check_config(config: Config) -> Config:
 
 
 async def _run(config: Config, names: Sequence[str]) -> None:
-    services = _services()
-    mains = {name: services[name] for name in names}
-    if "sender" in mains and (len(mains) > 1 or config.sender.process_count() > 1):
+    if "sender" in names and (len(names) > 1 or config.sender.process_count() > 1):
         # The sender's own processes: beside ingest and retry it gets a core of its own
         # (one process shares one GIL), and `[sender] processes` of them may run.
         from sendqueue.services.sender.processes import run_sender_processes
 
-        mains["sender"] = run_sender_processes
-    await run_until_signalled(mains, config)
+        mains = {name: _service(name) for name in names if name != "sender"}
+        await run_until_signalled({"sender": run_sender_processes, **mains}, config)
+        return
+    await run_until_signalled({name: _service(name) for name in names}, config)
 
 
 async def _send(config: Config, destination: str, ids: Sequence[str]) -> int:

@@ -39,7 +39,6 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
 
-from sendqueue.services.sender.app import run_sender
 from sendqueue.services.sender.process_metrics import merge_expositions
 from sendqueue.shared import logs
 from sendqueue.shared.config import Config, config_from_json, config_to_json, secrets_of
@@ -245,6 +244,10 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     logs.configure()
     config = config_from_json(sys.stdin.buffer.read())
     logs.hide_secrets(secrets_of(config))
+    # Here, not at the top: the supervisor (in `sendqueue run`, ingest's process) does not
+    # pay for the sender's imports.
+    from sendqueue.services.sender.app import run_sender
+
     listen = socket.socket(fileno=args.listen_fd)
     log.info("sender process %d of %d", args.index, config.sender.process_count())
     main = functools.partial(run_sender, listen_socket=listen)
