@@ -9,8 +9,12 @@ each run sends them to the same receivers, one way after the other:
 
     native                Orthanc's own bulk C-STORE: POST /modalities/{id}/store, all ids
     storescu              DCMTK storescu, all files over one association (the wire limit)
-    sendqueue-run         `sendqueue run` as a user starts it (defaults: data_path "fast",
-                          the sender in processes of its own, `[sender] processes = "auto"`)
+    sendqueue-send        `sendqueue run` running already (defaults: data_path "fast", the
+                          sender in processes of its own, `[sender] processes = "auto"`),
+                          timed from one POST /api/send of the instances' study, as native
+                          is from its one POST to an Orthanc that runs already
+    sendqueue-run         the same command, timed from its start (ingest reading the change
+                          log from its beginning: start-up included)
     sendqueue-fast        the three sendqueue services, data_path = "fast" (the default)
     sendqueue-pynetdicom  the same with data_path = "pynetdicom"
     peer-store            Orthanc's own peer store: POST /peers/{id}/store to a second Orthanc
@@ -63,8 +67,8 @@ from bench.pipeline_throughput import Setup, by_sendqueue
 
 #: The HTTP kinds, compared with peer-store.
 HTTP_METHODS = ["sendqueue-orthanc", "sendqueue-dicomweb"]
-METHODS = ["native", "storescu", "sendqueue-run", "sendqueue-fast", "sendqueue-pynetdicom",
-           "peer-store", *HTTP_METHODS]  # fmt: skip
+METHODS = ["native", "storescu", "sendqueue-send", "sendqueue-run", "sendqueue-fast",
+           "sendqueue-pynetdicom", "peer-store", *HTTP_METHODS]  # fmt: skip
 #: name -> (frames of 512x512 16-bit, instances, instances in --quick)
 SIZES = {"0.5 MB": (1, 400, 12), "5 MB": (10, 60, 3)}
 _MULTI_FRAME = "1.2.840.10008.5.1.4.1.1.7.3"
@@ -123,12 +127,14 @@ async def storescu(bench: Bench, _run: int) -> dict[str, Any]:
 
 
 def sendqueue(
-    data_path: str, whole_run: bool = False
+    data_path: str, whole_run: bool = False, by_api: bool = False
 ) -> Callable[[Bench, int], Awaitable[dict[str, Any]]]:
     async def leg(bench: Bench, run: int) -> dict[str, Any]:
         bench.data_path = data_path
         bench.whole_run = whole_run
-        result = await by_sendqueue(bench, f"{'run' if whole_run else data_path}-{run}")
+        bench.by_api = by_api
+        name = "send" if by_api else "run" if whole_run else data_path
+        result = await by_sendqueue(bench, f"{name}-{run}")
         n = len(bench.uids)
         who = ("sender", "ingest", "retry", "orthanc", "rabbitmq")
         return {
@@ -281,6 +287,7 @@ def ratios_to_peer_store(measured: dict[str, list[dict[str, Any]]], method: str)
 LEGS: dict[str, Callable[[Bench, int], Awaitable[dict[str, Any]]]] = {
     "native": native,
     "storescu": storescu,
+    "sendqueue-send": sendqueue("fast", whole_run=True, by_api=True),
     "sendqueue-run": sendqueue("fast", whole_run=True),
     "sendqueue-fast": sendqueue("fast"),
     "sendqueue-pynetdicom": sendqueue("pynetdicom"),
@@ -289,7 +296,8 @@ LEGS: dict[str, Callable[[Bench, int], Awaitable[dict[str, Any]]]] = {
     "sendqueue-dicomweb": sendqueue_http("dicomweb"),
 }
 #: Legs that C-STORE to storescp: its received set is checked after each.
-_TO_STORESCP = {"native", "storescu", "sendqueue-run", "sendqueue-fast", "sendqueue-pynetdicom"}
+_TO_STORESCP = {"native", "storescu", "sendqueue-send", "sendqueue-run", "sendqueue-fast",
+                "sendqueue-pynetdicom"}  # fmt: skip
 
 
 # -- one size -------------------------------------------------------------------------------

@@ -108,6 +108,10 @@ class Setup:
         #: One `sendqueue run` (ingest and retry in it, the sender in processes of its own)
         #: instead of the three services as separate commands.
         self.whole_run = False
+        #: With whole_run: `sendqueue run` runs already (ingest from "now"), and the time
+        #: starts at one `POST /api/send` of the instances' study, as native's one
+        #: `POST /modalities/{id}/store` to an Orthanc that runs already.
+        self.by_api = False
         #: Where py-spy writes the first sender's collapsed stacks per run (None: no profile).
         self.profile_dir: Path | None = None
 
@@ -176,6 +180,7 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
                 )
             ],
             sender=({"processes": setup.sender_processes} if setup.sender_processes else None),
+            ingest={"start_from": "now"} if setup.by_api else None,
         )
         if setup.whole_run:
             return await _by_sendqueue_run(setup, pipeline, run_dir)
@@ -266,17 +271,30 @@ async def _by_sendqueue_run(setup: Setup, pipeline: Any, run_dir: Path) -> dict[
     sender processes."""
     n = len(setup.uids)
     try:
+        if setup.by_api:
+            command = pipeline.spawn("run")
+            await pipeline.wait_healthy("ingest", "sender", "retry", timeout=60)
+            study = setup.source.get_json(f"/instances/{setup.ids[0]}/study")["ID"]
+            main_cpu, sender_cpu = cpu_s(command.pid), tree_cpu_s(command.pid)
         cpu = {"orthanc": cpu_s(setup.source.pid), "rabbitmq": broker_cpu_s()}
         machine = machine_jiffies()
         started, spawned_wall = time.monotonic(), time.time()
-        command = pipeline.spawn("run")
+        if setup.by_api:
+            answer = await pipeline.admin(
+                "POST", "/api/send", {"destination": "storescp", "resources": [study]}
+            )
+            assert answer[0] == 200 and answer[1]["queued"] == n, answer
+        else:
+            command = pipeline.spawn("run")
+            main_cpu = sender_cpu = 0.0
         seen: dict[str, float] = {}
 
         def all_received() -> bool:
             check_alive(pipeline, "run")
             # Before the end: the sender processes' CPU is counted while they live.
-            seen["sender"] = tree_cpu_s(command.pid) - cpu_s(command.pid)
-            seen["ingest"] = cpu_s(command.pid)
+            main = cpu_s(command.pid)
+            seen["sender"] = tree_cpu_s(command.pid) - main - (sender_cpu - main_cpu)
+            seen["ingest"] = main - main_cpu
             return len(setup.scp.received_sop_uids()) >= n
 
         done = await wait_until(all_received, timeout=1800, interval=0.05, what="all sent")
@@ -295,7 +313,9 @@ async def _by_sendqueue_run(setup: Setup, pipeline: Any, run_dir: Path) -> dict[
     return {
         "failed_by_class": failed_by_class,
         "seconds": seconds,
-        "warm_seconds": seconds - (_ingest_ready(run_dir, "run.log") - spawned_wall),
+        "warm_seconds": (
+            None if setup.by_api else seconds - (_ingest_ready(run_dir, "run.log") - spawned_wall)
+        ),
         "cores_busy": busy,
         "sender_peak_mb": peak,
         "failed_attempts": failed,
