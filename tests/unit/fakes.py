@@ -99,8 +99,10 @@ class FakeMessage:
         if self.tags is None or self.settle_error is not None:
             self._settle("ack")
             return
-        for message in self.channel.settle(self, "ack", multiple=multiple):
+        tags = self.channel
+        for message in tags.settle(self, "ack", multiple=multiple):
             message._settle("ack")
+        await tags.written()
 
     async def nack(self, multiple: bool = False, requeue: bool = True) -> None:
         self._settled_alone("nack", "nack requeue" if requeue else "nack")
@@ -132,6 +134,9 @@ class FakeTags:
         self.unsettled: dict[int, FakeMessage] = {}
         #: One line per frame: "ack 3", "ack 5 multiple", "nack 4".
         self.frames: list[str] = []
+        #: Loop iterations an ack waits after its frame is queued, as aiormq waits for the
+        #: frame to be written: the frame takes effect in the order the acks were called.
+        self.drain = 0
 
     def deliver(self, message: FakeMessage) -> None:
         self.last_tag += 1
@@ -149,6 +154,10 @@ class FakeTags:
         self.frames.append(f"{frame} {tag} multiple" if multiple else f"{frame} {tag}")
         covered = [t for t in self.unsettled if t <= tag] if multiple else [tag]
         return [self.unsettled.pop(t) for t in covered]
+
+    async def written(self) -> None:
+        for _ in range(self.drain):
+            await asyncio.sleep(0)
 
     def close(self) -> None:
         """Closed (a connection lost): its unsettled messages go back to the queue."""
