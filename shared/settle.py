@@ -12,6 +12,9 @@ acked only once whatever replaces it is confirmed:
                                           too: nack with requeue, and the queue's delivery
                                           limit dead-letters it after a bounded number of
                                           tries, so it neither stalls a slot nor loops
+
+How an ack or a nack goes out is the caller's choice (`ack=`, `nack=`): one frame each by
+default; the sender's work queues coalesce their acks (sendqueue.shared.acks).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from sendqueue.shared.errors import NotConfirmed
 log = logging.getLogger(__name__)
 
 Handler = Callable[[], Awaitable[None]]
+#: Acks, or nacks with requeue, one message; never raises (but CancelledError).
+Settle = Callable[[AbstractIncomingMessage], Awaitable[None]]
 #: Publishes the message somewhere visible after `handler` crashed; raises if it cannot.
 OnCrash = Callable[[BaseException], Awaitable[None]]
 
@@ -41,24 +46,31 @@ async def settle(
     *,
     what: str,
     on_crash: OnCrash | None = None,
+    ack: Settle | None = None,
+    nack: Settle | None = None,
 ) -> None:
     """Run `handler` for `message` and settle it; never raises (but CancelledError)."""
+    nack = nack or nack_requeue
     try:
         await handler()
     except NotConfirmed as exc:
         log.error("%s: RabbitMQ did not confirm (%r); the message stays queued", what, exc)
         await asyncio.sleep(PUBLISH_RETRY_PAUSE)
-        await nack_requeue(message)
+        await nack(message)
         return
     except Exception as exc:
         log.exception("%s: unexpected error", what)
-        if not await _crashed(message, exc, what, on_crash):
+        if not await _crashed(message, exc, what, on_crash, nack):
             return
-    await ack(message)
+    await (ack or ack_alone)(message)
 
 
 async def _crashed(
-    message: AbstractIncomingMessage, exc: Exception, what: str, on_crash: OnCrash | None
+    message: AbstractIncomingMessage,
+    exc: Exception,
+    what: str,
+    on_crash: OnCrash | None,
+    nack: Settle,
 ) -> bool:
     """True when the message is safely elsewhere (ack it); False when it went back."""
     if on_crash is not None:
@@ -68,11 +80,11 @@ async def _crashed(
         except Exception as second:
             log.error("%s: cannot set the message aside either (%r)", what, second)
     await asyncio.sleep(PUBLISH_RETRY_PAUSE)
-    await nack_requeue(message)
+    await nack(message)
     return False
 
 
-async def ack(message: AbstractIncomingMessage) -> None:
+async def ack_alone(message: AbstractIncomingMessage) -> None:
     """Ack, tolerating a channel that died meanwhile: the broker will redeliver."""
     try:
         await message.ack()

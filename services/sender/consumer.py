@@ -11,7 +11,9 @@
 
 Reports and returns are published (confirmed) before the ack, which
 sendqueue.shared.settle does for every consumer: a crash at any point loses nothing, at
-worst the job is sent twice.
+worst the job is sent twice. The acks go out coalesced (sendqueue.shared.acks): the jobs
+that finish in the same loop iteration share one `basic.ack(multiple=True)`, which never
+covers a job still in hand or left unacked.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from sendqueue.services.sender.destinations import Destination
 from sendqueue.services.sender.fetch import InstanceFetcher
 from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.services.sender.prepare import fetch_instance
+from sendqueue.shared.acks import AckCoalescer
 from sendqueue.shared.amqp import Publisher
 from sendqueue.shared.config import DestinationConfig, SenderConfig
 from sendqueue.shared.errors import (
@@ -125,6 +128,8 @@ class DestinationConsumer:
         self._taken_at: dict[int, float] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        #: The work queue's acks, one frame for the jobs that finish together.
+        self._acks = AckCoalescer(self.name)
         # The hot path's metric children, looked up once rather than per job.
         protocol = destination.protocol
         self._in_flight_gauge = metrics.in_flight.labels(self.name)
@@ -224,9 +229,12 @@ class DestinationConsumer:
         await self._cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
+        # Before the channel closes: a finished job not acked would be sent again.
+        await self._acks.flush()
 
     # -- one message ------------------------------------------------------------------
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._acks.track(message)  # first, before any await: tags are seen in order
         self._in_flight += 1
         taken = id(message)
         self._taken_at[taken] = time.monotonic()
@@ -244,6 +252,8 @@ class DestinationConsumer:
                 lambda: self._handle(message),
                 what=f"{self.name}: job",
                 on_crash=report_crash,
+                ack=self._acks.ack,
+                nack=self._acks.nack_requeue,
             )
         finally:
             self._taken_at.pop(taken, None)

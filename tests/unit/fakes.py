@@ -78,27 +78,90 @@ class FakeMessage:
         self.settle_error: BaseException | None = None
         #: Awaited before an ack takes effect (to look at the world at that moment).
         self.on_ack: Callable[[], Awaitable[None]] | None = None
+        #: Set by the tag space that delivered it (FakeTags.deliver).
+        self.delivery_tag: int | None = None
+        self.tags: FakeTags | None = None
 
     @property
     def settled(self) -> bool:
         return bool(self.outcomes)
 
+    @property
+    def channel(self) -> FakeTags:
+        """The channel it came on, as aio-pika's: raises once that channel is closed."""
+        if self.tags is None or self.tags.is_closed:
+            raise dead_channel()
+        return self.tags
+
     async def ack(self, multiple: bool = False) -> None:
         if self.on_ack is not None:
             await self.on_ack()
-        self._settle("ack")
+        if self.tags is None or self.settle_error is not None:
+            self._settle("ack")
+            return
+        tags = self.channel
+        for message in tags.settle(self, "ack", multiple=multiple):
+            message._settle("ack")
+        await tags.written()
 
     async def nack(self, multiple: bool = False, requeue: bool = True) -> None:
-        self._settle("nack requeue" if requeue else "nack")
+        self._settled_alone("nack", "nack requeue" if requeue else "nack")
 
     async def reject(self, requeue: bool = False) -> None:
-        self._settle("reject requeue" if requeue else "reject")
+        self._settled_alone("reject", "reject requeue" if requeue else "reject")
+
+    def _settled_alone(self, frame: str, outcome: str) -> None:
+        if self.tags is not None and self.settle_error is None:
+            self.channel.settle(self, frame, multiple=False)
+        self._settle(outcome)
 
     def _settle(self, outcome: str) -> None:
         if self.settle_error is not None:
             raise self.settle_error
         self.outcomes.append(outcome)
         self.journal.append(outcome)
+
+
+class FakeTags:
+    """The AMQP channel under an aio-pika channel (what `message.channel` is): one space of
+    delivery tags, counted from 1, settled as RabbitMQ does. A multiple ack settles every
+    unsettled tag up to its own; naming a tag that is not unsettled is the channel error
+    RabbitMQ closes the channel with (PRECONDITION_FAILED, unknown delivery tag)."""
+
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.last_tag = 0
+        self.unsettled: dict[int, FakeMessage] = {}
+        #: One line per frame: "ack 3", "ack 5 multiple", "nack 4".
+        self.frames: list[str] = []
+        #: Loop iterations an ack waits after its frame is queued, as aiormq waits for the
+        #: frame to be written: the frame takes effect in the order the acks were called.
+        self.drain = 0
+
+    def deliver(self, message: FakeMessage) -> None:
+        self.last_tag += 1
+        message.delivery_tag = self.last_tag
+        message.tags = self
+        self.unsettled[self.last_tag] = message
+
+    def settle(self, message: FakeMessage, frame: str, *, multiple: bool) -> list[FakeMessage]:
+        """The messages a frame ("ack", "nack", "reject") for `message` settles."""
+        tag = message.delivery_tag
+        assert tag is not None
+        if self.unsettled.get(tag) is not message:
+            self.is_closed = True
+            raise AssertionError(f"PRECONDITION_FAILED - unknown delivery tag {tag}")
+        self.frames.append(f"{frame} {tag} multiple" if multiple else f"{frame} {tag}")
+        covered = [t for t in self.unsettled if t <= tag] if multiple else [tag]
+        return [self.unsettled.pop(t) for t in covered]
+
+    async def written(self) -> None:
+        for _ in range(self.drain):
+            await asyncio.sleep(0)
+
+    def close(self) -> None:
+        """Closed (a connection lost): its unsettled messages go back to the queue."""
+        self.is_closed = True
 
 
 @dataclass(frozen=True)
@@ -199,6 +262,8 @@ class FakeQueue:
         self.consumer: Callback | None = None
         #: What a passive declaration says the queue holds (None: what it really holds).
         self.reported_count: int | None = None
+        #: The tag space of the consumer's channel (a new one when it is reopened).
+        self.tags = FakeTags()
         self._arrived = asyncio.Event()
 
     def put(self, message: FakeMessage) -> None:
@@ -229,7 +294,14 @@ class FakeQueue:
     async def deliver(self, message: FakeMessage) -> None:
         """Hand one message to the consumer, as the broker does."""
         assert self.consumer is not None, f"nothing consumes {self.name}"
+        self.tags.deliver(message)
         await self.consumer(message)
+
+    def reopen_channel(self) -> FakeTags:
+        """The consumer's channel was lost and aio-pika opened a new one: tags from 1."""
+        old, self.tags = self.tags, FakeTags()
+        old.close()
+        return old
 
     def iterator(self) -> FakeQueueIterator:
         return FakeQueueIterator(self)

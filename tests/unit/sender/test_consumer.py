@@ -550,6 +550,55 @@ async def test_jobs_beyond_the_concurrency_wait_their_turn_and_all_are_delivered
     assert sorted(sender.destination.received) == sorted(f"DICM-o{n}".encode() for n in range(6))
 
 
+async def test_jobs_that_end_together_share_one_ack(sender):
+    # Given three jobs sending at once
+    sender.destination.gate = asyncio.Event()
+    for n in range(3):
+        sender.orthanc.store(f"o{n}", data=f"DICM-o{n}".encode())
+    messages = [sender.message(_job(id=f"job-{n}", orthanc_id=f"o{n}")) for n in range(3)]
+    deliveries = [asyncio.create_task(sender.queue.deliver(m)) for m in messages]
+    await eventually(lambda: sender.consumer.in_flight == 3)
+
+    # When their sends end together
+    sender.destination.gate.set()
+    await asyncio.gather(*deliveries)
+
+    # Then all three are acked, in fewer frames than jobs
+    assert [m.outcomes for m in messages] == [["ack"]] * 3
+    assert len(sender.queue.tags.frames) < 3, sender.queue.tags.frames
+    assert not sender.queue.tags.unsettled
+
+
+async def test_an_ack_never_covers_a_longer_send_nor_waits_for_it(sender):
+    # Given four jobs in hand, the first a long send
+    long_send = asyncio.Event()
+    original = sender.destination.send
+
+    async def send(path: Path) -> str:
+        if path.name.startswith("job-0-"):
+            await long_send.wait()
+        return await original(path)
+
+    sender.destination.send = send
+    for n in range(4):
+        sender.orthanc.store(f"o{n}", data=f"DICM-o{n}".encode())
+    messages = [sender.message(_job(id=f"job-{n}", orthanc_id=f"o{n}")) for n in range(4)]
+    deliveries = [asyncio.create_task(sender.queue.deliver(m)) for m in messages]
+
+    # When the three others are delivered
+    await asyncio.gather(*deliveries[1:])
+
+    # Then they are acked, one by one (a multiple ack would cover the long send), and the
+    # long send is not
+    tags = sender.queue.tags
+    assert [m.outcomes for m in messages] == [[], ["ack"], ["ack"], ["ack"]]
+    assert sorted(tags.frames) == ["ack 2", "ack 3", "ack 4"] and list(tags.unsettled) == [1]
+    # And once it ends, it is acked alone
+    long_send.set()
+    await deliveries[0]
+    assert tags.frames[-1] == "ack 1" and not tags.unsettled
+
+
 async def test_stop_waits_for_the_send_in_flight_and_it_is_acked(sender):
     # Given a send under way
     sender.destination.gate = asyncio.Event()
