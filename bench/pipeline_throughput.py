@@ -179,7 +179,7 @@ async def by_sendqueue(setup: Setup, run: int | str) -> dict[str, Any]:
                     data_path=setup.data_path,
                 )
             ],
-            sender=({"processes": setup.sender_processes} if setup.sender_processes else None),
+            sender={"processes": setup.sender_processes or "auto"},  # the product's default
             ingest={"start_from": "now"} if setup.by_api else None,
         )
         if setup.whole_run:

@@ -117,6 +117,9 @@ class Pipeline:
                 "probe_min": "200ms",
                 "probe_max": "1s",
                 "shutdown_grace": "5s",
+                # One process whatever the host's CPUs (the default "auto" follows them):
+                # a test that kills "the sender" kills the process that sends.
+                "processes": 1,
                 **(sender or {}),
             },
             "retry": {
