@@ -38,16 +38,18 @@ def test_the_quick_comparison_runs_every_leg_for_every_size(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     legs = {(r["size"], r["method"]) for r in rows}
-    methods = ["native", "storescu", "sendqueue-fast", "sendqueue-pynetdicom", "peer-store",
-               "sendqueue-orthanc", "sendqueue-dicomweb"]  # fmt: skip
-    # The sendqueue legs also timed from ingest's first read of the changes.
-    methods += ["sendqueue-fast (warm)", "sendqueue-pynetdicom (warm)"]
+    methods = ["native", "storescu", "sendqueue-send", "sendqueue-run", "sendqueue-fast",
+               "sendqueue-pynetdicom", "peer-store", "sendqueue-orthanc",
+               "sendqueue-dicomweb"]  # fmt: skip
+    # The legs that start ingest also timed from its first read of the changes.
+    methods += ["sendqueue-run (warm)", "sendqueue-fast (warm)", "sendqueue-pynetdicom (warm)"]
     assert legs == {(size, m) for size in ("0.5 MB", "5 MB") for m in methods}
     for row in rows:
         assert row["inst_per_s"] > 0 and row["peak_rss_mb"] > 0, row
         assert row["cpu_ms_per_instance"], row
         assert row["failed_attempts"] == 0, row
-        if row["method"].startswith(("sendqueue-fast", "sendqueue-pynetdicom")):
+        if row["method"].startswith(("sendqueue-send", "sendqueue-run", "sendqueue-fast",
+                                     "sendqueue-pynetdicom")):  # fmt: skip
             # (the DICOM legs also count the broker's CPU; the HTTP legs the peer's)
             assert "rabbitmq" in row["cpu_ms_per_instance"], row
         elif row["method"].startswith("sendqueue"):
