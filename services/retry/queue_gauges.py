@@ -224,6 +224,9 @@ class QueueDepthMonitor:
             "Unix time of the last successful queue statistics refresh.",
             registry=registry,
         )
+        # From the start, not 0: a scrape before the first refresh must not read as
+        # statistics 56 years stale (SendqueueQueueStatsStale counts from here).
+        self._updated.set(time.time())
         self._shown: dict[Gauge, set[tuple[str, ...]]] = {
             self._messages: set(),
             self._consumers: set(),

@@ -96,7 +96,9 @@ class SenderProcess:
                 return
             ran = time.monotonic() - started
             pause = RESTART_MIN if ran > STABLE_AFTER else pause
-            log.error(
+            # 0: it was stopped (a signal sent to it alone); anything else: it failed.
+            log.log(
+                logging.WARNING if code == 0 else logging.ERROR,
                 "sender process %d exited (code %s) after %.0fs; starting it again in %.0fs",
                 self.index,
                 code,

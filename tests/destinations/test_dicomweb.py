@@ -43,9 +43,10 @@ async def test_batches_group_instances_of_one_study_within_the_caps(
 ):
     # Given batching of up to 4 instances or 2 MiB, and 6 instances (~0.5 MB) of one study
     # plus 2 of another, all spooled at the same time
+    # (concurrency 2: one request per study at a time, so the others wait and batch)
     destination = make_destination(
         web_config(
-            dicomweb_orthanc, concurrency=8, batch_max_instances=4, batch_max_bytes=2 * 1024 * 1024
+            dicomweb_orthanc, concurrency=2, batch_max_instances=4, batch_max_bytes=2 * 1024 * 1024
         )
     )
     big = make_study(6, rows=512, cols=512)
@@ -133,7 +134,8 @@ def stub_destination(https_stub: HttpsStub, pki, make_destination) -> Any:
 
 
 async def test_a_202_is_judged_instance_by_instance(https_stub, stub_destination, spool):
-    destination = stub_destination(concurrency=4, batch_max_instances=4)
+    # concurrency 2: one request per study at a time, so the instances batch
+    destination = stub_destination(concurrency=2, batch_max_instances=4)
     study = make_study(4)
     ok, busy, bad, warned = (sop_instance_uid(d) for d in study)
 

@@ -342,3 +342,14 @@ async def test_queue_counts_reuse_one_channel_for_present_queues(
     assert {r.message_count for r in results if r is not None} == {2} and None not in results
     assert missing is None and again is not None and again.message_count == 2
     assert opened[0] == 2
+
+
+async def test_the_stats_timestamp_starts_at_the_services_start_not_0() -> None:
+    # A scrape before the first refresh must not read as statistics stale since 1970
+    # (SendqueueQueueStatsStale would blame the broker for a retry service starting).
+    config = make_config("amqp://g:g@127.0.0.1/")
+    registry = CollectorRegistry()
+    before = time.time()
+    QueueDepthMonitor(config, None, registry, source=FakeSource())  # type: ignore[arg-type]
+    stamp = _value(registry, "sendqueue_queue_stats_timestamp_seconds")
+    assert stamp is not None and before <= stamp <= time.time()
