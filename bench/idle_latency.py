@@ -5,7 +5,8 @@
 
 `sendqueue run` with its defaults (ingest's poll_interval 250 ms, the sender in a process of
 its own, concurrency 4) runs against a source Orthanc and DCMTK storescp. Each instance is
-uploaded to Orthanc on its own, after the previous one arrived and a pause; its latency is
+uploaded to Orthanc on its own, after the previous one arrived and a pause (jittered, so
+that uploads fall at every phase of ingest's poll); its latency is
 the time from the end of its upload (Orthanc has stored it) until storescp lists its file.
 Prints p50, p95 and the maximum; nothing is asserted.
 """
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -63,7 +65,8 @@ async def measure(instances: int, interval: float) -> dict[str, float]:
                     what=f"instance {uid} at storescp",
                 )
                 latencies.append(arrived - stored)
-                await asyncio.sleep(interval)
+                # Jittered: a fixed pause would lock every upload to one phase of the poll.
+                await asyncio.sleep(interval * random.uniform(0.5, 1.5))
         finally:
             await pipeline.stop()
     ordered = sorted(latencies)
