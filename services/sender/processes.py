@@ -89,9 +89,7 @@ class SenderProcess:
         pause = RESTART_MIN
         while not stopping.is_set():
             started = time.monotonic()
-            await self.spawn()
-            assert self.process is not None
-            code = await self.process.wait()
+            code = await self._run_once()
             if stopping.is_set():
                 return
             ran = time.monotonic() - started
@@ -99,9 +97,9 @@ class SenderProcess:
             # 0: it was stopped (a signal sent to it alone); anything else: it failed.
             log.log(
                 logging.WARNING if code == 0 else logging.ERROR,
-                "sender process %d exited (code %s) after %.0fs; starting it again in %.0fs",
+                "sender process %d ended (%s) after %.0fs; starting it again in %.0fs",
                 self.index,
-                code,
+                f"exit code {code}" if isinstance(code, int) else code,
                 ran,
                 pause,
             )
@@ -109,6 +107,21 @@ class SenderProcess:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), pause)
             pause = min(pause * 2, RESTART_MAX)
+
+    async def _run_once(self) -> int | str:
+        """Start the child and wait for it to end: its exit code, or why it did not start
+        (a child that dies before it read its config breaks the pipe)."""
+        try:
+            await self.spawn()
+        except OSError as exc:
+            if self.running:
+                assert self.process is not None
+                self.process.kill()
+            if self.process is not None:
+                await self.process.wait()
+            return f"not started: {exc!r}"
+        assert self.process is not None
+        return await self.process.wait()
 
     async def stop(self, grace: float) -> None:
         if self.process is None or self.process.returncode is not None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sendqueue.services.sender.processes import supervisor_app
 
@@ -69,3 +71,33 @@ async def test_metrics_of_the_children_that_answer_labelled_by_process():
     assert 'sendqueue_destination_up{destination="pacs",process="3"} 1.0' in body
     assert 'process="2"' not in body
     assert "sendqueue_sender_processes 3.0" in body
+
+
+async def test_a_child_that_cannot_start_is_tried_again_counted_and_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sendqueue.services.sender import processes
+
+    attempts = 0
+
+    async def refuse(*_args: object, **_kwargs: object) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(processes.asyncio, "create_subprocess_exec", refuse)
+    monkeypatch.setattr(processes, "RESTART_MIN", 0.01)
+    registry = CollectorRegistry()
+    restarts = Counter("restarts", "restarts", registry=registry)
+    child = processes.SenderProcess(1, b"{}")
+    stopping = asyncio.Event()
+    try:
+        task = asyncio.create_task(child.supervise(stopping, restarts))
+        while attempts < 3:
+            await asyncio.sleep(0.01)
+        stopping.set()
+        await asyncio.wait_for(task, 5)
+    finally:
+        child.sock.close()
+    assert (registry.get_sample_value("restarts_total") or 0) >= 2
+    assert "not started: OSError(24, 'Too many open files')" in caplog.text
