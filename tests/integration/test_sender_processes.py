@@ -121,21 +121,22 @@ async def test_a_dead_process_is_started_again_and_nothing_is_lost(two_processes
     assert len(now) == 2 and second in now and first not in now
 
 
-async def test_stopping_the_command_stops_every_process(two_processes):
-    pipeline = two_processes
+async def running_senders(pipeline: Pipeline) -> list[int]:
+    """`sendqueue sender` spawned and healthy: the PIDs of its two sender processes."""
     proc = pipeline.spawn("sender")
     await pipeline.wait_healthy("sender", timeout=60)
     pids = children_of(proc.pid)
     assert len(pids) == 2
-    assert pipeline.terminate("sender") == 0
+    return pids
+
+
+async def test_stopping_the_command_stops_every_process(two_processes):
+    pids = await running_senders(two_processes)
+    assert two_processes.terminate("sender") == 0
     await wait_gone(pids)
 
 
 async def test_a_killed_supervisor_leaves_no_sender_behind(two_processes):
-    pipeline = two_processes
-    proc = pipeline.spawn("sender")
-    await pipeline.wait_healthy("sender", timeout=60)
-    pids = children_of(proc.pid)
-    assert len(pids) == 2
-    pipeline.kill("sender")
+    pids = await running_senders(two_processes)
+    two_processes.kill("sender")
     await wait_gone(pids)
