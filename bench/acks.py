@@ -31,22 +31,18 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from prometheus_client import CollectorRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import broker_cpu_s  # noqa: E402
-from sendqueue.services.sender.consumer import DestinationConsumer  # noqa: E402
-from sendqueue.services.sender.metrics import SenderMetrics  # noqa: E402
 from sendqueue.shared.acks import AckCoalescer  # noqa: E402
-from sendqueue.shared.config import SenderConfig  # noqa: E402
 from sendqueue.shared.schemas import SendJob, encode  # noqa: E402
 from sendqueue.shared.settle import ack_alone, nack_requeue  # noqa: E402
 from sendqueue.shared.topology import Names  # noqa: E402
 from tests.support import rabbit  # noqa: E402
-from tests.unit.fakes import FakeDestination, FakeOrthanc, FakePublisher  # noqa: E402
+from tests.unit.fakes import FakeDestination, FakeOrthanc, consumer_with_fakes  # noqa: E402
 
 DELAYS = {"single": None, "coalesced": 0.0, "coalesced-1ms": 0.001, "coalesced-5ms": 0.005}
 NAMES = Names("bench")
@@ -137,15 +133,7 @@ async def _consumer_run(connection: Any, mode: str, jobs: int) -> Timing:
     orthanc.store("o1", data=b"DICM" + b"\0" * 1024)
     destination = FakeDestination("pacs", concurrency=PREFETCH // 2)
     with tempfile.TemporaryDirectory() as spool:
-        consumer = DestinationConsumer(
-            destination,
-            names=NAMES,
-            publisher=FakePublisher(),  # type: ignore[arg-type]
-            orthanc=orthanc,  # type: ignore[arg-type]
-            config=SenderConfig(),
-            spool_dir=Path(spool),
-            metrics=SenderMetrics(CollectorRegistry()),
-        )
+        consumer = consumer_with_fakes(destination, orthanc, Path(spool), names=NAMES)
         consumer._acks = _acks(mode)
         channel = await connection.channel()
         await consumer.start(channel, paused=True)

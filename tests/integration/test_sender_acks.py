@@ -13,16 +13,19 @@ from typing import Any
 import aio_pika
 import aiormq
 import pytest
-from prometheus_client import CollectorRegistry
 
 from sendqueue.services.sender.consumer import DestinationConsumer
-from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.shared.config import SenderConfig
 from sendqueue.shared.durations import Duration
 from sendqueue.shared.schemas import SendJob, encode
 from sendqueue.shared.topology import Names
 from tests.support import rabbit
-from tests.unit.fakes import FakeDestination, FakeOrthanc, FakePublisher, eventually
+from tests.unit.fakes import (
+    FakeDestination,
+    FakeOrthanc,
+    consumer_with_fakes,
+    eventually,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,14 +65,9 @@ async def sender(amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     destination = FakeDestination("pacs", concurrency=4)
     connection = await aio_pika.connect_robust(amqp_url + "?reconnect_interval=0.2")
     with tempfile.TemporaryDirectory() as spool:
-        consumer = DestinationConsumer(
-            destination,
-            names=NAMES,
-            publisher=FakePublisher(),  # type: ignore[arg-type]
-            orthanc=orthanc,  # type: ignore[arg-type]
-            config=SenderConfig(probe_min=Duration(0.05), probe_max=Duration(0.1)),
-            spool_dir=Path(spool),
-            metrics=SenderMetrics(CollectorRegistry()),
+        config = SenderConfig(probe_min=Duration(0.05), probe_max=Duration(0.1))
+        consumer = consumer_with_fakes(
+            destination, orthanc, Path(spool), names=NAMES, config=config
         )
         channel = await connection.channel()
         assert isinstance(channel, aio_pika.abc.AbstractRobustChannel)

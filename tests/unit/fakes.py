@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiormq.exceptions import ChannelInvalidStateError, DeliveryError
 from pamqp.commands import Basic
@@ -34,6 +34,10 @@ from sendqueue.shared.errors import (
 #: One line per thing done, shared by several fakes to show the order things happened in.
 Journal = list[str]
 Callback = Callable[["FakeMessage"], Awaitable[None]]
+
+
+if TYPE_CHECKING:
+    from sendqueue.services.sender.consumer import DestinationConsumer
 
 
 def broker_nack() -> NotConfirmed:
@@ -588,3 +592,32 @@ class FakeOrthanc:
             "Done": len(after) <= limit,
             "Last": page[-1]["Seq"] if page else self.last,
         }
+
+
+def consumer_with_fakes(
+    destination: FakeDestination,
+    orthanc: FakeOrthanc,
+    spool: Path,
+    *,
+    names: Any,
+    publisher: FakePublisher | None = None,
+    config: Any = None,
+    registry: Any = None,
+) -> DestinationConsumer:
+    """A real DestinationConsumer around fakes: the destination, Orthanc and the publisher
+    (imported here: the fakes serve tests that never load the sender)."""
+    from prometheus_client import CollectorRegistry
+
+    from sendqueue.services.sender.consumer import DestinationConsumer
+    from sendqueue.services.sender.metrics import SenderMetrics
+    from sendqueue.shared.config import SenderConfig
+
+    return DestinationConsumer(
+        destination,
+        names=names,
+        publisher=publisher or FakePublisher(),  # type: ignore[arg-type]
+        orthanc=orthanc,  # type: ignore[arg-type]
+        config=config or SenderConfig(),
+        spool_dir=spool,
+        metrics=SenderMetrics(registry or CollectorRegistry()),
+    )

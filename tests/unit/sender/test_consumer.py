@@ -13,7 +13,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sendqueue.services.sender.consumer import DestinationConsumer
-from sendqueue.services.sender.metrics import SenderMetrics
 from sendqueue.shared.config import SenderConfig
 from sendqueue.shared.durations import Duration
 from sendqueue.shared.errors import (
@@ -34,6 +33,7 @@ from tests.unit.fakes import (
     FakeOrthanc,
     FakePublisher,
     FakeQueue,
+    consumer_with_fakes,
     eventually,
 )
 
@@ -103,14 +103,15 @@ async def _start(tmp_path: Path, *, paused: bool = False) -> Sender:
     registry = CollectorRegistry()
     spool = tmp_path / "spool"
     spool.mkdir()
-    consumer = DestinationConsumer(
+    config = SenderConfig(probe_min=Duration(0.01), probe_max=Duration(0.02))
+    consumer = consumer_with_fakes(
         destination,
+        orthanc,
+        spool,
         names=NAMES,
-        publisher=publisher,  # type: ignore[arg-type]
-        orthanc=orthanc,  # type: ignore[arg-type]
-        config=SenderConfig(probe_min=Duration(0.01), probe_max=Duration(0.02)),
-        spool_dir=spool,
-        metrics=SenderMetrics(registry),
+        publisher=publisher,
+        config=config,
+        registry=registry,
     )
     channel = connection.channel()
     sender = Sender(
